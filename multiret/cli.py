@@ -1,0 +1,48 @@
+"""`multiret` command line: train, index, evaluate (Hydra apps), kilt-eval, demo."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: multiret <command> [args]
+
+commands:
+  train [overrides]      train, index and evaluate (Hydra), e.g. multiret train experiment=vital_taco
+  index [overrides]      encode the corpus into a FAISS index (ckpt_path=... for a trained model)
+  evaluate [overrides]   index and score the eval split with KILT page-level metrics
+  kilt-eval --gold G --guess P [--ks 1,5,20] [--json]   KILT retrieval metrics of a guess file
+  demo [--full]          the whole pipeline on the embedded vital benchmark
+"""
+
+DEFAULT_STAGES = {"train": None, "index": "stages=[index]", "evaluate": "stages=[index,evaluate]"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command in DEFAULT_STAGES:
+        from multiret.experiment.run import main as hydra_main
+
+        stages = DEFAULT_STAGES[command]
+        if stages and not any(a.startswith(("stages=", "+stages=")) for a in rest):
+            rest = [stages, *rest]
+        sys.argv = [f"multiret {command}", *rest]
+        hydra_main()
+        return 0
+    if command == "kilt-eval":
+        from multiret.eval.kilt_eval_cli import main as kilt_eval
+
+        return kilt_eval(rest)
+    if command == "demo":
+        from multiret.experiment.demo import main as demo
+
+        return demo(rest)
+    print(f"multiret: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

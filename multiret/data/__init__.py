@@ -1,0 +1,1 @@
+"""Data stage: KILT files, passage corpora, negatives, multitask batches."""

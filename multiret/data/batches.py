@@ -1,0 +1,94 @@
+"""The multitask training stream: every step holds a sub-batch of every task.
+
+Step ``s`` is a pure function of ``(seed, s)``: each task walks its own sequence of seeded
+epoch permutations (so small tasks are up-sampled by simply cycling sooner), and resuming
+at step ``s`` yields exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import IterableDataset
+
+from multiret.data.collator import PromptCollator
+from multiret.data.corpus import Corpus
+from multiret.data.kilt import Query
+from multiret.data.tasks import TaskSpec
+
+
+@dataclass
+class TaskStream:
+    """One task's training queries and its per-step share of the batch."""
+
+    task: TaskSpec
+    queries: list[Query]
+    batch_size: int
+
+
+class MultitaskBatches(IterableDataset):
+    """Yields ``{task: {"query": tensors, "passage": tensors}}`` from ``start_step`` on, forever.
+
+    Each query contributes ``1 + n_negatives`` passages, positive first.
+    """
+
+    def __init__(
+        self,
+        streams: Sequence[TaskStream],
+        corpus: Corpus,
+        collator: PromptCollator,
+        n_negatives: int,
+        seed: int,
+        start_step: int = 0,
+    ) -> None:
+        super().__init__()
+        self.streams = list(streams)
+        self.corpus = corpus
+        self.collator = collator
+        self.n_negatives = n_negatives
+        self.seed = seed
+        self.start_step = start_step
+        self._permutations: dict[tuple[int, int], np.ndarray] = {}
+
+    def __iter__(self) -> Iterator[dict[str, dict[str, dict]]]:
+        step = self.start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+    def batch(self, step: int) -> dict[str, dict[str, dict]]:
+        """The batch of training step ``step`` (0-based)."""
+        return {s.task.name: self._task_batch(t, s, step) for t, s in enumerate(self.streams)}
+
+    def _permutation(self, task_index: int, epoch: int, size: int) -> np.ndarray:
+        key = (task_index, epoch)
+        if key not in self._permutations:
+            self._permutations = {k: v for k, v in self._permutations.items() if k[0] != task_index}
+            self._permutations[key] = np.random.default_rng([self.seed, task_index, epoch]).permutation(size)
+        return self._permutations[key]
+
+    def _task_batch(self, task_index: int, stream: TaskStream, step: int) -> dict[str, dict]:
+        n = len(stream.queries)
+        rng = np.random.default_rng([self.seed, task_index, step, 1])
+        queries: list[str] = []
+        passages: list[str] = []
+        for position in range(step * stream.batch_size, (step + 1) * stream.batch_size):
+            query = stream.queries[int(self._permutation(task_index, position // n, n)[position % n])]
+            queries.append(query.text)
+            rows = [int(rng.choice(query.positives)), *self._negatives(query, rng)]
+            passages.extend(self.corpus.passage_text(r) for r in rows)
+        return {"query": self.collator.queries(queries, stream.task), "passage": self.collator.passages(passages)}
+
+    def _negatives(self, query: Query, rng: np.random.Generator) -> list[int]:
+        pool = query.negatives
+        if len(pool) >= self.n_negatives:
+            return [pool[i] for i in sorted(rng.choice(len(pool), self.n_negatives, replace=False))]
+        chosen = list(pool)
+        gold = set(query.gold_pages)
+        while len(chosen) < self.n_negatives:
+            row = int(rng.integers(len(self.corpus)))
+            if self.corpus.page_ids[row] not in gold:
+                chosen.append(row)
+        return chosen

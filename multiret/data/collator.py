@@ -1,0 +1,48 @@
+"""Tokenisation with task prompts: each task's query gets its prefix and its own maximum length."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from multiret.data.tasks import TaskSpec
+
+
+class PromptCollator:
+    """Turns query and passage texts into padded tensors.
+
+    ``prompt_template`` formats a query from ``{prompt}`` (the task's prompt word) and
+    ``{query}``. The paper's T5 prompt is ``"{prompt} <extra_id_1> {query}"``: the task name
+    and a T5 sentinel before the query (TACO, Zhang et al. 2023, §3.1); ``None`` means no
+    prompt. Passages never get a prompt.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_template: str | None,
+        max_passage_length: int,
+    ) -> None:
+        if prompt_template is not None and "{query}" not in prompt_template:
+            raise ValueError(f"model.prompt_template {prompt_template!r} must contain '{{query}}'")
+        self.tokenizer = tokenizer
+        self.prompt_template = prompt_template
+        self.max_passage_length = max_passage_length
+
+    def format_query(self, text: str, task: TaskSpec) -> str:
+        if self.prompt_template is None or task.prompt is None:
+            return text
+        return self.prompt_template.format(prompt=task.prompt, query=text)
+
+    def queries(self, texts: Sequence[str], task: TaskSpec) -> dict:
+        return self._encode([self.format_query(t, task) for t in texts], task.max_query_length)
+
+    def passages(self, texts: Sequence[str]) -> dict:
+        return self._encode(list(texts), self.max_passage_length)
+
+    def _encode(self, texts: list[str], max_length: int) -> dict:
+        encoded = self.tokenizer(
+            texts, max_length=max_length, truncation=True, padding=True, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}

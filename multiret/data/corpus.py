@@ -1,0 +1,113 @@
+"""Passage corpora in KILT's TSV layout (columns ``id, text, title, wikipedia_id``)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from multiret.data.jsonl import DataFormatError
+
+CORPUS_COLUMNS = ("id", "text", "title", "wikipedia_id")
+
+
+@dataclass
+class Corpus:
+    """Passages held column-wise; ``page_ids[i]`` is the Wikipedia page of passage ``ids[i]``."""
+
+    ids: list[str]
+    texts: list[str]
+    titles: list[str]
+    page_ids: list[str]
+    _row_of: dict[str, int] = field(init=False, repr=False)
+    _rows_of_page: dict[str, list[int]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._row_of = {pid: row for row, pid in enumerate(self.ids)}
+        if len(self._row_of) != len(self.ids):
+            raise DataFormatError("corpus has duplicate passage ids; each passage id must be unique")
+        self._rows_of_page = {}
+        for row, page in enumerate(self.page_ids):
+            self._rows_of_page.setdefault(page, []).append(row)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, passage_id: str) -> int:
+        """Row of a passage id (KeyError if absent)."""
+        return self._row_of[passage_id]
+
+    def rows_of_page(self, page_id: str) -> list[int]:
+        """Rows of the page's passages in corpus order (empty if the page is not in the corpus)."""
+        return self._rows_of_page.get(page_id, [])
+
+    def has_page(self, page_id: str) -> bool:
+        return page_id in self._rows_of_page
+
+    def passage_text(self, row: int) -> str:
+        """The text a passage encoder sees: KILT passages are encoded as ``title`` + text."""
+        return self.texts[row]
+
+    def select_pages(self, pages: Iterable[str]) -> Corpus:
+        """A sub-corpus holding every passage of the given pages, in the original order."""
+        keep = set(pages)
+        rows = [r for r, page in enumerate(self.page_ids) if page in keep]
+        return Corpus(
+            ids=[self.ids[r] for r in rows],
+            texts=[self.texts[r] for r in rows],
+            titles=[self.titles[r] for r in rows],
+            page_ids=[self.page_ids[r] for r in rows],
+        )
+
+
+def read_corpus(path: str | os.PathLike[str]) -> Corpus:
+    """Read a KILT-style passage TSV with a header row naming at least the four columns.
+
+    Fails naming ``file:line`` on a row with the wrong number of fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: corpus file not found (expected a TSV with columns {', '.join(CORPUS_COLUMNS)})")
+    ids: list[str] = []
+    texts: list[str] = []
+    titles: list[str] = []
+    pages: list[str] = []
+    csv.field_size_limit(1 << 24)
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or not set(CORPUS_COLUMNS) <= set(header):
+            raise DataFormatError(
+                f"{path}:1: header {header!r} must name the columns {', '.join(CORPUS_COLUMNS)} (tab-separated)"
+            )
+        index = [header.index(name) for name in CORPUS_COLUMNS]
+        for line_number, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise DataFormatError(
+                    f"{path}:{line_number}: expected {len(header)} tab-separated fields, got {len(row)}"
+                )
+            pid, text, title, page = (row[i] for i in index)
+            ids.append(pid)
+            texts.append(text)
+            titles.append(title)
+            pages.append(page.strip())
+    return Corpus(ids=ids, texts=texts, titles=titles, page_ids=pages)
+
+
+def subsample_pages(corpus: Corpus, required_pages: Iterable[str], max_pages: int | None, seed: int) -> Corpus:
+    """Keep every required page plus random other pages up to ``max_pages`` pages in all.
+
+    The demo uses this to search a few thousand pages instead of the full corpus while every
+    gold page stays retrievable; the choice depends only on the inputs and the seed.
+    """
+    if max_pages is None:
+        return corpus
+    all_pages = sorted(set(corpus.page_ids))
+    required = {p for p in required_pages if corpus.has_page(p)}
+    others = [p for p in all_pages if p not in required]
+    extra = max(0, max_pages - len(required))
+    chosen = random.Random(seed).sample(others, min(extra, len(others)))
+    return corpus.select_pages(required | set(chosen))

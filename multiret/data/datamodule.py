@@ -1,0 +1,129 @@
+"""The multitask LightningDataModule: tasks, corpus, positives, BM25 negatives, mixed batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from multiret.data.batches import MultitaskBatches, TaskStream
+from multiret.data.collator import PromptCollator
+from multiret.data.corpus import Corpus, read_corpus, subsample_pages
+from multiret.data.kilt import Query, attach_positives, read_queries
+from multiret.data.mixing import task_batch_sizes
+from multiret.data.negatives import attach_bm25_negatives
+from multiret.data.tasks import TaskSpec, select_tasks
+from multiret.index.bm25 import BM25Retriever
+
+log = logging.getLogger(__name__)
+
+
+class MultitaskDataModule(L.LightningDataModule):
+    """Loads the configured tasks over one shared corpus and streams multitask batches.
+
+    ``builder`` (optional) is called with ``root`` before anything is read, so an embedded
+    benchmark such as ``vital`` is built on first use and reused afterwards.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        corpus: str,
+        tasks: Mapping[str, Mapping[str, Any]],
+        task_names: Sequence[str],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        prompt_template: str | None = None,
+        batch_size: int = 24,
+        mix_temperature: float = 4.0,
+        n_negatives: int = 2,
+        bm25_top_k: int = 30,
+        max_passage_length: int = 160,
+        max_train_queries: int | None = None,
+        max_eval_queries: int | None = None,
+        eval_split: str = "dev",
+        corpus_max_pages: int | None = None,
+        all_passages_positive: Sequence[str] = (),
+        builder: Callable[[Path], Any] | None = None,
+        seed: int = 13,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.corpus_path = self.root / corpus
+        self.tasks: list[TaskSpec] = select_tasks(
+            {name: {k: (str(self.root / v) if k in ("train", "dev", "test") and v else v) for k, v in spec.items()}
+             for name, spec in tasks.items()},
+            list(task_names),
+        )
+        self.collator = PromptCollator(tokenizer, prompt_template, max_passage_length) if tokenizer else None
+        self.batch_size = batch_size
+        self.mix_temperature = mix_temperature
+        self.n_negatives = n_negatives
+        self.bm25_top_k = bm25_top_k
+        self.max_train_queries = max_train_queries
+        self.max_eval_queries = max_eval_queries
+        self.eval_split = eval_split
+        self.corpus_max_pages = corpus_max_pages
+        self.all_passages_positive = set(all_passages_positive)
+        self.builder = builder
+        self.seed = seed
+        self.corpus: Corpus | None = None
+        self.train_queries: dict[str, list[Query]] = {}
+        self.eval_queries: dict[str, list[Query]] = {}
+        self.task_batch_sizes: dict[str, int] = {}
+
+    def prepare_data(self) -> None:
+        if self.builder is not None:
+            self.builder(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read everything once; mine BM25 negatives only when fitting."""
+        if self.corpus is None:
+            self._load()
+        if stage == "fit" and not self.task_batch_sizes:
+            self._prepare_training()
+
+    def _load(self) -> None:
+        self.prepare_data()
+        train = {t.name: read_queries(t.split_path("train"), self.max_train_queries, self.seed) for t in self.tasks}
+        evaluation = {
+            t.name: read_queries(t.split_path(self.eval_split), self.max_eval_queries, self.seed) for t in self.tasks
+        }
+        gold = {p for qs in (*train.values(), *evaluation.values()) for q in qs for p in q.gold_pages}
+        self.corpus = subsample_pages(read_corpus(self.corpus_path), gold, self.corpus_max_pages, self.seed)
+        self.train_queries = {
+            name: attach_positives(name, qs, self.corpus, name in self.all_passages_positive) for name, qs in train.items()
+        }
+        self.eval_queries = evaluation
+
+    def _prepare_training(self) -> None:
+        assert self.corpus is not None
+        empty = [name for name, qs in self.train_queries.items() if not qs]
+        if empty:
+            raise ValueError(f"task(s) {empty} have no usable training item (see the warnings above)")
+        if self.n_negatives > 0 and self.bm25_top_k > 0:
+            retriever = BM25Retriever(self.corpus, show_progress=False)
+            for queries in self.train_queries.values():
+                attach_bm25_negatives(retriever, queries, self.corpus, self.bm25_top_k)
+        sizes = [len(self.train_queries[t.name]) for t in self.tasks]
+        self.task_batch_sizes = dict(
+            zip((t.name for t in self.tasks), task_batch_sizes(self.batch_size, sizes, self.mix_temperature))
+        )
+        log.info(
+            "corpus: %d passages of %d pages; per task (train items, eval items, batch share): %s",
+            len(self.corpus), len(set(self.corpus.page_ids)),
+            {t.name: (len(self.train_queries[t.name]), len(self.eval_queries[t.name]), self.task_batch_sizes[t.name])
+             for t in self.tasks},
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.collator is None:
+            raise RuntimeError("training needs a tokenizer: build the data module with the model's tokenizer")
+        streams = [TaskStream(t, self.train_queries[t.name], self.task_batch_sizes[t.name]) for t in self.tasks]
+        start = self.trainer.global_step if self.trainer is not None else 0
+        dataset = MultitaskBatches(streams, self.corpus, self.collator, self.n_negatives, self.seed, start_step=start)
+        return DataLoader(dataset, batch_size=None, num_workers=0)

@@ -1,0 +1,70 @@
+"""JSON-lines reading and writing with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class DataFormatError(ValueError):
+    """Raised when an input file does not have the expected format; the message names file:line."""
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for every non-blank line of a JSON-lines file.
+
+    Fails with :class:`DataFormatError` naming ``file:line`` on malformed JSON or on a line
+    that is not a JSON object, so a user can fix the exact record.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected a JSON-lines file)")
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(
+                    f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno}); "
+                    "expected one JSON object per line"
+                ) from error
+            if not isinstance(record, dict):
+                raise DataFormatError(
+                    f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}"
+                )
+            yield line_number, record
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a whole JSON-lines file (see :func:`iter_jsonl` for the error contract)."""
+    return [record for _, record in iter_jsonl(path)]
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
+    """Write records as JSON lines, atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

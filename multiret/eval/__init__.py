@@ -1,0 +1,1 @@
+"""Evaluation stage: KILT page-level metrics and guess files."""

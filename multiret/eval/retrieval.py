@@ -1,0 +1,57 @@
+"""Score passage rankings per task the KILT way, and keep the files that reproduce the score."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from multiret.data.corpus import Corpus
+from multiret.data.jsonl import atomic_write_text, read_jsonl, write_jsonl
+from multiret.data.tasks import TaskSpec
+from multiret.eval.kilt_metrics import evaluate_kilt, guess_record, page_ranking
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_task_rankings(
+    tasks: Sequence[TaskSpec],
+    split: str,
+    query_ids: Mapping[str, Sequence[str]],
+    rankings: Mapping[str, Sequence[Sequence[int]]],
+    corpus: Corpus,
+    out_dir: str | Path,
+    ks: Sequence[int] = (1, 5, 20),
+) -> dict[str, dict[str, float]]:
+    """KILT page-level metrics per task from passage rankings (corpus rows, best first).
+
+    Writes ``<task>-gold.jsonl`` (the evaluated gold items) and ``<task>-guess.jsonl`` into
+    ``out_dir``, so ``multiret kilt-eval --gold ... --guess ...`` reproduces each number, and
+    ``metrics.json`` with every task's scores.
+    """
+    out_dir = Path(out_dir)
+    results: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        ids = list(query_ids[task.name])
+        wanted = set(ids)
+        gold = [r for r in read_jsonl(task.split_path(split)) if str(r.get("id")).strip() in wanted]
+        guesses = [
+            guess_record(qid, page_ranking([corpus.page_ids[r] for r in rows if r >= 0]))
+            for qid, rows in zip(ids, rankings[task.name])
+        ]
+        write_jsonl(out_dir / f"{task.name}-gold.jsonl", gold)
+        write_jsonl(out_dir / f"{task.name}-guess.jsonl", guesses)
+        results[task.name] = evaluate_kilt(gold, guesses, ks)
+        log.info("%s (%s, %d queries): %s", task.name, split, len(ids), results[task.name])
+    atomic_write_text(out_dir / "metrics.json", json.dumps(results, indent=2))
+    return results
+
+
+def with_average(results: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Add an ``average`` row: the unweighted mean over tasks, as KILT papers report it."""
+    rows = {task: dict(metrics) for task, metrics in results.items()}
+    if rows:
+        keys = next(iter(rows.values())).keys()
+        rows["average"] = {k: sum(m[k] for m in results.values()) / len(results) for k in keys}
+    return rows

@@ -1,0 +1,1 @@
+"""Experiment stage: Hydra entry points, pipelines and the demo."""

@@ -1,0 +1,122 @@
+"""The main job: train the bi-encoder, index the corpus, score every task with KILT's metrics.
+
+``multiret train|index|evaluate`` are this one Hydra app with different ``stages``; the demo
+and the tests call :func:`run` on composed configs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from multiret.data.datamodule import MultitaskDataModule
+from multiret.data.jsonl import atomic_write_text
+from multiret.eval.retrieval import evaluate_task_rankings, with_average
+from multiret.experiment.loggers import instantiate_named
+from multiret.index.bm25 import BM25Retriever
+from multiret.index.dense import index_corpus, model_device, search_tasks
+from multiret.index.faiss_index import DenseIndex
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+STAGES = ("train", "index", "evaluate")
+RETRIEVERS = ("dense", "bm25")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail before any work on settings that cannot run, naming the key and the fix."""
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stages={list(cfg.stages)} has unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    if cfg.retriever not in RETRIEVERS:
+        raise ValueError(f"retriever={cfg.retriever!r}; choose one of {list(RETRIEVERS)}")
+    if cfg.retriever == "bm25" and set(cfg.stages) - {"evaluate"}:
+        raise ValueError("retriever=bm25 has nothing to train or index; use stages=[evaluate]")
+
+
+def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """Run the configured stages; returns per-task metrics plus their average (empty if not evaluated)."""
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    model = instantiate(cfg.model) if cfg.retriever == "dense" else None
+    datamodule: MultitaskDataModule = instantiate(
+        cfg.data,
+        tokenizer=model.tokenizer if model else None,
+        prompt_template=model.prompt_template if model else None,
+    )
+    loggers = instantiate_named(cfg.logger)
+    step = 0
+    if "train" in cfg.stages:
+        callbacks = [*instantiate_named(cfg.callbacks), instantiate(cfg.method)]
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        step = trainer.global_step
+    elif model is not None and cfg.ckpt_path:
+        load_weights(model, cfg.ckpt_path)
+    datamodule.setup("evaluate")
+    results: dict[str, dict[str, float]] = {}
+    if model is not None and "index" in cfg.stages:
+        model.to(model_device())
+        index_corpus(model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory, cfg.index.batch_size)
+    if "evaluate" in cfg.stages:
+        results = with_average(evaluate(cfg, model, datamodule))
+        log_results(loggers, results, cfg.data.eval_split, step)
+        log.info("scores, guess and gold files: %s", Path(cfg.paths.output_dir) / "eval")
+    for logger in loggers:
+        logger.finalize("success")
+        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()
+    return results
+
+
+def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> dict[str, dict[str, float]]:
+    """Retrieve for every evaluation query and score the pages against KILT gold."""
+    queries = datamodule.eval_queries
+    if cfg.retriever == "bm25":
+        retriever = BM25Retriever(datamodule.corpus, show_progress=False)
+        rankings = {t: retriever.search([q.text for q in qs], cfg.index.top_k) for t, qs in queries.items()}
+    else:
+        model.to(model_device())
+        index = DenseIndex.load(cfg.index.dir)
+        rankings = search_tasks(
+            model, index, datamodule.corpus, datamodule.collator, datamodule.tasks, queries,
+            cfg.index.top_k, cfg.index.batch_size,
+        )
+    query_ids = {t: [q.qid for q in qs] for t, qs in queries.items()}
+    out_dir = Path(cfg.paths.output_dir) / "eval"
+    return evaluate_task_rankings(
+        datamodule.tasks, datamodule.eval_split, query_ids, rankings, datamodule.corpus, out_dir, list(cfg.index.ks)
+    )
+
+
+def load_weights(model: torch.nn.Module, ckpt_path: str) -> None:
+    """Load a training checkpoint's weights into a freshly built model (for index/evaluate)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; point it at a run's checkpoints/last.ckpt")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["state_dict"])
+
+
+def log_results(loggers: list[Any], results: dict[str, dict[str, float]], split: str, step: int) -> None:
+    flat = {f"{split}/{task}/{name}": value for task, metrics in results.items() for name, value in metrics.items()}
+    for logger in loggers:
+        logger.log_metrics(flat, step=step)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the average R-precision for sweepers to optimise."""
+    results = run(cfg)
+    return results.get("average", {}).get("Rprec")

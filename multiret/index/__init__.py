@@ -1,0 +1,1 @@
+"""Index stage: corpus encoding, FAISS indexes, passage-to-page ranking."""

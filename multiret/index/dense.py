@@ -1,0 +1,73 @@
+"""Encode a corpus with a bi-encoder into a FAISS index, and search it with prompted queries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multiret.data.collator import PromptCollator
+from multiret.data.corpus import Corpus
+from multiret.data.kilt import Query
+from multiret.data.tasks import TaskSpec
+from multiret.index.encode import encode_texts
+from multiret.index.faiss_index import DenseIndex
+from multiret.model.biencoder import BiEncoder
+
+
+def index_corpus(
+    model: BiEncoder,
+    corpus: Corpus,
+    collator: PromptCollator,
+    out_dir: str | Path,
+    factory: str = "Flat",
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> DenseIndex:
+    """Embed every passage with the passage encoder and save embeddings, ids and the FAISS index."""
+    model.eval()
+    texts = [corpus.passage_text(r) for r in range(len(corpus))]
+    embeddings = encode_texts(
+        texts, collator.passages, model.encode_passages, batch_size, model.device, "encoding corpus", show_progress
+    )
+    index = DenseIndex.build(embeddings, list(corpus.ids), factory)
+    index.save(out_dir, embeddings, factory)
+    return index
+
+
+def search_tasks(
+    model: BiEncoder,
+    index: DenseIndex,
+    corpus: Corpus,
+    collator: PromptCollator,
+    tasks: Sequence[TaskSpec],
+    queries: Mapping[str, Sequence[Query]],
+    top_k: int = 100,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Top-``top_k`` corpus rows per query of every task (queries carry their task's prompt)."""
+    model.eval()
+    row_of_index = np.array([corpus.row(pid) for pid in index.ids] + [-1])
+    rankings: dict[str, np.ndarray] = {}
+    for task in tasks:
+        texts = [q.text for q in queries[task.name]]
+        vectors = encode_texts(
+            texts,
+            lambda batch, task=task: collator.queries(batch, task),
+            model.encode_queries,
+            batch_size,
+            model.device,
+            f"encoding {task.name} queries",
+            show_progress,
+        )
+        _, hits = index.search(vectors, top_k)
+        rankings[task.name] = row_of_index[hits]
+    return rankings
+
+
+def model_device() -> torch.device:
+    """The device indexing runs on: the first GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,1 @@
+"""Model stage: the prompted bi-encoder and its pooling."""

@@ -1,0 +1,110 @@
+"""The prompted multitask bi-encoder as a LightningModule.
+
+Training is manual: one forward and one backward per task sub-batch, so a gradient-method
+callback (``multiret.mtl``) can see each task's gradient before the optimizer steps. For the
+naive method the per-task backwards simply accumulate, which equals one backward of the
+summed loss while holding only one task's graph at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from multiret.model.encoder import TextEncoder
+from multiret.model.gather import gather_with_grad, world
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class BiEncoder(L.LightningModule):
+    """Query and passage encoders (shared by default) scored by dot product.
+
+    Loss: cross-entropy of each query's positive against in-batch and hard negatives
+    (DPR, Karpukhin et al. 2020), with passages all-gathered across devices under DDP.
+    ``temperature`` divides the scores; keep 1 for raw dot products, use ~0.05 with
+    normalised (cosine) embeddings.
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        prompt_template: str | None = None,
+        shared_encoder: bool = True,
+        temperature: float = 1.0,
+        max_grad_norm: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+        self.automatic_optimization = False
+        self.query_encoder = encoder
+        self.passage_encoder = encoder if shared_encoder else copy.deepcopy(encoder)
+        self.tokenizer = encoder.load_tokenizer()
+        self.prompt_template = prompt_template
+        self.temperature = temperature
+        self.max_grad_norm = max_grad_norm
+        self._optimizer_factory = optimizer
+        self._scheduler_factory = scheduler
+        self.active_task: int | None = None
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
+
+    def encode_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.query_encoder(input_ids, attention_mask)
+
+    def encode_passages(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.passage_encoder(input_ids, attention_mask)
+
+    def task_loss(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Mean contrastive loss of one task's sub-batch (each query: 1 positive then its negatives)."""
+        queries = self.encode_queries(**batch["query"])
+        passages = self.encode_passages(**batch["passage"])
+        per_query = passages.shape[0] // queries.shape[0]
+        rank, _ = world()
+        all_passages = gather_with_grad(passages)
+        scores = queries @ all_passages.T / self.temperature
+        offset = rank * passages.shape[0]
+        targets = offset + torch.arange(queries.shape[0], device=scores.device) * per_query
+        return nn.functional.cross_entropy(scores.float(), targets)
+
+    def training_step(self, batch: dict[str, dict[str, dict[str, torch.Tensor]]], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for index, (task, task_batch) in enumerate(batch.items()):
+            self.active_task = index
+            loss = self.task_loss(task_batch)
+            self.manual_backward(loss)
+            losses.append(loss.detach())
+            self.log(f"train/loss/{task}", losses[-1], on_step=True, batch_size=task_batch["query"]["input_ids"].shape[0])
+        self.active_task = None
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        total = torch.stack(losses).sum()
+        self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=1)
+        return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the gradient the method wrote back (callbacks run first, then this hook)."""
+        if self.max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self._optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self._scheduler_factory is None:
+            return optimizer
+        total = self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ValueError("trainer.max_steps must be set (> 0): the learning-rate schedule needs the step count")
+        scheduler = self._scheduler_factory(optimizer, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,58 @@
+"""A Hugging Face encoder and its pooling: how a text becomes one vector."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from multiret.model.loading import resolve_model_path
+
+POOLINGS = ("t5_decoder", "mean", "first")
+
+
+class TextEncoder(nn.Module):
+    """Wraps a pretrained model with one of three poolings.
+
+    ``t5_decoder``: the first decoder output of a T5 encoder–decoder fed the decoder start
+    token (id 0), the representation TACO uses (Zhang et al. 2023, §3.1; Ni et al.'s
+    Sentence-T5 "EncDec-first"). ``mean``: attention-masked mean of the last hidden states.
+    ``first``: the first token's hidden state (BERT's [CLS]).
+    """
+
+    def __init__(self, path: str, pooling: str = "mean", normalize: bool = False) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.encoder.pooling={pooling!r}; expected one of {', '.join(POOLINGS)}")
+        self.path = str(resolve_model_path(path))
+        self.pooling = pooling
+        self.normalize = normalize
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        if (pooling == "t5_decoder") != is_encoder_decoder:
+            raise ValueError(
+                f"pooling {pooling!r} does not fit the {self.model.config.model_type!r} model at {self.path}: "
+                "use 't5_decoder' for encoder-decoder models and 'mean' or 'first' for encoder-only ones"
+            )
+
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
+        return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "t5_decoder":
+            start = torch.zeros((input_ids.shape[0], 1), dtype=input_ids.dtype, device=input_ids.device)
+            hidden = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=start
+            ).last_hidden_state
+            pooled = hidden[:, 0]
+        else:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if self.pooling == "first":
+                pooled = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled

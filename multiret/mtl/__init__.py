@@ -1,0 +1,1 @@
+"""Gradient methods: how per-task gradients become one update (naive, TACO, peers)."""

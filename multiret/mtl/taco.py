@@ -1,0 +1,119 @@
+"""TACO: per-parameter task weights from an EMA of task importance (Zhang et al., TACL 2023).
+
+For task t and parameter j the instantaneous importance is the first-order Taylor
+sensitivity ``I_tj = |θ_j · g_tj|``, divided by its median over all parameters when
+``normalize``; an EMA ``Ī`` of it (β, updated every step, warm-up included) gives scores
+``Ī / τ``, and a softmax over tasks gives weights ``α_tj``. The update is ``Σ_t g_t / T``
+during warm-up and ``Σ_t α_t ⊙ g_t / T`` after (``docs/taco.md`` holds the exact rule).
+
+Not supported yet: several processes (DDP), gradient accumulation, a bf16 EMA, selecting
+parameter groups. The median is ``torch.median``'s: the lower middle value for an even count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from multiret.mtl.base import GradientMethod
+
+EPS = 1e-12
+
+
+def taco_combine(
+    task_grads: torch.Tensor,
+    params: torch.Tensor,
+    ema: torch.Tensor,
+    *,
+    beta: float,
+    tau: float,
+    in_warmup: bool,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One TACO step on flat tensors: ``task_grads`` (T, P), ``params`` (P,), ``ema`` (T, P).
+
+    Returns ``(combined (P,), new_ema (T, P))`` without modifying the inputs (a fixed contract).
+    """
+    num_tasks = task_grads.shape[0]
+    importance = (params.unsqueeze(0) * task_grads).abs()
+    if normalize:
+        importance = importance / (importance.median(dim=-1, keepdim=True).values + EPS)
+    new_ema = beta * ema + (1.0 - beta) * importance
+    if in_warmup:
+        return task_grads.sum(0) / num_tasks, new_ema
+    if normalize:
+        scores = new_ema / tau
+    else:
+        scores = new_ema / (new_ema.median(dim=-1, keepdim=True).values + EPS) / tau
+    weights = torch.softmax(scores, dim=0)
+    return (weights * task_grads).sum(0) / num_tasks, new_ema
+
+
+def _global_task_medians(per_tensor: list[torch.Tensor]) -> torch.Tensor:
+    """Median over all parameters of each task's row, one task at a time (one P-vector alive)."""
+    num_tasks = per_tensor[0].shape[0]
+    return torch.stack([torch.cat([t[task].flatten() for t in per_tensor]).median() for task in range(num_tasks)])
+
+
+class TACO(GradientMethod):
+    """The TACO rule applied per parameter tensor; equals :func:`taco_combine` on the flattened model."""
+
+    name = "taco"
+
+    def __init__(self, beta: float = 0.999, tau: float = 2.0, normalize: bool = True, warmup_ratio: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"method.beta must be in [0, 1), got {beta}")
+        if tau <= 0:
+            raise ValueError(f"method.tau must be > 0, got {tau}")
+        if not 0.0 <= warmup_ratio <= 1.0:
+            raise ValueError(f"method.warmup_ratio must be in [0, 1], got {warmup_ratio}")
+        self.beta = beta
+        self.tau = tau
+        self.normalize = normalize
+        self.warmup_ratio = warmup_ratio
+        self.ema: list[torch.Tensor] = []
+
+    def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
+        self.ema = [torch.zeros((num_tasks, *p.shape), dtype=torch.float32, device=p.device) for p in params]
+
+    def warmup_steps(self, max_steps: int) -> int:
+        return int(self.warmup_ratio * max_steps)
+
+    def combine(
+        self, task_grads: list[torch.Tensor], params: list[torch.nn.Parameter], trainer: L.Trainer
+    ) -> list[torch.Tensor]:
+        in_warmup = self.step < self.warmup_steps(trainer.max_steps)
+        return self.apply_rule(task_grads, params, in_warmup)
+
+    def apply_rule(self, task_grads: list[torch.Tensor], params: list[torch.Tensor], in_warmup: bool) -> list[torch.Tensor]:
+        """Update the EMA in place and return the combined gradient of every parameter tensor."""
+        shapes = [(-1,) + (1,) * p.dim() for p in params]
+        importance = [(p.detach().unsqueeze(0) * g).abs().float() for p, g in zip(params, task_grads)]
+        if self.normalize:
+            medians = _global_task_medians(importance)
+            importance = [imp / (medians.view(s) + EPS) for imp, s in zip(importance, shapes)]
+        for ema, imp in zip(self.ema, importance):
+            ema.mul_(self.beta).add_(imp, alpha=1.0 - self.beta)
+        del importance
+        num_tasks = task_grads[0].shape[0]
+        if in_warmup:
+            return [g.sum(0) / num_tasks for g in task_grads]
+        scale = None if self.normalize else _global_task_medians(self.ema) + EPS
+        combined = []
+        for ema, grads, s in zip(self.ema, task_grads, shapes):
+            scores = ema / self.tau if scale is None else ema / scale.view(s) / self.tau
+            combined.append((torch.softmax(scores, dim=0).to(grads.dtype) * grads).sum(0) / num_tasks)
+        return combined
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"ema": [e.detach().cpu().clone() for e in self.ema]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        saved = state["ema"]
+        if len(saved) != len(self.ema) or any(s.shape != e.shape for s, e in zip(saved, self.ema)):
+            raise ValueError("checkpoint's TACO importance EMA does not match this model's parameters")
+        for ema, value in zip(self.ema, saved):
+            ema.copy_(value)
