@@ -7,6 +7,7 @@ and the tests call :func:`run` on composed configs.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 STAGES = ("train", "index", "evaluate")
 RETRIEVERS = ("dense", "bm25")
+
+# Checkpoints are meant to hold the state after the optimizer step; Lightning warns about that under manual optimisation.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import bm25s
 import numpy as np
 
 from multiret.data.corpus import Corpus
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class BM25Retriever:

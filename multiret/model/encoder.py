@@ -31,6 +31,7 @@ class TextEncoder(nn.Module):
         self.normalize = normalize
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        self.model.train()
         is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         if (pooling == "t5_decoder") != is_encoder_decoder:
             raise ValueError(

@@ -38,7 +38,8 @@ class GradientMethod(Callback):
 
     @property
     def state_key(self) -> str:
-        return f"GradientMethod[{self.name}]"
+        """One key for every method, so resuming with another method finds the state and refuses it."""
+        return "GradientMethod"
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

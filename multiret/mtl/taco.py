@@ -91,7 +91,7 @@ class TACO(GradientMethod):
     def apply_rule(self, task_grads: list[torch.Tensor], params: list[torch.Tensor], in_warmup: bool) -> list[torch.Tensor]:
         """Update the EMA in place and return the combined gradient of every parameter tensor."""
         shapes = [(-1,) + (1,) * p.dim() for p in params]
-        importance = [(p.detach().unsqueeze(0) * g).abs().float() for p, g in zip(params, task_grads)]
+        importance = [(p.detach().unsqueeze(0) * g).abs().to(e.dtype) for p, g, e in zip(params, task_grads, self.ema)]
         if self.normalize:
             medians = _global_task_medians(importance)
             importance = [imp / (medians.view(s) + EPS) for imp, s in zip(importance, shapes)]

@@ -1,0 +1,107 @@
+"""Data stage: clear errors on bad input, counted skips, temperature mixing, deterministic resumable batches."""
+
+import json
+import logging
+
+import pytest
+from transformers import AutoTokenizer
+
+from multiret.data.batches import MultitaskBatches, TaskStream
+from multiret.data.collator import PromptCollator
+from multiret.data.corpus import read_corpus, subsample_pages
+from multiret.data.jsonl import DataFormatError
+from multiret.data.kilt import attach_positives, read_queries
+from multiret.data.mixing import task_batch_sizes, temperature_rates
+from multiret.data.tasks import select_tasks
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "nq-train.jsonl"
+    path.write_text('{"id": "a", "input": "q", "output": []}\n\n{"id": "b", "input": \n')
+    with pytest.raises(DataFormatError, match=r"nq-train.jsonl:3: invalid JSON"):
+        read_queries(path)
+
+
+def test_record_without_input_names_file_and_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"id": "a", "input": "q", "output": []}\n{"id": "b", "output": []}\n')
+    with pytest.raises(DataFormatError, match=r"t.jsonl:2: expected an object with 'id' and a string 'input'"):
+        read_queries(path)
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown task\(s\) 'nq'.*known tasks: el, qa"):
+        select_tasks({"qa": {"train": "a", "dev": "b"}, "el": {"train": "c", "dev": "d"}}, ["qa", "nq"])
+
+
+def test_items_without_provenance_are_skipped_and_counted_in_one_line(tmp_path, kilt_dir, caplog):
+    corpus = read_corpus(kilt_dir / "corpus.tsv")
+    path = tmp_path / "t.jsonl"
+    records = [
+        {"id": "1", "input": "q", "output": [{"answer": "x", "provenance": [{"wikipedia_id": "3"}]}]},
+        {"id": "2", "input": "q", "output": [{"answer": "answer only"}]},
+        {"id": "3", "input": "q", "output": [{"answer": "x", "provenance": [{"wikipedia_id": "999"}]}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with caplog.at_level(logging.WARNING):
+        kept = attach_positives("qa", read_queries(path), corpus)
+    assert [q.qid for q in kept] == ["1"]
+    assert kept[0].positives == [corpus.row("3_0")]  # the lead passage of the gold page
+    assert [r.getMessage() for r in caplog.records] == [
+        "task qa: skipped 2 of 3 training items (1 without provenance, 1 whose gold pages are not in the corpus)"
+    ]
+
+
+def test_corpus_row_with_wrong_field_count_names_file_and_line(tmp_path):
+    path = tmp_path / "psgs.tsv"
+    path.write_text("id\ttext\ttitle\twikipedia_id\n1_0\thello\tHello\t1\n2_0\tonly three\t2\n")
+    with pytest.raises(DataFormatError, match=r"psgs.tsv:3: expected 4 tab-separated fields, got 3"):
+        read_corpus(path)
+
+
+def test_subsample_keeps_every_required_page(kilt_dir):
+    corpus = read_corpus(kilt_dir / "corpus.tsv")
+    small = subsample_pages(corpus, ["5", "7"], max_pages=4, seed=1)
+    pages = set(small.page_ids)
+    assert {"5", "7"} <= pages and len(pages) == 4
+    assert set(subsample_pages(corpus, ["5", "7"], max_pages=4, seed=1).page_ids) == pages
+
+
+def test_temperature_mixing_by_hand():
+    # sizes 900 and 100: proportional rates are 0.9/0.1; temperature 2 gives 0.75/0.25 (√0.9 : √0.1 = 3 : 1)
+    assert temperature_rates([900, 100], 2.0) == pytest.approx([0.75, 0.25])
+    # 10 queries: one each, the 8 spare split 6 / 2
+    assert task_batch_sizes(10, [900, 100], 2.0) == [7, 3]
+    assert task_batch_sizes(3, [10**6, 1, 1], 1.0) == [1, 1, 1]
+    assert sum(task_batch_sizes(24, [5, 70, 300], 4.0)) == 24
+    with pytest.raises(ValueError, match="smaller than the number of tasks"):
+        task_batch_sizes(2, [5, 5, 5])
+
+
+def _stream(kilt_dir, tiny_t5_dir, kilt_tasks, start_step=0):
+    corpus = read_corpus(kilt_dir / "corpus.tsv")
+    tasks = select_tasks({k: {**v, "train": str(kilt_dir / v["train"]), "dev": None} for k, v in kilt_tasks.items()}, ["qa", "el"])
+    streams = []
+    for task, size in zip(tasks, (3, 2)):
+        queries = attach_positives(task.name, read_queries(task.train), corpus)
+        for q in queries:
+            q.negatives = [0, 1, 2]
+        streams.append(TaskStream(task, queries, size))
+    collator = PromptCollator(AutoTokenizer.from_pretrained(tiny_t5_dir), "{prompt} <extra_id_1> {query}", 16)
+    return MultitaskBatches(streams, corpus, collator, n_negatives=2, seed=7, start_step=start_step)
+
+
+def test_every_batch_holds_every_task_and_resuming_replays_the_same_batches(kilt_dir, tiny_t5_dir, kilt_tasks):
+    stream = iter(_stream(kilt_dir, tiny_t5_dir, kilt_tasks))
+    batches = [next(stream) for _ in range(30)]  # 30 steps × 3 queries cycles the 40 qa items twice
+    for batch in batches:
+        assert list(batch) == ["qa", "el"]
+        assert batch["qa"]["query"]["input_ids"].shape[0] == 3
+        assert batch["qa"]["passage"]["input_ids"].shape[0] == 3 * 3  # positive + 2 negatives per query
+        assert batch["el"]["query"]["input_ids"].shape[0] == 2
+    resumed = iter(_stream(kilt_dir, tiny_t5_dir, kilt_tasks, start_step=17))
+    for step in range(17, 30):
+        again = next(resumed)
+        for task in ("qa", "el"):
+            for side in ("query", "passage"):
+                assert again[task][side]["input_ids"].equal(batches[step][task][side]["input_ids"])

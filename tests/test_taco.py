@@ -1,0 +1,92 @@
+"""TACO against its rule written out element by element, and the callback against the functional core."""
+
+import numpy as np
+import pytest
+import torch
+
+from multiret.mtl.taco import TACO, taco_combine
+
+
+def lower_median(values: np.ndarray) -> float:
+    """torch.median's convention: the lower of the two middle values for an even count."""
+    ordered = np.sort(values)
+    return float(ordered[(len(ordered) - 1) // 2])
+
+
+def reference_step(grads, params, ema, beta, tau, in_warmup, normalize):
+    """The rule of docs/taco.md, in plain NumPy float64 loops."""
+    num_tasks, num_params = grads.shape
+    importance = np.abs(params[None, :] * grads)
+    if normalize:
+        for t in range(num_tasks):
+            importance[t] = importance[t] / (lower_median(importance[t]) + 1e-12)
+    new_ema = beta * ema + (1 - beta) * importance
+    if in_warmup:
+        return grads.sum(0) / num_tasks, new_ema
+    scores = np.empty_like(new_ema)
+    for t in range(num_tasks):
+        scale = 1.0 if normalize else lower_median(new_ema[t]) + 1e-12
+        scores[t] = new_ema[t] / scale / tau
+    combined = np.zeros(num_params)
+    for j in range(num_params):
+        weights = np.exp(scores[:, j] - scores[:, j].max())
+        weights /= weights.sum()
+        combined[j] = (weights * grads[:, j]).sum() / num_tasks
+    return combined, new_ema
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("num_params", [7, 8])
+def test_taco_combine_matches_the_written_out_rule_over_chained_steps(normalize, num_params):
+    rng = np.random.default_rng(0)
+    num_tasks, beta, tau = 3, 0.9, 2.0
+    params = rng.normal(size=num_params)
+    ema_ref = np.zeros((num_tasks, num_params))
+    ema = torch.zeros(num_tasks, num_params, dtype=torch.float64)
+    for step in range(5):
+        grads = rng.normal(size=(num_tasks, num_params)) * np.array([[1.0], [10.0], [0.1]])
+        in_warmup = step < 2
+        expected, ema_ref = reference_step(grads, params, ema_ref, beta, tau, in_warmup, normalize)
+        g, p = torch.tensor(grads), torch.tensor(params)
+        g_before, p_before, ema_before = g.clone(), p.clone(), ema.clone()
+        combined, ema = taco_combine(g, p, ema, beta=beta, tau=tau, in_warmup=in_warmup, normalize=normalize)
+        np.testing.assert_allclose(combined.numpy(), expected, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(ema.numpy(), ema_ref, rtol=1e-10)
+        assert torch.equal(g, g_before) and torch.equal(p, p_before) and torch.equal(ema_before, ema_before)
+        params = params - 0.1 * expected
+
+
+def test_taco_favours_the_task_that_matters_most_for_a_parameter():
+    params = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    grads = torch.tensor([[5.0, 0.01, 0.01, 0.01], [0.01, 5.0, 0.01, 0.01]])
+    combined, _ = taco_combine(grads, params, torch.zeros(2, 4), beta=0.0, tau=0.5, in_warmup=False)
+    naive = grads.sum(0) / 2
+    assert combined[0] > 0.9 * grads[0, 0] / 2 and combined[1] > 0.9 * grads[1, 1] / 2
+    assert torch.all(combined <= naive + 1e-7)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_callback_per_tensor_rule_equals_taco_combine_on_flattened_parameters(normalize):
+    torch.manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 2, 3)]
+    params = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    method = TACO(beta=0.8, tau=2.0, normalize=normalize)
+    method.setup_state(params, num_tasks=3)
+    method.ema = [e.double() for e in method.ema]
+    flat_params = torch.cat([p.flatten() for p in params])
+    flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
+    for step in range(4):
+        grads = [torch.randn((3, *s), dtype=torch.float64) for s in shapes]
+        flat_grads = torch.cat([g.flatten(1) for g in grads], dim=1)
+        in_warmup = step == 0
+        expected, flat_ema = taco_combine(flat_grads, flat_params, flat_ema, beta=0.8, tau=2.0, in_warmup=in_warmup, normalize=normalize)
+        combined = method.apply_rule(grads, params, in_warmup)
+        torch.testing.assert_close(torch.cat([c.flatten() for c in combined]), expected)
+        torch.testing.assert_close(torch.cat([e.flatten(1) for e in method.ema], dim=1), flat_ema)
+
+
+def test_invalid_hyper_parameters_are_rejected_with_the_key_name():
+    with pytest.raises(ValueError, match="method.beta"):
+        TACO(beta=1.0)
+    with pytest.raises(ValueError, match="method.tau"):
+        TACO(tau=0)
