@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random T5 and BERT with tokenizers trained here, and a tiny KILT-format dataset."""
+"""Shared fixtures: a tiny random T5 and BERT with tokenizers trained in the session, and a tiny KILT-format dataset."""
 
 from __future__ import annotations
 
@@ -6,14 +6,11 @@ import random
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, T5Config, T5Model
-
 from multiret.data.jsonl import atomic_write_text, write_jsonl
+from multiret.model.tiny import build_tiny_bert, build_tiny_t5
 
 WORDS = [f"w{i}" for i in range(120)]
 NUM_PAGES = 40
-SENTINELS = [f"<extra_id_{i}>" for i in range(4)]
 
 
 def _page_words(page: int) -> list[str]:
@@ -25,50 +22,16 @@ def _texts() -> list[str]:
     return [" ".join(_page_words(p)) for p in range(NUM_PAGES)] + ["QA EL qa el Title Text"]
 
 
-def _wordlevel_tokenizer(specials: list[str]) -> Tokenizer:
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>" if "<unk>" in specials else "[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=specials)
-    tokenizer.train_from_iterator(_texts(), trainer)
-    return tokenizer
-
-
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random T5 whose tokenizer (trained here) has pad=0, eos=1 and sentinel tokens."""
-    out = tmp_path_factory.mktemp("tiny-t5")
-    raw = _wordlevel_tokenizer(["<pad>", "</s>", "<unk>", *SENTINELS])
-    raw.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", additional_special_tokens=SENTINELS
-    )
-    tokenizer.save_pretrained(out)
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1, num_heads=4,
-        dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )
-    T5Model(config).save_pretrained(out)
-    return out
+    """A 2-layer random T5 whose tokenizer (trained here on the fixture's words) has pad=0, eos=1 and sentinels."""
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), _texts())
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random BERT with a word-level tokenizer that adds [CLS] ... [SEP]."""
-    out = tmp_path_factory.mktemp("tiny-bert")
-    raw = _wordlevel_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    raw.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
-    )
-    tokenizer.save_pretrained(out)
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(out)
-    return out
+    """A 2-layer random BERT with a word-level tokenizer (trained here) that adds [CLS] ... [SEP]."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), _texts())
 
 
 def _record(qid: str, text: str, pages: list[int]) -> dict:

@@ -34,6 +34,7 @@ def wandb_logged_in() -> bool:
 
 def wandb_logger(offline: bool | str = "auto", **kwargs: Any) -> WandbLogger:
     """A WandbLogger; ``offline="auto"`` logs online only when the user is logged in (sync later with ``wandb sync``)."""
+    os.environ.setdefault("WANDB_SILENT", "true")  # the run folder is reported by multiret itself
     if offline == "auto":
         offline = not wandb_logged_in()
     Path(kwargs.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)

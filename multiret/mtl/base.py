@@ -80,7 +80,7 @@ class GradientMethod(Callback):
     ) -> None:
         if self.needs_task_gradients:
             with torch.no_grad():
-                if all(bool(torch.isfinite(g).all()) for g in self._task_grads):
+                if bool(torch.isfinite(torch.stack([g.sum() for g in self._task_grads])).all()):
                     combined = self.combine(self._task_grads, self._params, trainer)
                 else:
                     self.nonfinite_steps += 1

