@@ -75,9 +75,11 @@ def random_batches(vocab: int, tasks: int, queries: int, passages: int, q_len: i
 
 
 def model_path(name: str, workdir: Path) -> tuple[str, str]:
+    words = [" ".join(f"w{i}" for i in range(2000))]
     if name == "tiny-t5":
-        words = [f"w{i}" for i in range(2000)]
-        return str(build_tiny_t5(workdir / "tiny-t5", [" ".join(words)], d_model=64, layers=4)), "t5_decoder"
+        return str(build_tiny_t5(workdir / name, words, d_model=64, layers=4)), "t5_decoder"
+    if name == "t5-base-shape":
+        return str(build_tiny_t5(workdir / name, words, d_model=768, layers=12, heads=12)), "t5_decoder"
     if name in MODELS:
         return MODELS[name]
     return name, "t5_decoder"
@@ -98,7 +100,7 @@ def time_method(method: str, path: str, pooling: str, batches: list[dict], tasks
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
-    parser.add_argument("--model", default="tiny-t5", help="tiny-t5 (default), minilm, or a local T5 folder")
+    parser.add_argument("--model", default="tiny-t5", help="tiny-t5 (default), t5-base-shape (random, T5-base encoder), minilm, or a local T5 folder")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to time")
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--queries", type=int, default=8, help="queries per task per step")

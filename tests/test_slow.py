@@ -30,3 +30,10 @@ def test_task_specific_multirun_trains_one_model_per_task(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep").glob("[0-9]*/config.yaml"))
     assert [j.read_text().count("task_names:\n  - vital-") for j in jobs] == [1, 1, 1]
+
+
+def test_cli_evaluate_bm25_and_zero_shot(tmp_path):
+    for experiment in ("vital_bm25", "vital_zeroshot"):
+        done = multiret("evaluate", f"experiment={experiment}", "debug=fast", f"hydra.run.dir={tmp_path}/{experiment}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((tmp_path / experiment / "eval" / "metrics.json").read_text())["vital-clue"]["Rprec"] > 0.5

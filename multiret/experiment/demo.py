@@ -31,7 +31,7 @@ def compose_run(experiment: str, output_dir: Path, group: str, overrides: Sequen
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(
             "train",
-            overrides=[f"experiment={experiment}", f"paths.output_dir={output_dir}", f"logger.wandb.group={group}", *overrides],
+            overrides=[f"experiment={experiment}", f"paths.output_dir={output_dir}", f"group={group}", *overrides],
         )
 
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"results: {out}/results.md and results.json\n"
         f"per run ({out}/<experiment>/): config.yaml, eval/<task>-guess.jsonl + -gold.jsonl (KILT format; "
-        f"check with `multiret kilt-eval`), csv/ (CSV logs), wandb/ (W&B run; offline unless logged in: "
+        f"check with `multiret kilt-eval`), csv/ (CSV logs), wandb/ (W&B run, with the default logger; offline unless logged in: "
         f"`wandb sync {out}/*/wandb/offline-run-*`), checkpoints/last.ckpt"
     )
     return 0

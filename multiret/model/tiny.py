@@ -22,8 +22,11 @@ def _word_tokenizer(texts: Iterable[str], specials: list[str], unk: str) -> Toke
     return tokenizer
 
 
-def build_tiny_t5(out: Path, texts: Iterable[str], d_model: int = 32, layers: int = 2) -> Path:
-    """Save a random T5 (pad=0, eos=1, sentinels ``<extra_id_i>``) and its tokenizer to ``out``."""
+def build_tiny_t5(out: Path, texts: Iterable[str], d_model: int = 32, layers: int = 2, heads: int = 4) -> Path:
+    """Save a random T5 (pad=0, eos=1, sentinels ``<extra_id_i>``) and its tokenizer to ``out``.
+
+    ``d_model=768, layers=12, heads=12`` gives T5-base's encoder shape (with a small vocabulary).
+    """
     raw = _word_tokenizer(texts, ["<pad>", "</s>", "<unk>", *T5_SENTINELS], "<unk>")
     raw.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(
@@ -32,8 +35,8 @@ def build_tiny_t5(out: Path, texts: Iterable[str], d_model: int = 32, layers: in
     )
     tokenizer.save_pretrained(out)
     config = T5Config(
-        vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=layers,
-        num_decoder_layers=1, num_heads=4, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // heads, d_ff=4 * d_model, num_layers=layers,
+        num_decoder_layers=1, num_heads=heads, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
     )
     T5Model(config).save_pretrained(out)
     return out
