@@ -41,3 +41,10 @@ def test_task_specific_experiment_sweeps_one_task_per_job():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=vital_task_specific"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params["data.task_names"] == "[vital-qa],[vital-el],[vital-clue]"
+
+
+def test_a_missing_required_setting_is_named_before_any_work():
+    from multiret.experiment.run import validate
+
+    with pytest.raises(ValueError, match=r"required setting\(s\) not given: model.encoder.path"):
+        validate(_compose("model=t5_prompted"))

@@ -37,6 +37,12 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 
 def validate(cfg: DictConfig) -> None:
     """Fail before any work on settings that cannot run, naming the key and the fix."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(
+            f"required setting(s) not given: {', '.join(missing)}; set them on the command line, "
+            f"e.g. {missing[0]}=... (see the comments in conf/)"
+        )
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ValueError(f"stages={list(cfg.stages)} has unknown stage(s) {unknown}; choose from {list(STAGES)}")
