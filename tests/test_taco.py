@@ -90,3 +90,15 @@ def test_invalid_hyper_parameters_are_rejected_with_the_key_name():
         TACO(beta=1.0)
     with pytest.raises(ValueError, match="method.tau"):
         TACO(tau=0)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_specialisation_share_counts_parameters_a_task_dominates(normalize):
+    params = [torch.zeros(4, 2), torch.zeros(2)]
+    method = TACO(tau=0.1, normalize=normalize)
+    method.task_names = ["a", "b"]
+    method.setup_state(params, num_tasks=2)
+    method.ema[0][0] = 1.0  # task a dominates the 8 entries of the first tensor
+    method.ema[1][1, 0] = 1.0  # task b one entry of the second; its other entry is a tie (weights 0.5, not > 0.5)
+    values = method.log_values()
+    assert values == {"mtl/taco/specialised/a": pytest.approx(8 / 10), "mtl/taco/specialised/b": pytest.approx(1 / 10)}

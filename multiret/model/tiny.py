@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, T5Config, T5Model
 
@@ -22,10 +23,13 @@ def _word_tokenizer(texts: Iterable[str], specials: list[str], unk: str) -> Toke
     return tokenizer
 
 
-def build_tiny_t5(out: Path, texts: Iterable[str], d_model: int = 32, layers: int = 2, heads: int = 4) -> Path:
+def build_tiny_t5(
+    out: Path, texts: Iterable[str], d_model: int = 32, layers: int = 2, heads: int = 4, seed: int = 0
+) -> Path:
     """Save a random T5 (pad=0, eos=1, sentinels ``<extra_id_i>``) and its tokenizer to ``out``.
 
-    ``d_model=768, layers=12, heads=12`` gives T5-base's encoder shape (with a small vocabulary).
+    Weights are drawn from ``seed``; ``d_model=768, layers=12, heads=12`` gives T5-base's encoder
+    shape (with a small vocabulary).
     """
     raw = _word_tokenizer(texts, ["<pad>", "</s>", "<unk>", *T5_SENTINELS], "<unk>")
     raw.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
@@ -38,12 +42,13 @@ def build_tiny_t5(out: Path, texts: Iterable[str], d_model: int = 32, layers: in
         vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // heads, d_ff=4 * d_model, num_layers=layers,
         num_decoder_layers=1, num_heads=heads, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
     )
+    torch.manual_seed(seed)
     T5Model(config).save_pretrained(out)
     return out
 
 
-def build_tiny_bert(out: Path, texts: Iterable[str], hidden: int = 32, layers: int = 2) -> Path:
-    """Save a random BERT and a tokenizer that wraps inputs in ``[CLS] ... [SEP]`` to ``out``."""
+def build_tiny_bert(out: Path, texts: Iterable[str], hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Save a random BERT (weights drawn from ``seed``) and a tokenizer that wraps inputs in ``[CLS] ... [SEP]``."""
     raw = _word_tokenizer(texts, ["[PAD]", "[UNK]", "[CLS]", "[SEP]"], "[UNK]")
     raw.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     tokenizer = PreTrainedTokenizerFast(
@@ -54,5 +59,6 @@ def build_tiny_bert(out: Path, texts: Iterable[str], hidden: int = 32, layers: i
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
         intermediate_size=2 * hidden, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64,
     )
+    torch.manual_seed(seed)
     BertModel(config).save_pretrained(out)
     return out

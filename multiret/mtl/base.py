@@ -4,8 +4,13 @@ The bi-encoder backpropagates one task at a time and marks which (``active_task`
 that needs task gradients moves ``p.grad`` into a per-task buffer after each backward
 (``on_after_backward``) and, just before the optimizer steps (``on_before_optimizer_step``,
 after AMP unscaling and before the module clips), writes the combined gradient back.
-A subclass only implements :meth:`GradientMethod.combine`; the base owns buffers, the
-non-finite fallback, checkpoint state and logging.
+
+Most methods only decide one coefficient per task from the tasks' Gram matrix
+``G_ij = g_i · g_j`` (over all parameters) and their losses: they implement
+:meth:`GradientMethod.task_coefficients` and the base forms ``Σ_t c_t g_t`` per parameter
+tensor, so nothing is ever flattened. A method with per-parameter weights (TACO) overrides
+:meth:`GradientMethod.combine`. The base owns the buffers, the non-finite fallback, the
+NaN-loss stop, checkpoint state and logging.
 """
 
 from __future__ import annotations
@@ -21,17 +26,42 @@ from typing_extensions import override
 log = logging.getLogger(__name__)
 
 
+def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
+    """``G_ij = g_i · g_j`` over every parameter tensor, from per-tensor ``(T, *shape)`` gradients (float64)."""
+    num_tasks = task_grads[0].shape[0]
+    gram = torch.zeros((num_tasks, num_tasks), dtype=torch.float64, device=task_grads[0].device)
+    for grads in task_grads:
+        flat = grads.reshape(num_tasks, -1)
+        gram += (flat @ flat.T).double()
+    return gram
+
+
+def weighted_sum(task_grads: list[torch.Tensor], coefficients: torch.Tensor) -> list[torch.Tensor]:
+    """``Σ_t c_t g_t`` for every parameter tensor."""
+    return [torch.tensordot(coefficients.to(g.dtype), g, dims=1) for g in task_grads]
+
+
 class GradientMethod(Callback):
-    """Base class of every multitask gradient method (see ``multiret/mtl/*.py``)."""
+    """Base class of every multitask gradient method (see ``multiret/mtl/*.py``).
+
+    ``log_every_n_steps`` sets how often per-task gradient norms and pairwise cosines are
+    logged; ``max_nonfinite_losses`` consecutive steps with a non-finite task loss stop training.
+    """
 
     name: str = "base"
     needs_task_gradients: bool = True
 
-    def __init__(self) -> None:
+    def __init__(self, log_every_n_steps: int = 10, max_nonfinite_losses: int = 5) -> None:
         super().__init__()
+        if log_every_n_steps < 1 or max_nonfinite_losses < 1:
+            raise ValueError("method.log_every_n_steps and method.max_nonfinite_losses must be ≥ 1")
+        self.log_every_n_steps = log_every_n_steps
+        self.max_nonfinite_losses = max_nonfinite_losses
         self.task_names: list[str] = []
         self.step = 0
         self.nonfinite_steps = 0
+        self.nonfinite_loss_streak = 0
+        self.task_losses = torch.zeros(0)
         self._params: list[torch.nn.Parameter] = []
         self._task_grads: list[torch.Tensor] = []
         self._pending_state: dict[str, Any] | None = None
@@ -50,10 +80,11 @@ class GradientMethod(Callback):
                 f"{trainer.world_size} processes; train it on one device (trainer=cpu or trainer=gpu), or use method=naive"
             )
         self._params = [p for p in pl_module.parameters() if p.requires_grad]
+        count = len(self.task_names)
         if self.needs_task_gradients:
-            count = len(self.task_names)
             self._task_grads = [torch.zeros((count, *p.shape), dtype=p.dtype, device=p.device) for p in self._params]
-        self.setup_state(self._params, len(self.task_names))
+        self.task_losses = torch.zeros(count, dtype=torch.float64)
+        self.setup_state(self._params, count)
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
@@ -62,26 +93,41 @@ class GradientMethod(Callback):
         """Allocate the method's own state once parameters and tasks are known (default: none)."""
 
     @override
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        task = self._active_task(pl_module)
+        self.task_losses[task] = float(loss.detach())
+
+    @override
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.needs_task_gradients:
             return
-        task = pl_module.active_task
-        if task is None:
-            raise RuntimeError(f"method={self.name} needs the module to mark the task of each backward (active_task)")
+        task = self._active_task(pl_module)
         with torch.no_grad():
             for buffer, param in zip(self._task_grads, self._params):
                 if param.grad is not None:
                     buffer[task].add_(param.grad)
                     param.grad = None
 
+    def _active_task(self, pl_module: L.LightningModule) -> int:
+        task = getattr(pl_module, "active_task", None)
+        if task is None:
+            raise RuntimeError(f"method={self.name} needs the module to mark the task of each backward (active_task)")
+        return task
+
     @override
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        self._check_losses()
+        logged: dict[str, float] = {}
         if self.needs_task_gradients:
             with torch.no_grad():
+                log_now = self.step % self.log_every_n_steps == 0
                 if bool(torch.isfinite(torch.stack([g.sum() for g in self._task_grads])).all()):
                     combined = self.combine(self._task_grads, self._params, trainer)
+                    if log_now:
+                        logged.update(self._gradient_statistics(gram_matrix(self._task_grads)))
+                        logged.update(self.log_values())
                 else:
                     self.nonfinite_steps += 1
                     log.warning("step %d: non-finite task gradient; applying the naive mean for this step", self.step)
@@ -90,14 +136,46 @@ class GradientMethod(Callback):
                     param.grad = grad
                 for buffer in self._task_grads:
                     buffer.zero_()
-            pl_module.log("mtl/nonfinite_steps", float(self.nonfinite_steps), on_step=True, batch_size=1)
+            logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
+        if logged:
+            pl_module.log_dict(logged, on_step=True, batch_size=1)
         self.step += 1
+
+    def _check_losses(self) -> None:
+        if bool(torch.isfinite(self.task_losses).all()):
+            self.nonfinite_loss_streak = 0
+            return
+        self.nonfinite_loss_streak += 1
+        if self.nonfinite_loss_streak >= self.max_nonfinite_losses:
+            bad = [n for n, v in zip(self.task_names, self.task_losses.tolist()) if not torch.isfinite(torch.tensor(v))]
+            raise RuntimeError(
+                f"training stopped at step {self.step}: the loss of task(s) {bad} was not finite for "
+                f"{self.nonfinite_loss_streak} consecutive steps; lower optimizer.lr, check the data, or use fp32"
+            )
+
+    def _gradient_statistics(self, gram: torch.Tensor) -> dict[str, float]:
+        """Per-task gradient norms and pairwise cosines: the conflicts multitask methods exist to resolve."""
+        norms = gram.diagonal().clamp(min=0).sqrt()
+        stats = {f"mtl/grad_norm/{name}": float(n) for name, n in zip(self.task_names, norms)}
+        for i in range(len(self.task_names)):
+            for j in range(i + 1, len(self.task_names)):
+                cosine = gram[i, j] / (norms[i] * norms[j]).clamp(min=1e-30)
+                stats[f"mtl/cosine/{self.task_names[i]}~{self.task_names[j]}"] = float(cosine)
+        return stats
 
     def combine(
         self, task_grads: list[torch.Tensor], params: list[torch.nn.Parameter], trainer: L.Trainer
     ) -> list[torch.Tensor]:
         """Turn per-parameter ``(T, *shape)`` task gradients into one gradient per parameter."""
-        raise NotImplementedError
+        return weighted_sum(task_grads, self.task_coefficients(gram_matrix(task_grads), self.task_losses.clone()))
+
+    def task_coefficients(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """One coefficient per task from the Gram matrix ``(T, T)`` and the task losses ``(T,)``."""
+        raise NotImplementedError(f"method {self.name} must implement task_coefficients() or combine()")
+
+    def log_values(self) -> dict[str, float]:
+        """Method-specific values to log (task weights, conflict counts); default none."""
+        return {}
 
     def extra_state(self) -> dict[str, Any]:
         """The method's own tensors and numbers to checkpoint (default: none)."""

@@ -74,8 +74,10 @@ class TACO(GradientMethod):
 
     name = "taco"
 
-    def __init__(self, beta: float = 0.999, tau: float = 2.0, normalize: bool = True, warmup_ratio: float = 0.0) -> None:
-        super().__init__()
+    def __init__(
+        self, beta: float = 0.999, tau: float = 2.0, normalize: bool = True, warmup_ratio: float = 0.0, **base: Any
+    ) -> None:
+        super().__init__(**base)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"method.beta must be in [0, 1), got {beta}")
         if tau <= 0:
@@ -122,17 +124,33 @@ class TACO(GradientMethod):
             del importance
         if in_warmup:
             return [g.sum(0).div_(num_tasks) for g in task_grads]
-        if not self.normalize:
-            def ema_row(task: int, index: int, out: torch.Tensor) -> None:
-                out.copy_(self.ema[index][task].flatten())
-
-            ema_scale = task_medians(ema_row, sizes, num_tasks, like) + EPS
+        ema_scale = None if self.normalize else self._ema_scale()
         combined = []
         for ema, grads, shape in zip(self.ema, task_grads, shapes):
             scores = ema / self.tau if self.normalize else ema / ema_scale.view(shape) / self.tau
             weights = torch.softmax(scores, dim=0).to(grads.dtype)
             combined.append(weights.mul_(grads).sum(0).div_(num_tasks))
         return combined
+
+    def log_values(self) -> dict[str, float]:
+        """Per task, the share of parameters whose largest task weight (> 0.5) is that task's: specialisation."""
+        num_tasks = len(self.task_names)
+        scale = None if self.normalize else self._ema_scale()
+        counts = torch.zeros(num_tasks, dtype=torch.float64)
+        total = 0
+        for ema in self.ema:
+            scores = ema / self.tau if scale is None else ema / scale.view((-1,) + (1,) * (ema.dim() - 1)) / self.tau
+            best, owner = torch.softmax(scores, dim=0).reshape(num_tasks, -1).max(dim=0)
+            counts += torch.bincount(owner[best > 0.5].cpu(), minlength=num_tasks).double()
+            total += best.numel()
+        return {f"mtl/taco/specialised/{n}": float(c / total) for n, c in zip(self.task_names, counts)}
+
+    def _ema_scale(self) -> torch.Tensor:
+        """``median_j Ī_t + eps`` per task (the scale of the scores when ``normalize`` is off)."""
+        def ema_row(task: int, index: int, out: torch.Tensor) -> None:
+            out.copy_(self.ema[index][task].flatten())
+
+        return task_medians(ema_row, [e[0].numel() for e in self.ema], self.ema[0].shape[0], self.ema[0]) + EPS
 
     def extra_state(self) -> dict[str, Any]:
         return {"ema": [e.detach().cpu().clone() for e in self.ema]}

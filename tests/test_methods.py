@@ -1,0 +1,144 @@
+"""The gradient-method family against each rule written out on flat vectors, over chained steps."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from multiret.mtl.base import gram_matrix, weighted_sum
+from multiret.mtl.cgd import CGD
+from multiret.mtl.gradnorm import GradNorm
+from multiret.mtl.pcgrad import pcgrad_coefficients
+from multiret.mtl.uncertainty import UncertaintyWeighting
+
+SHAPES = [(3, 4), (5,), (2, 3)]
+NUM_TASKS = 3
+
+
+def random_step(rng, scales=(1.0, 3.0, 0.5)):
+    """Per-tensor (T, *shape) task gradients, their flat (T, P) copy, and task losses."""
+    grads = [torch.tensor(rng.normal(size=(NUM_TASKS, *s))) * torch.tensor(scales).view(-1, *[1] * len(s)) for s in SHAPES]
+    flat = torch.cat([g.reshape(NUM_TASKS, -1) for g in grads], dim=1).numpy()
+    losses = torch.tensor(rng.uniform(0.5, 3.0, size=NUM_TASKS))
+    return grads, flat, losses
+
+
+def flat_of(per_tensor):
+    return torch.cat([t.flatten() for t in per_tensor]).numpy()
+
+
+def test_gram_and_weighted_sum_equal_their_flat_definitions():
+    grads, flat, _ = random_step(np.random.default_rng(0))
+    np.testing.assert_allclose(gram_matrix(grads).numpy(), flat @ flat.T, rtol=1e-12)
+    c = torch.tensor([0.2, -1.0, 3.0], dtype=torch.float64)
+    np.testing.assert_allclose(flat_of(weighted_sum(grads, c)), c.numpy() @ flat, rtol=1e-12)
+
+
+def reference_pcgrad(flat, orders):
+    projected = []
+    for i in range(len(flat)):
+        pc = flat[i].copy()
+        for j in orders[i]:
+            dot = pc @ flat[j]
+            if dot < 0:
+                pc = pc - dot / (flat[j] @ flat[j]) * flat[j]
+        projected.append(pc)
+    return np.sum(projected, axis=0)
+
+
+def test_pcgrad_matches_sequential_projections_over_chained_steps():
+    rng = np.random.default_rng(1)
+    conflicts_seen = 0
+    for _ in range(6):
+        grads, flat, _ = random_step(rng)
+        orders = [[j for j in rng.permutation(NUM_TASKS).tolist() if j != i] for i in range(NUM_TASKS)]
+        coefficients, conflicts = pcgrad_coefficients(gram_matrix(grads), orders)
+        conflicts_seen += conflicts
+        np.testing.assert_allclose(flat_of(weighted_sum(grads, coefficients)), reference_pcgrad(flat, orders), rtol=1e-9, atol=1e-12)
+    assert conflicts_seen > 0
+
+
+def test_cgd_matches_its_rule_over_chained_steps():
+    rng = np.random.default_rng(2)
+    method = CGD(beta=0.25, tau=2.0)
+    method.setup_state([], NUM_TASKS)
+    weights = np.full(NUM_TASKS, 1 / NUM_TASKS)
+    for _ in range(5):
+        grads, flat, losses = random_step(rng)
+        unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+        L = losses.numpy()
+        scores = np.array([sum((L[i] * L[j]) ** 0.25 * unit[i] @ unit[j] for j in range(NUM_TASKS)) for i in range(NUM_TASKS)])
+        logits = scores / 2.0 + np.log(weights)
+        weights = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        method.task_losses = losses
+        combined = method.combine(grads, [], None)
+        np.testing.assert_allclose(flat_of(combined), weights @ flat, rtol=1e-9)
+        np.testing.assert_allclose(method.weights.numpy(), weights, rtol=1e-9)
+
+
+class HandAdam:
+    """Adam written out (Kingma & Ba 2015, torch defaults: β=(0.9, 0.999), ε=1e-8)."""
+
+    def __init__(self, lr):
+        self.lr, self.m, self.v, self.t = lr, 0.0, 0.0, 0
+
+    def step(self, x, grad):
+        self.t += 1
+        self.m = 0.9 * self.m + 0.1 * grad
+        self.v = 0.999 * self.v + 0.001 * grad**2
+        m_hat, v_hat = self.m / (1 - 0.9**self.t), self.v / (1 - 0.999**self.t)
+        return x - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+
+
+def test_uncertainty_weighting_matches_its_rule_over_chained_steps():
+    rng = np.random.default_rng(3)
+    method = UncertaintyWeighting(lr=0.05)
+    method.setup_state([], NUM_TASKS)
+    log_vars, adam = np.zeros(NUM_TASKS), HandAdam(0.05)
+    for _ in range(5):
+        grads, flat, losses = random_step(rng)
+        expected = np.exp(-log_vars) @ flat
+        log_vars = adam.step(log_vars, 1 - np.exp(-log_vars) * losses.numpy())
+        method.task_losses = losses
+        np.testing.assert_allclose(flat_of(method.combine(grads, [], None)), expected, rtol=1e-9)
+        np.testing.assert_allclose(method.log_vars.detach().numpy(), log_vars, rtol=1e-9, atol=1e-12)
+
+
+def test_gradnorm_matches_its_rule_over_chained_steps():
+    rng = np.random.default_rng(4)
+    method = GradNorm(alpha=1.5, lr=0.05)
+    method.setup_state([], NUM_TASKS)
+    weights, adam, initial = np.ones(NUM_TASKS), HandAdam(0.05), None
+    for _ in range(5):
+        grads, flat, losses = random_step(rng)
+        L = losses.numpy()
+        initial = L.copy() if initial is None else initial
+        expected = weights @ flat
+        norms = np.linalg.norm(flat, axis=1)
+        weighted = weights * norms
+        ratios = (L / initial) / np.mean(L / initial)
+        target = weighted.mean() * ratios**1.5
+        weights = adam.step(weights, np.sign(weighted - target) * norms)
+        weights = np.maximum(weights, 1e-8)
+        weights = weights * NUM_TASKS / weights.sum()
+        method.task_losses = losses
+        np.testing.assert_allclose(flat_of(method.combine(grads, [], None)), expected, rtol=1e-9)
+        np.testing.assert_allclose(method.weights.detach().numpy(), weights, rtol=1e-9)
+
+
+@pytest.mark.parametrize("method_class", [GradNorm, UncertaintyWeighting])
+def test_learned_weights_move_against_the_task_with_ten_times_the_loss(method_class):
+    """Two tasks; task 1's loss and gradient are 10× task 0's. The learned weights must shift towards task 0."""
+    method = method_class(lr=0.05)
+    method.setup_state([], 2)
+    rng = np.random.default_rng(5)
+    for step in range(50):
+        base = torch.tensor(rng.normal(size=(1, 8)))
+        grads = [torch.cat([base, 10 * base + 0.1 * torch.tensor(rng.normal(size=(1, 8)))])]
+        method.task_losses = torch.tensor([1.0, 10.0]) * (1 - step / 100)
+        method.combine(grads, [], None)
+    weights = method.weights.detach() if method_class is GradNorm else torch.exp(-method.log_vars.detach())
+    assert weights[0] > 1.5 * weights[1]
+    if method_class is GradNorm:
+        assert math.isclose(float(weights.sum()), 2.0)
