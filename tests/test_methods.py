@@ -142,3 +142,62 @@ def test_learned_weights_move_against_the_task_with_ten_times_the_loss(method_cl
     assert weights[0] > 1.5 * weights[1]
     if method_class is GradNorm:
         assert math.isclose(float(weights.sum()), 2.0)
+
+
+class FakeModule(torch.nn.Module):
+    """The two things a gradient method needs from the bi-encoder: the active task and log_dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.active_task = None
+        self.logged = {}
+
+    def log_dict(self, values, **kwargs):
+        self.logged.update(values)
+
+
+def fake_trainer(tasks=("a", "b")):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(datamodule=SimpleNamespace(tasks=[SimpleNamespace(name=t) for t in tasks]), world_size=1, max_steps=10)
+
+
+def one_step(method, module, trainer, losses, grads):
+    for task, (loss, grad) in enumerate(zip(losses, grads)):
+        module.active_task = task
+        method.on_before_backward(trainer, module, torch.tensor(loss))
+        module.weight.grad = torch.tensor(grad)
+        method.on_after_backward(trainer, module)
+    method.on_before_optimizer_step(trainer, module, None)
+
+
+def test_non_finite_task_gradient_falls_back_to_the_mean_and_is_counted():
+    from multiret.mtl.taco import TACO
+
+    method, module, trainer = TACO(), FakeModule(), fake_trainer()
+    method.on_fit_start(trainer, module)
+    one_step(method, module, trainer, [1.0, 2.0], [[1.0, 2.0, 3.0], [float("inf"), 0.0, 1.0]])
+    assert module.weight.grad.tolist()[1:] == [1.0, 2.0]
+    assert method.nonfinite_steps == 1 and module.logged["mtl/nonfinite_steps"] == 1.0
+    assert all(float(g.abs().sum()) == 0 for g in method._task_grads)  # buffers cleared for the next step
+
+
+def test_training_stops_after_consecutive_non_finite_losses():
+    method, module, trainer = CGD(max_nonfinite_losses=3), FakeModule(), fake_trainer()
+    method.on_fit_start(trainer, module)
+    one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
+    one_step(method, module, trainer, [1.0, 1.0], [[1.0, 0, 0], [0, 1.0, 0]])  # a finite step resets the count
+    one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
+    one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
+    with pytest.raises(RuntimeError, match=r"loss of task\(s\) \['b'\] was not finite for 3 consecutive steps"):
+        one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
+
+
+def test_gradient_statistics_are_logged_with_task_names():
+    method, module, trainer = CGD(log_every_n_steps=1), FakeModule(), fake_trainer()
+    method.on_fit_start(trainer, module)
+    one_step(method, module, trainer, [1.0, 1.0], [[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]])
+    assert module.logged["mtl/grad_norm/a"] == pytest.approx(5.0)
+    assert module.logged["mtl/cosine/a~b"] == pytest.approx(0.0)
+    assert module.logged["mtl/cgd/weight/a"] + module.logged["mtl/cgd/weight/b"] == pytest.approx(1.0)
