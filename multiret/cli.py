@@ -12,6 +12,7 @@ commands:
   evaluate [overrides]   index and score the eval split with KILT page-level metrics
   kilt-eval --gold G --guess P [--ks 1,5,20] [--json]   KILT retrieval metrics of a guess file
   demo [--full]          the whole pipeline on the embedded vital benchmark
+  analyze specialization CKPT [CKPT ...]   per-parameter task-specialisation entropy (PNG + JSON)
 """
 
 DEFAULT_STAGES = {"train": None, "index": "stages=[index]", "evaluate": "stages=[index,evaluate]"}
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from multiret.experiment.demo import main as demo
 
         return demo(rest)
+    if command == "analyze" and rest[:1] == ["specialization"]:
+        from multiret.eval.specialization import main as specialization
+
+        return specialization(rest[1:])
     print(f"multiret: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -105,10 +105,7 @@ class MultitaskDataModule(L.LightningDataModule):
         empty = [name for name, qs in self.train_queries.items() if not qs]
         if empty:
             raise ValueError(f"task(s) {empty} have no usable training item (see the warnings above)")
-        if self.n_negatives > 0 and self.bm25_top_k > 0:
-            retriever = BM25Retriever(self.corpus, show_progress=False)
-            for queries in self.train_queries.values():
-                attach_bm25_negatives(retriever, queries, self.corpus, self.bm25_top_k)
+        self._mine_negatives(self.train_queries)
         sizes = [len(self.train_queries[t.name]) for t in self.tasks]
         self.task_batch_sizes = dict(
             zip((t.name for t in self.tasks), task_batch_sizes(self.batch_size, sizes, self.mix_temperature))
@@ -120,10 +117,28 @@ class MultitaskDataModule(L.LightningDataModule):
              for t in self.tasks},
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _mine_negatives(self, queries_by_task: Mapping[str, list[Query]]) -> None:
+        if self.n_negatives > 0 and self.bm25_top_k > 0:
+            retriever = BM25Retriever(self.corpus, show_progress=False)
+            for queries in queries_by_task.values():
+                attach_bm25_negatives(retriever, queries, self.corpus, self.bm25_top_k)
+
+    def _batches(self, queries_by_task: Mapping[str, list[Query]], seed: int, start_step: int) -> MultitaskBatches:
         if self.collator is None:
-            raise RuntimeError("training needs a tokenizer: build the data module with the model's tokenizer")
-        streams = [TaskStream(t, self.train_queries[t.name], self.task_batch_sizes[t.name]) for t in self.tasks]
+            raise RuntimeError("batches need a tokenizer: build the data module with the model's tokenizer")
+        streams = [TaskStream(t, queries_by_task[t.name], self.task_batch_sizes[t.name]) for t in self.tasks]
+        return MultitaskBatches(streams, self.corpus, self.collator, self.n_negatives, seed, start_step=start_step)
+
+    def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step if self.trainer is not None else 0
-        dataset = MultitaskBatches(streams, self.corpus, self.collator, self.n_negatives, self.seed, start_step=start)
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        return DataLoader(self._batches(self.train_queries, self.seed, start), batch_size=None, num_workers=0)
+
+    def heldout_batches(self) -> MultitaskBatches:
+        """Multitask batches of the eval split, built like training batches (to measure task gradients)."""
+        self.setup("fit")
+        heldout = {
+            name: attach_positives(name, queries, self.corpus, name in self.all_passages_positive)
+            for name, queries in self.eval_queries.items()
+        }
+        self._mine_negatives(heldout)
+        return self._batches(heldout, self.seed + 1, 0)
