@@ -70,7 +70,7 @@ def random_batches(vocab: int, tasks: int, queries: int, passages: int, q_len: i
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     return [
-        {f"task{t}": {"query": tokens(queries, q_len), "passage": tokens(queries * passages, p_len)} for t in range(tasks)}
+        [{f"task{t}": {"query": tokens(queries, q_len), "passage": tokens(queries * passages, p_len)} for t in range(tasks)}]
         for _ in range(steps)
     ]
 

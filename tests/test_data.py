@@ -78,7 +78,7 @@ def test_temperature_mixing_by_hand():
         task_batch_sizes(2, [5, 5, 5])
 
 
-def _stream(kilt_dir, tiny_t5_dir, kilt_tasks, start_step=0):
+def _stream(kilt_dir, tiny_t5_dir, kilt_tasks, start_step=0, micro_batches=1):
     corpus = read_corpus(kilt_dir / "corpus.tsv")
     tasks = select_tasks({k: {**v, "train": str(kilt_dir / v["train"]), "dev": None} for k, v in kilt_tasks.items()}, ["qa", "el"])
     streams = []
@@ -88,12 +88,12 @@ def _stream(kilt_dir, tiny_t5_dir, kilt_tasks, start_step=0):
             q.negatives = [0, 1, 2]
         streams.append(TaskStream(task, queries, size))
     collator = PromptCollator(AutoTokenizer.from_pretrained(tiny_t5_dir), "{prompt} <extra_id_1> {query}", 16)
-    return MultitaskBatches(streams, corpus, collator, n_negatives=2, seed=7, start_step=start_step)
+    return MultitaskBatches(streams, corpus, collator, n_negatives=2, seed=7, start_step=start_step, micro_batches=micro_batches)
 
 
 def test_every_batch_holds_every_task_and_resuming_replays_the_same_batches(kilt_dir, tiny_t5_dir, kilt_tasks):
     stream = iter(_stream(kilt_dir, tiny_t5_dir, kilt_tasks))
-    batches = [next(stream) for _ in range(30)]  # 30 steps × 3 queries cycles the 40 qa items twice
+    batches = [next(stream)[0] for _ in range(30)]  # 30 steps × 3 queries cycles the 40 qa items twice
     for batch in batches:
         assert list(batch) == ["qa", "el"]
         assert batch["qa"]["query"]["input_ids"].shape[0] == 3
@@ -101,7 +101,16 @@ def test_every_batch_holds_every_task_and_resuming_replays_the_same_batches(kilt
         assert batch["el"]["query"]["input_ids"].shape[0] == 2
     resumed = iter(_stream(kilt_dir, tiny_t5_dir, kilt_tasks, start_step=17))
     for step in range(17, 30):
-        again = next(resumed)
+        [again] = next(resumed)
         for task in ("qa", "el"):
             for side in ("query", "passage"):
                 assert again[task][side]["input_ids"].equal(batches[step][task][side]["input_ids"])
+
+
+def test_micro_batches_are_consecutive_stream_batches_and_resume_by_optimizer_step(kilt_dir, tiny_t5_dir, kilt_tasks):
+    single = _stream(kilt_dir, tiny_t5_dir, kilt_tasks)
+    resumed = iter(_stream(kilt_dir, tiny_t5_dir, kilt_tasks, start_step=3, micro_batches=2))
+    step_three = next(resumed)
+    assert len(step_three) == 2
+    for micro, expected in zip(step_three, (single.batch(6), single.batch(7))):
+        assert micro["el"]["query"]["input_ids"].equal(expected["el"]["query"]["input_ids"])

@@ -63,12 +63,13 @@ def test_train_index_evaluate_then_kilt_eval_reproduces_the_scores(tmp_path, tin
 METHODS = sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_resume_continues_bit_for_bit(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, method):
+@pytest.mark.parametrize("method,micro_batches", [(m, 1) for m in METHODS] + [("taco", 2)])
+def test_resume_continues_bit_for_bit(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, method, micro_batches):
+    options = (f"method={method}", "stages=[train]", f"data.micro_batches={micro_batches}")
     straight = tmp_path / "straight"
-    run(tiny_config(straight, tiny_t5_dir, kilt_dir, kilt_tasks, f"method={method}", "stages=[train]"))
+    run(tiny_config(straight, tiny_t5_dir, kilt_dir, kilt_tasks, *options))
     resumed = tmp_path / "resumed"
-    run(tiny_config(resumed, tiny_t5_dir, kilt_dir, kilt_tasks, f"method={method}", "stages=[train]",
+    run(tiny_config(resumed, tiny_t5_dir, kilt_dir, kilt_tasks, *options,
                     f"ckpt_path={straight / 'checkpoints' / 'step000002.ckpt'}"))
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)

@@ -73,3 +73,7 @@ def test_cli_compares_a_taco_run_with_a_measured_naive_run(tmp_path, tiny_t5_dir
     assert [s["method"] for s in summary.values()] == ["taco", "naive"]
     assert all(0 <= s["mean_entropy"] <= 1 and s["tasks"] == ["qa", "el"] for s in summary.values())
     assert (out / "specialization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    measured = tmp_path / "measured"
+    assert cli(["analyze", "specialization", str(tmp_path / "taco" / "checkpoints" / "last.ckpt"),
+                "--out", str(measured), "--batches", "2", "--measure"]) == 0
+    assert json.loads((measured / "specialization.json").read_text())["taco: taco"]["parameters"] > 0

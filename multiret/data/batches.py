@@ -29,7 +29,8 @@ class TaskStream:
 
 
 class MultitaskBatches(IterableDataset):
-    """Yields ``{task: {"query": tensors, "passage": tensors}}`` from ``start_step`` on, forever.
+    """Yields, from optimizer step ``start_step`` on, forever, a list of ``micro_batches`` micro-batches
+    ``{task: {"query": tensors, "passage": tensors}}`` per step (gradient accumulation).
 
     Each query contributes ``1 + n_negatives`` passages, positive first.
     """
@@ -42,6 +43,7 @@ class MultitaskBatches(IterableDataset):
         n_negatives: int,
         seed: int,
         start_step: int = 0,
+        micro_batches: int = 1,
     ) -> None:
         super().__init__()
         self.streams = list(streams)
@@ -50,16 +52,19 @@ class MultitaskBatches(IterableDataset):
         self.n_negatives = n_negatives
         self.seed = seed
         self.start_step = start_step
+        if micro_batches < 1:
+            raise ValueError(f"data.micro_batches must be ≥ 1, got {micro_batches}")
+        self.micro_batches = micro_batches
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
 
-    def __iter__(self) -> Iterator[dict[str, dict[str, dict]]]:
+    def __iter__(self) -> Iterator[list[dict[str, dict[str, dict]]]]:
         step = self.start_step
         while True:
-            yield self.batch(step)
+            yield [self.batch(step * self.micro_batches + i) for i in range(self.micro_batches)]
             step += 1
 
     def batch(self, step: int) -> dict[str, dict[str, dict]]:
-        """The batch of training step ``step`` (0-based)."""
+        """Micro-batch number ``step`` (0-based) of the stream."""
         return {s.task.name: self._task_batch(t, s, step) for t, s in enumerate(self.streams)}
 
     def _permutation(self, task_index: int, epoch: int, size: int) -> np.ndarray:

@@ -39,6 +39,7 @@ class MultitaskDataModule(L.LightningDataModule):
         tokenizer: PreTrainedTokenizerBase | None = None,
         prompt_template: str | None = None,
         batch_size: int = 24,
+        micro_batches: int = 1,
         mix_temperature: float = 4.0,
         n_negatives: int = 2,
         bm25_top_k: int = 30,
@@ -61,6 +62,7 @@ class MultitaskDataModule(L.LightningDataModule):
         )
         self.collator = PromptCollator(tokenizer, prompt_template, max_passage_length) if tokenizer else None
         self.batch_size = batch_size
+        self.micro_batches = micro_batches
         self.mix_temperature = mix_temperature
         self.n_negatives = n_negatives
         self.bm25_top_k = bm25_top_k
@@ -127,7 +129,9 @@ class MultitaskDataModule(L.LightningDataModule):
         if self.collator is None:
             raise RuntimeError("batches need a tokenizer: build the data module with the model's tokenizer")
         streams = [TaskStream(t, queries_by_task[t.name], self.task_batch_sizes[t.name]) for t in self.tasks]
-        return MultitaskBatches(streams, self.corpus, self.collator, self.n_negatives, seed, start_step=start_step)
+        return MultitaskBatches(
+            streams, self.corpus, self.collator, self.n_negatives, seed, start_step=start_step, micro_batches=self.micro_batches
+        )
 
     def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step if self.trainer is not None else 0

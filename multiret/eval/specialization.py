@@ -74,15 +74,15 @@ def measure_importance(model: Any, batches: Any, steps: int) -> list[torch.Tenso
     return importance
 
 
-def checkpoint_importance(path: Path, steps: int) -> tuple[list[torch.Tensor], list[str], str]:
-    """TACO's EMA from a TACO checkpoint; otherwise measured on the run's held-out batches."""
+def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tuple[list[torch.Tensor], list[str], str]:
+    """TACO's EMA from a TACO checkpoint (unless ``measure``); otherwise measured on the run's held-out batches."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     state = checkpoint.get("callbacks", {}).get("GradientMethod")
     if state is None:
         raise ValueError(f"{path}: not a multiret training checkpoint (no gradient-method state)")
-    if state["method"] == "taco":
+    if state["method"] == "taco" and not measure:
         return list(state["ema"]), list(state["task_names"]), "taco"
     config_path = path.parent.parent / "config.yaml"
     if not config_path.is_file():
@@ -118,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoints", nargs="+", type=Path, help="training checkpoints (<run>/checkpoints/last.ckpt)")
     parser.add_argument("--out", type=Path, default=Path("specialization"), help="folder for the PNG and JSON")
     parser.add_argument("--batches", type=int, default=8, help="held-out batches measured for non-TACO runs")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure importance on held-out batches for TACO runs too (the same estimator for every run)")
     parser.add_argument("--low-entropy", type=float, default=0.5, help="entropy below which a parameter counts as specialised")
     args = parser.parse_args(argv)
     entropies: dict[str, torch.Tensor] = {}
     summary: dict[str, Any] = {}
     for path in args.checkpoints:
-        importance, tasks, method = checkpoint_importance(path, args.batches)
+        importance, tasks, method = checkpoint_importance(path, args.batches, args.measure)
         label = f"{method}: {path.parent.parent.name}"
         entropy, owner = importance_entropy(importance)
         entropies[label] = entropy

@@ -75,17 +75,21 @@ class BiEncoder(L.LightningModule):
         targets = offset + torch.arange(queries.shape[0], device=scores.device) * per_query
         return nn.functional.cross_entropy(scores.float(), targets)
 
-    def training_step(self, batch: dict[str, dict[str, dict[str, torch.Tensor]]], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: list[dict[str, dict[str, dict[str, torch.Tensor]]]], batch_idx: int) -> torch.Tensor:
+        """One optimizer step over the step's micro-batches; gradients accumulate as their mean."""
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        losses = []
-        for index, (task, task_batch) in enumerate(batch.items()):
-            self.active_task = index
-            loss = self.task_loss(task_batch)
-            self.manual_backward(loss)
-            losses.append(loss.detach())
-            self.log(f"train/loss/{task}", losses[-1], on_step=True, batch_size=task_batch["query"]["input_ids"].shape[0])
+        task_losses: dict[str, torch.Tensor] = {}
+        for micro_batch in batch:
+            for index, (task, task_batch) in enumerate(micro_batch.items()):
+                self.active_task = index
+                loss = self.task_loss(task_batch) / len(batch)
+                self.manual_backward(loss)
+                task_losses[task] = task_losses.get(task, 0) + loss.detach()
         self.active_task = None
+        losses = list(task_losses.values())
+        for task, loss in task_losses.items():
+            self.log(f"train/loss/{task}", loss, on_step=True, batch_size=1)
         optimizer.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:

@@ -74,10 +74,10 @@ class GradientMethod(Callback):
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.task_names = [task.name for task in trainer.datamodule.tasks]
-        if trainer.world_size > 1 and self.needs_task_gradients:
+        if trainer.world_size > 1:
             raise RuntimeError(
-                f"method={self.name} collects per-task gradients, which multiret does not yet all-reduce across "
-                f"{trainer.world_size} processes; train it on one device (trainer=cpu or trainer=gpu), or use method=naive"
+                f"multiret does not yet shard multitask batches or all-reduce per-task gradients across "
+                f"{trainer.world_size} processes; train on one device (trainer=cpu or trainer=gpu)"
             )
         self._params = [p for p in pl_module.parameters() if p.requires_grad]
         count = len(self.task_names)
@@ -95,7 +95,7 @@ class GradientMethod(Callback):
     @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         task = self._active_task(pl_module)
-        self.task_losses[task] = float(loss.detach())
+        self.task_losses[task] += float(loss.detach())
 
     @override
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -139,6 +139,7 @@ class GradientMethod(Callback):
             logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:
             pl_module.log_dict(logged, on_step=True, batch_size=1)
+        self.task_losses.zero_()
         self.step += 1
 
     def _check_losses(self) -> None:
