@@ -6,7 +6,8 @@ sensitivity ``I_tj = |θ_j · g_tj|``, divided by its median over all parameters
 ``Ī / τ``, and a softmax over tasks gives weights ``α_tj``. The update is ``Σ_t g_t / T``
 during warm-up and ``Σ_t α_t ⊙ g_t / T`` after (``docs/taco.md`` holds the exact rule).
 
-Not supported yet: several processes (DDP), a bf16 EMA, selecting parameter groups. The median is ``torch.median``'s: the lower middle value for an even count.
+Not supported yet: several processes (DDP), a bf16 EMA, selecting parameter groups. The
+median is ``torch.median``'s: the lower middle value for an even count.
 """
 
 from __future__ import annotations
