@@ -34,8 +34,7 @@ def tiny_config(out: Path, model_dir: Path, kilt_dir: Path, tasks: dict, *overri
 
 def test_train_index_evaluate_then_kilt_eval_reproduces_the_scores(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, capsys):
     untrained = run(tiny_config(tmp_path / "zero", tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index,evaluate]"))
-    trained = run(tiny_config(tmp_path / "taco", tiny_t5_dir, kilt_dir, kilt_tasks, "method=taco", "trainer.max_steps=60",
-                          "optimizer.lr=1e-2"))
+    trained = run(tiny_config(tmp_path / "taco", tiny_t5_dir, kilt_dir, kilt_tasks, "method=taco", "trainer.max_steps=60"))
     out = tmp_path / "taco"
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "index" / "index.faiss").is_file() and (out / "index" / "embeddings.npy").is_file()
@@ -47,14 +46,14 @@ def test_train_index_evaluate_then_kilt_eval_reproduces_the_scores(tmp_path, tin
                     "--guess", str(out / "eval" / f"{task}-guess.jsonl"), "--ks", "1,5,20", "--json"])
         assert code == 0
         assert json.loads(capsys.readouterr().out) == pytest.approx(saved[task])
-        assert len((out / "eval" / f"{task}-guess.jsonl").read_text().splitlines()) == 10
+        assert len((out / "eval" / f"{task}-guess.jsonl").read_text().splitlines()) == 20
     # index + evaluate on their own, from the checkpoint, reproduce the training run's scores
     again = run(tiny_config(tmp_path / "again", tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index,evaluate]",
                             f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"))
     assert again.keys() == trained.keys()
     for task, metrics in trained.items():
         assert again[task] == pytest.approx(metrics)
-    # 60 steps on word-overlap queries must beat the random initialisation (0.50 vs 0.25 R-precision here)
+    # 60 steps on word-overlap queries must beat the random initialisation (0.575 vs 0.275 R-precision on the CPU)
     assert trained["average"]["Rprec"] > untrained["average"]["Rprec"] + 0.15
     metrics_csv = (out / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/loss/qa" in metrics_csv and "dev/average/Rprec" in metrics_csv

@@ -38,7 +38,8 @@ def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
 
 def weighted_sum(task_grads: list[torch.Tensor], coefficients: torch.Tensor) -> list[torch.Tensor]:
     """``Σ_t c_t g_t`` for every parameter tensor."""
-    return [torch.tensordot(coefficients.to(g.dtype), g, dims=1) for g in task_grads]
+    coefficients = coefficients.to(device=task_grads[0].device, dtype=task_grads[0].dtype)
+    return [torch.tensordot(coefficients, g, dims=1) for g in task_grads]
 
 
 class GradientMethod(Callback):
@@ -64,6 +65,7 @@ class GradientMethod(Callback):
         self.task_losses = torch.zeros(0)
         self._params: list[torch.nn.Parameter] = []
         self._task_grads: list[torch.Tensor] = []
+        self._gram: torch.Tensor | None = None
         self._pending_state: dict[str, Any] | None = None
 
     @property
@@ -126,7 +128,7 @@ class GradientMethod(Callback):
                 if bool(torch.isfinite(torch.stack([g.sum() for g in self._task_grads])).all()):
                     combined = self.combine(self._task_grads, self._params, trainer)
                     if log_now:
-                        logged.update(self._gradient_statistics(gram_matrix(self._task_grads)))
+                        logged.update(self._gradient_statistics(self.gram()))
                         logged.update(self.log_values())
                 else:
                     self.nonfinite_steps += 1
@@ -136,6 +138,7 @@ class GradientMethod(Callback):
                     param.grad = grad
                 for buffer in self._task_grads:
                     buffer.zero_()
+                self._gram = None
             logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:
             pl_module.log_dict(logged, on_step=True, batch_size=1)
@@ -164,14 +167,21 @@ class GradientMethod(Callback):
                 stats[f"mtl/cosine/{self.task_names[i]}~{self.task_names[j]}"] = float(cosine)
         return stats
 
+    def gram(self) -> torch.Tensor:
+        """This step's Gram matrix of the buffered task gradients, on the CPU, computed once per step."""
+        if self._gram is None:
+            self._gram = gram_matrix(self._task_grads).cpu()
+        return self._gram
+
     def combine(
         self, task_grads: list[torch.Tensor], params: list[torch.nn.Parameter], trainer: L.Trainer
     ) -> list[torch.Tensor]:
         """Turn per-parameter ``(T, *shape)`` task gradients into one gradient per parameter."""
-        return weighted_sum(task_grads, self.task_coefficients(gram_matrix(task_grads), self.task_losses.clone()))
+        gram = self.gram() if task_grads is self._task_grads else gram_matrix(task_grads).cpu()
+        return weighted_sum(task_grads, self.task_coefficients(gram, self.task_losses.clone()))
 
     def task_coefficients(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        """One coefficient per task from the Gram matrix ``(T, T)`` and the task losses ``(T,)``."""
+        """One coefficient per task from the CPU float64 Gram matrix ``(T, T)`` and the task losses ``(T,)``."""
         raise NotImplementedError(f"method {self.name} must implement task_coefficients() or combine()")
 
     def log_values(self) -> dict[str, float]:

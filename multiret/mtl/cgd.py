@@ -43,8 +43,8 @@ class CGD(GradientMethod):
         self.weights = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
 
     def task_coefficients(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        self.weights = cgd_weights(gram.cpu(), losses, self.weights, self.beta, self.tau, self.normalize)
-        return self.weights.to(gram.device)
+        self.weights = cgd_weights(gram, losses, self.weights, self.beta, self.tau, self.normalize)
+        return self.weights
 
     def log_values(self) -> dict[str, float]:
         return {f"mtl/cgd/weight/{n}": float(w) for n, w in zip(self.task_names, self.weights)}

@@ -40,7 +40,7 @@ class GradNorm(GradientMethod):
         coefficients = self.weights.detach().clone()
         if self.initial_losses is None:
             self.initial_losses = losses.clone()
-        norms = gram.diagonal().clamp(min=0).sqrt().cpu()
+        norms = gram.diagonal().clamp(min=0).sqrt()
         ratios = losses / self.initial_losses
         with torch.enable_grad():
             weighted_norms = self.weights * norms
@@ -52,7 +52,7 @@ class GradNorm(GradientMethod):
         with torch.no_grad():
             self.weights.clamp_(min=1e-8)
             self.weights.mul_(len(self.weights) / self.weights.sum())
-        return coefficients.to(gram.device)
+        return coefficients
 
     def log_values(self) -> dict[str, float]:
         return {f"mtl/gradnorm/weight/{n}": float(w) for n, w in zip(self.task_names, self.weights.detach())}

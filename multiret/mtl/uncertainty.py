@@ -38,7 +38,7 @@ class UncertaintyWeighting(GradientMethod):
             self.optimizer.zero_grad()
             objective.backward()
         self.optimizer.step()
-        return weights.to(gram.device)
+        return weights
 
     def log_values(self) -> dict[str, float]:
         return {f"mtl/uncertainty/weight/{n}": float(w) for n, w in zip(self.task_names, torch.exp(-self.log_vars.detach()))}
