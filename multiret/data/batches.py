@@ -2,7 +2,9 @@
 
 Step ``s`` is a pure function of ``(seed, s)``: each task walks its own sequence of seeded
 epoch permutations (so small tasks are up-sampled by simply cycling sooner), and resuming
-at step ``s`` yields exactly the batches an uninterrupted run would have seen.
+at step ``s`` yields exactly the batches an uninterrupted run would have seen. Under DDP
+every process takes its contiguous slice of each task's global sub-batch, so W processes
+see exactly the queries and passages one process would.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class MultitaskBatches(IterableDataset):
         seed: int,
         start_step: int = 0,
         micro_batches: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.streams = list(streams)
@@ -55,6 +59,14 @@ class MultitaskBatches(IterableDataset):
         if micro_batches < 1:
             raise ValueError(f"data.micro_batches must be ≥ 1, got {micro_batches}")
         self.micro_batches = micro_batches
+        uneven = {s.task.name: s.batch_size for s in streams if s.batch_size % world_size}
+        if uneven:
+            raise ValueError(
+                f"per-task batch shares {uneven} do not split evenly over {world_size} processes; "
+                "choose data.batch_size so that every task's share is a multiple of the number of processes"
+            )
+        self.rank = rank
+        self.world_size = world_size
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
 
     def __iter__(self) -> Iterator[list[dict[str, dict[str, dict]]]]:
@@ -75,11 +87,14 @@ class MultitaskBatches(IterableDataset):
         return self._permutations[key]
 
     def _task_batch(self, task_index: int, stream: TaskStream, step: int) -> dict[str, dict]:
+        """This process's slice of the task's global sub-batch; each query's passages depend only on its position."""
         n = len(stream.queries)
-        rng = np.random.default_rng([self.seed, task_index, step, 1])
+        local = stream.batch_size // self.world_size
+        first = step * stream.batch_size + self.rank * local
         queries: list[str] = []
         passages: list[str] = []
-        for position in range(step * stream.batch_size, (step + 1) * stream.batch_size):
+        for position in range(first, first + local):
+            rng = np.random.default_rng([self.seed, task_index, position, 1])
             query = stream.queries[int(self._permutation(task_index, position // n, n)[position % n])]
             queries.append(query.text)
             rows = [int(rng.choice(query.positives)), *self._negatives(query, rng)]

@@ -129,8 +129,10 @@ class MultitaskDataModule(L.LightningDataModule):
         if self.collator is None:
             raise RuntimeError("batches need a tokenizer: build the data module with the model's tokenizer")
         streams = [TaskStream(t, queries_by_task[t.name], self.task_batch_sizes[t.name]) for t in self.tasks]
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         return MultitaskBatches(
-            streams, self.corpus, self.collator, self.n_negatives, seed, start_step=start_step, micro_batches=self.micro_batches
+            streams, self.corpus, self.collator, self.n_negatives, seed,
+            start_step=start_step, micro_batches=self.micro_batches, rank=rank, world_size=world_size,
         )
 
     def train_dataloader(self) -> DataLoader:

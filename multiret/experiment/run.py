@@ -72,6 +72,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         step = trainer.global_step
+        if trainer.global_rank > 0:
+            return {}  # under DDP only the first process indexes and evaluates
     elif model is not None and cfg.ckpt_path:
         load_weights(model, cfg.ckpt_path)
     datamodule.setup("evaluate")

@@ -20,8 +20,11 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
+
+from multiret.model.gather import world
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +79,6 @@ class GradientMethod(Callback):
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.task_names = [task.name for task in trainer.datamodule.tasks]
-        if trainer.world_size > 1:
-            raise RuntimeError(
-                f"multiret does not yet shard multitask batches or all-reduce per-task gradients across "
-                f"{trainer.world_size} processes; train on one device (trainer=cpu or trainer=gpu)"
-            )
         self._params = [p for p in pl_module.parameters() if p.requires_grad]
         count = len(self.task_names)
         if self.needs_task_gradients:
@@ -120,6 +118,7 @@ class GradientMethod(Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        self._average_losses_across_processes()
         self._check_losses()
         logged: dict[str, float] = {}
         if self.needs_task_gradients:
@@ -144,6 +143,19 @@ class GradientMethod(Callback):
             pl_module.log_dict(logged, on_step=True, batch_size=1)
         self.task_losses.zero_()
         self.step += 1
+
+    def _average_losses_across_processes(self) -> None:
+        """Under DDP each process holds its slice's losses; loss-driven methods need the global mean.
+
+        The gradients need nothing here: DDP's reducer averages ``p.grad`` across processes in
+        buckets after every backward, so each task buffer already holds the global task gradient.
+        """
+        _, size = world()
+        if size > 1:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            losses = self.task_losses.to(device)
+            dist.all_reduce(losses)
+            self.task_losses = (losses / size).cpu()
 
     def _check_losses(self) -> None:
         if bool(torch.isfinite(self.task_losses).all()):
@@ -207,7 +219,11 @@ class GradientMethod(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending_state = dict(state_dict)
+        """Restore now if the method is set up, else once ``on_fit_start`` has built its state."""
+        if self.task_names:
+            self._restore(dict(state_dict))
+        else:
+            self._pending_state = dict(state_dict)
 
     def _restore(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.name:
