@@ -107,3 +107,11 @@ def test_checkpoint_of_another_method_is_refused(tmp_path, tiny_t5_dir, kilt_dir
     with pytest.raises(ValueError, match="trained with method='naive', not method='taco'"):
         run(tiny_config(tmp_path / "taco", tiny_t5_dir, kilt_dir, kilt_tasks, "method=taco", "stages=[train]",
                         f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
+
+
+def test_checkpoint_of_another_task_list_is_refused(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
+    first = tmp_path / "both"
+    run(tiny_config(first, tiny_t5_dir, kilt_dir, kilt_tasks, "method=taco", "stages=[train]", "trainer.max_steps=2"))
+    with pytest.raises(ValueError, match=r"trained on tasks \['qa', 'el'\], but data.task_names is \['el', 'qa'\]"):
+        run(tiny_config(tmp_path / "swapped", tiny_t5_dir, kilt_dir, kilt_tasks, "method=taco", "stages=[train]",
+                        "data.task_names=[el,qa]", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))

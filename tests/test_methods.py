@@ -201,3 +201,30 @@ def test_gradient_statistics_are_logged_with_task_names():
     assert module.logged["mtl/grad_norm/a"] == pytest.approx(5.0)
     assert module.logged["mtl/cosine/a~b"] == pytest.approx(0.0)
     assert module.logged["mtl/cgd/weight/a"] + module.logged["mtl/cgd/weight/b"] == pytest.approx(1.0)
+
+
+class NamedModule(FakeModule):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Parameter(torch.ones(2))
+
+
+def test_parameter_selection_buffers_only_matching_parameters_and_averages_the_rest():
+    method, module, trainer = CGD(parameters=["^head$"]), NamedModule(), fake_trainer()
+    method.on_fit_start(trainer, module)
+    assert [p.shape for p in method._task_grads] == [torch.Size([2, 2])]  # only `head` is buffered per task
+    for task, (loss, grad) in enumerate(zip([1.0, 1.0], [[2.0, 4.0, 6.0], [0.0, 0.0, 2.0]])):
+        module.active_task = task
+        method.on_before_backward(trainer, module, torch.tensor(loss))
+        module.weight.grad = torch.tensor(grad) if module.weight.grad is None else module.weight.grad + torch.tensor(grad)
+        module.head.grad = torch.tensor([1.0, 0.0]) if task == 0 else torch.tensor([0.0, 1.0])
+        method.on_after_backward(trainer, module)
+    method.on_before_optimizer_step(trainer, module, None)
+    assert module.weight.grad.tolist() == [1.0, 2.0, 4.0]  # the plain mean of the two task gradients
+    assert module.head.grad.sum().item() == pytest.approx(1.0)  # CGD's weights (summing to 1) on e0 and e1
+
+
+def test_parameter_selection_that_matches_nothing_is_refused():
+    method = CGD(parameters=["^nothing$"])
+    with pytest.raises(ValueError, match=r"matches no trainable parameter; names look like: weight"):
+        method.on_fit_start(fake_trainer(), FakeModule())

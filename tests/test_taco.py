@@ -102,3 +102,27 @@ def test_specialisation_share_counts_parameters_a_task_dominates(normalize):
     method.ema[1][1, 0] = 1.0  # task b one entry of the second; its other entry is a tie (weights 0.5, not > 0.5)
     values = method.log_values()
     assert values == {"mtl/taco/specialised/a": pytest.approx(8 / 10), "mtl/taco/specialised/b": pytest.approx(1 / 10)}
+
+
+def test_bf16_ema_with_stochastic_rounding_tracks_the_float32_ema():
+    """Constant importance 1 for 2,000 steps: the float32 EMA reaches 1 − 0.999²⁰⁰⁰ ≈ 0.865."""
+    params = [torch.ones(4000)]
+    grads = [torch.ones(2, 4000)]
+    exact, half = TACO(beta=0.999, normalize=False), TACO(beta=0.999, normalize=False, ema_dtype="bfloat16")
+    for method in (exact, half):
+        method.setup_state(params, num_tasks=2)
+        for _ in range(2000):
+            method.apply_rule(grads, params, in_warmup=True)
+    expected = 1 - 0.999**2000
+    assert half.ema[0].dtype == torch.bfloat16
+    assert float(exact.ema[0].mean()) == pytest.approx(expected, rel=1e-4)
+    assert float(half.ema[0].float().mean()) == pytest.approx(expected, rel=0.01)
+    nearest = torch.zeros(1, dtype=torch.bfloat16)
+    for _ in range(2000):
+        nearest = nearest * 0.999 + 0.001  # round-to-nearest bf16 stalls far below
+    assert float(nearest) < 0.6
+
+
+def test_invalid_ema_dtype_is_rejected():
+    with pytest.raises(ValueError, match="method.ema_dtype='float16'"):
+        TACO(ema_dtype="float16")

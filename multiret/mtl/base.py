@@ -16,6 +16,8 @@ NaN-loss stop, checkpoint state and logging.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -50,15 +52,22 @@ class GradientMethod(Callback):
 
     ``log_every_n_steps`` sets how often per-task gradient norms and pairwise cosines are
     logged; ``max_nonfinite_losses`` consecutive steps with a non-finite task loss stop training.
+    ``parameters`` (regular expressions over parameter names, as the TACO reference's
+    ``select_blocks``) restricts the method to the matching parameters: only they are buffered
+    per task and combined by the rule; every other parameter gets the plain mean of its task
+    gradients ``Σ_t g_t / T``, with no per-task memory.
     """
 
     name: str = "base"
     needs_task_gradients: bool = True
 
-    def __init__(self, log_every_n_steps: int = 10, max_nonfinite_losses: int = 5) -> None:
+    def __init__(
+        self, log_every_n_steps: int = 10, max_nonfinite_losses: int = 5, parameters: Sequence[str] | None = None
+    ) -> None:
         super().__init__()
         if log_every_n_steps < 1 or max_nonfinite_losses < 1:
             raise ValueError("method.log_every_n_steps and method.max_nonfinite_losses must be ≥ 1")
+        self.parameter_patterns = [re.compile(p) for p in parameters] if parameters else None
         self.log_every_n_steps = log_every_n_steps
         self.max_nonfinite_losses = max_nonfinite_losses
         self.task_names: list[str] = []
@@ -67,6 +76,7 @@ class GradientMethod(Callback):
         self.nonfinite_loss_streak = 0
         self.task_losses = torch.zeros(0)
         self._params: list[torch.nn.Parameter] = []
+        self._plain_params: list[torch.nn.Parameter] = []
         self._task_grads: list[torch.Tensor] = []
         self._gram: torch.Tensor | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -79,7 +89,7 @@ class GradientMethod(Callback):
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.task_names = [task.name for task in trainer.datamodule.tasks]
-        self._params = [p for p in pl_module.parameters() if p.requires_grad]
+        self._params, self._plain_params = self._select(pl_module)
         count = len(self.task_names)
         if self.needs_task_gradients:
             self._task_grads = [torch.zeros((count, *p.shape), dtype=p.dtype, device=p.device) for p in self._params]
@@ -88,6 +98,20 @@ class GradientMethod(Callback):
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
+
+    def _select(self, module: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        """Split trainable parameters into those the method combines and those that get the plain mean."""
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        if self.parameter_patterns is None or not self.needs_task_gradients:
+            return [p for _, p in named], []
+        chosen = [any(rx.search(name) for rx in self.parameter_patterns) for name, _ in named]
+        if not any(chosen):
+            examples = ", ".join(name for name, _ in named[:3])
+            raise ValueError(
+                f"method.parameters {[rx.pattern for rx in self.parameter_patterns]} matches no trainable parameter; "
+                f"names look like: {examples}"
+            )
+        return [p for (_, p), c in zip(named, chosen) if c], [p for (_, p), c in zip(named, chosen) if not c]
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
         """Allocate the method's own state once parameters and tasks are known (default: none)."""
@@ -135,6 +159,9 @@ class GradientMethod(Callback):
                     combined = [g.mean(0) for g in self._task_grads]
                 for param, grad in zip(self._params, combined):
                     param.grad = grad
+                for param in self._plain_params:
+                    if param.grad is not None:
+                        param.grad.div_(len(self.task_names))
                 for buffer in self._task_grads:
                     buffer.zero_()
                 self._gram = None

@@ -6,8 +6,9 @@ sensitivity ``I_tj = |θ_j · g_tj|``, divided by its median over all parameters
 ``Ī / τ``, and a softmax over tasks gives weights ``α_tj``. The update is ``Σ_t g_t / T``
 during warm-up and ``Σ_t α_t ⊙ g_t / T`` after (``docs/taco.md`` holds the exact rule).
 
-Not supported yet: several processes (DDP), a bf16 EMA, selecting parameter groups. The
-median is ``torch.median``'s: the lower middle value for an even count.
+``ema_dtype: bfloat16`` halves the EMA's memory (updates stochastically rounded);
+``parameters`` restricts the rule to some parameter groups. The median is ``torch.median``'s:
+the lower middle value for an even count.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def taco_combine(
     return (weights * task_grads).sum(0) / num_tasks, new_ema
 
 
+EMA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def stochastic_round_bf16(values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """float32 → bfloat16, rounding away from zero with probability equal to the discarded fraction.
+
+    Unbiased, so a bf16 EMA with β = 0.999 still moves: with round-to-nearest, an update of
+    (1 − β)·I below half a bf16 step (2⁻⁹ relative) would be lost every time.
+    """
+    noise = torch.randint(0, 1 << 16, values.shape, dtype=torch.int32, device=values.device, generator=generator)
+    return ((values.view(torch.int32) + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
 def task_medians(rows: Callable[[int, torch.Tensor, torch.Tensor], None], sizes: list[int], num_tasks: int,
                  like: torch.Tensor) -> torch.Tensor:
     """Median over all parameters of each task's row; ``rows(task, index, out)`` fills one tensor's slice.
@@ -75,9 +89,21 @@ class TACO(GradientMethod):
     name = "taco"
 
     def __init__(
-        self, beta: float = 0.999, tau: float = 2.0, normalize: bool = True, warmup_ratio: float = 0.0, **base: Any
+        self,
+        beta: float = 0.999,
+        tau: float = 2.0,
+        normalize: bool = True,
+        warmup_ratio: float = 0.0,
+        ema_dtype: str = "float32",
+        seed: int = 0,
+        **base: Any,
     ) -> None:
         super().__init__(**base)
+        if ema_dtype not in EMA_DTYPES:
+            raise ValueError(f"method.ema_dtype={ema_dtype!r}; choose one of {sorted(EMA_DTYPES)}")
+        self.ema_dtype = EMA_DTYPES[ema_dtype]
+        self.seed = seed
+        self.generator: torch.Generator | None = None
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"method.beta must be in [0, 1), got {beta}")
         if tau <= 0:
@@ -91,7 +117,9 @@ class TACO(GradientMethod):
         self.ema: list[torch.Tensor] = []
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
-        self.ema = [torch.zeros((num_tasks, *p.shape), dtype=torch.float32, device=p.device) for p in params]
+        self.ema = [torch.zeros((num_tasks, *p.shape), dtype=self.ema_dtype, device=p.device) for p in params]
+        device = params[0].device if params else torch.device("cpu")
+        self.generator = torch.Generator(device=device).manual_seed(self.seed)
 
     def warmup_steps(self, max_steps: int) -> int:
         return int(self.warmup_ratio * max_steps)
@@ -110,23 +138,28 @@ class TACO(GradientMethod):
         num_tasks = task_grads[0].shape[0]
         shapes = [(-1,) + (1,) * p.dim() for p in params]
         sizes = [p.numel() for p in params]
-        like = self.ema[0]
+        like = torch.empty(0, dtype=self._compute_dtype(), device=self.ema[0].device)
         if self.normalize:
             def importance_row(task: int, index: int, out: torch.Tensor) -> None:
                 torch.mul(params[index].detach().flatten(), task_grads[index][task].flatten(), out=out).abs_()
 
             scale = task_medians(importance_row, sizes, num_tasks, like) + EPS
         for ema, param, grads, shape in zip(self.ema, params, task_grads, shapes):
-            importance = (param.detach().unsqueeze(0) * grads).abs_().to(ema.dtype)
+            importance = (param.detach().unsqueeze(0) * grads).abs_().to(like.dtype)
             if self.normalize:
                 importance.div_(scale.view(shape))
-            ema.mul_(self.beta).add_(importance, alpha=1.0 - self.beta)
+            if ema.dtype != torch.bfloat16:
+                ema.mul_(self.beta).add_(importance, alpha=1.0 - self.beta)
+            else:
+                updated = ema.float().mul_(self.beta).add_(importance, alpha=1.0 - self.beta)
+                ema.copy_(stochastic_round_bf16(updated, self.generator))
             del importance
         if in_warmup:
             return [g.sum(0).div_(num_tasks) for g in task_grads]
         ema_scale = None if self.normalize else self._ema_scale()
         combined = []
         for ema, grads, shape in zip(self.ema, task_grads, shapes):
+            ema = ema.to(like.dtype)
             scores = ema / self.tau if self.normalize else ema / ema_scale.view(shape) / self.tau
             weights = torch.softmax(scores, dim=0).to(grads.dtype)
             combined.append(weights.mul_(grads).sum(0).div_(num_tasks))
@@ -139,21 +172,27 @@ class TACO(GradientMethod):
         counts = torch.zeros(num_tasks, dtype=torch.float64)
         total = 0
         for ema in self.ema:
+            ema = ema.to(self._compute_dtype())
             scores = ema / self.tau if scale is None else ema / scale.view((-1,) + (1,) * (ema.dim() - 1)) / self.tau
             best, owner = torch.softmax(scores, dim=0).reshape(num_tasks, -1).max(dim=0)
             counts += torch.bincount(owner[best > 0.5].cpu(), minlength=num_tasks).double()
             total += best.numel()
         return {f"mtl/taco/specialised/{n}": float(c / total) for n, c in zip(self.task_names, counts)}
 
+    def _compute_dtype(self) -> torch.dtype:
+        """Arithmetic runs in the EMA's dtype, or float32 for a bf16 EMA."""
+        return torch.float32 if self.ema[0].dtype == torch.bfloat16 else self.ema[0].dtype
+
     def _ema_scale(self) -> torch.Tensor:
         """``median_j Ī_t + eps`` per task (the scale of the scores when ``normalize`` is off)."""
         def ema_row(task: int, index: int, out: torch.Tensor) -> None:
             out.copy_(self.ema[index][task].flatten())
 
-        return task_medians(ema_row, [e[0].numel() for e in self.ema], self.ema[0].shape[0], self.ema[0]) + EPS
+        like = torch.empty(0, dtype=self._compute_dtype(), device=self.ema[0].device)
+        return task_medians(ema_row, [e[0].numel() for e in self.ema], self.ema[0].shape[0], like) + EPS
 
     def extra_state(self) -> dict[str, Any]:
-        return {"ema": [e.detach().cpu().clone() for e in self.ema]}
+        return {"ema": [e.detach().cpu().clone() for e in self.ema], "generator": self.generator.get_state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         saved = state["ema"]
@@ -161,3 +200,4 @@ class TACO(GradientMethod):
             raise ValueError("checkpoint's TACO importance EMA does not match this model's parameters")
         for ema, value in zip(self.ema, saved):
             ema.copy_(value)
+        self.generator.set_state(state["generator"])
