@@ -48,7 +48,7 @@ class Corpus:
         return page_id in self._rows_of_page
 
     def passage_text(self, row: int) -> str:
-        """The text a passage encoder sees: KILT passages are encoded as ``title`` + text."""
+        """The text a passage encoder sees: the corpus's text column (vital's passages already begin with the title)."""
         return self.texts[row]
 
     def select_pages(self, pages: Iterable[str]) -> Corpus:

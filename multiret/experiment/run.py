@@ -15,6 +15,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from multiret.data.datamodule import MultitaskDataModule
@@ -87,8 +88,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         log.info("scores, guess and gold files: %s", Path(cfg.paths.output_dir) / "eval")
     for logger in loggers:
         logger.finalize("success")
-        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-            logger.experiment.finish()
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # the demo starts several W&B runs in one process
     return results
 
 

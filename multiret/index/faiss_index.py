@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -47,7 +48,7 @@ class DenseIndex:
         """Write embeddings, ids, the FAISS index and its description; each file atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic(directory / EMBEDDINGS, lambda tmp: np.save(tmp, embeddings))
+        _atomic(directory / EMBEDDINGS, lambda tmp: _save_npy(tmp, embeddings))
         atomic_write_text(directory / IDS, "".join(f"{i}\n" for i in self.ids))
         _atomic(directory / INDEX, lambda tmp: faiss.write_index(self.index, str(tmp)))
         atomic_write_text(directory / META, json.dumps({"factory": factory, "size": len(self.ids), "dim": int(embeddings.shape[1])}))
@@ -62,8 +63,17 @@ class DenseIndex:
         return cls(faiss.read_index(str(directory / INDEX)), ids)
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    written = tmp if tmp.exists() else tmp.with_name(tmp.name + ".npy")
-    os.replace(written, path)
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a handle, so NumPy does not append ".npy" to the temporary name
+        np.save(handle, array)

@@ -94,6 +94,7 @@ class GradientMethod(Callback):
         if self.needs_task_gradients:
             self._task_grads = [torch.zeros((count, *p.shape), dtype=p.dtype, device=p.device) for p in self._params]
         self.task_losses = torch.zeros(count, dtype=torch.float64)
+        self._device_losses = torch.zeros(count, device=self._params[0].device if self._params else "cpu")
         self.setup_state(self._params, count)
         if self._pending_state is not None:
             self._restore(self._pending_state)
@@ -119,7 +120,7 @@ class GradientMethod(Callback):
     @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         task = self._active_task(pl_module)
-        self.task_losses[task] += float(loss.detach())
+        self._device_losses[task] += loss.detach().float()  # stays on the device: no sync per backward
 
     @override
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -143,6 +144,7 @@ class GradientMethod(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         self._average_losses_across_processes()
+        self._device_losses.zero_()
         self._check_losses()
         logged: dict[str, float] = {}
         if self.needs_task_gradients:
@@ -168,21 +170,20 @@ class GradientMethod(Callback):
             logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:
             pl_module.log_dict(logged, on_step=True, batch_size=1)
-        self.task_losses.zero_()
         self.step += 1
 
     def _average_losses_across_processes(self) -> None:
-        """Under DDP each process holds its slice's losses; loss-driven methods need the global mean.
+        """This step's task losses on the CPU; under DDP the mean over processes (loss-driven methods need it).
 
         The gradients need nothing here: DDP's reducer averages ``p.grad`` across processes in
         buckets after every backward, so each task buffer already holds the global task gradient.
         """
+        losses = self._device_losses.clone()
         _, size = world()
         if size > 1:
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            losses = self.task_losses.to(device)
             dist.all_reduce(losses)
-            self.task_losses = (losses / size).cpu()
+            losses /= size
+        self.task_losses = losses.double().cpu()
 
     def _check_losses(self) -> None:
         if bool(torch.isfinite(self.task_losses).all()):
