@@ -114,3 +114,7 @@ def test_micro_batches_are_consecutive_stream_batches_and_resume_by_optimizer_st
     assert len(step_three) == 2
     for micro, expected in zip(step_three, (single.batch(6), single.batch(7))):
         assert micro["el"]["query"]["input_ids"].equal(expected["el"]["query"]["input_ids"])
+
+
+def test_infinite_temperature_mixes_uniformly():
+    assert task_batch_sizes(9, [10**6, 10, 1000], float("inf")) == [3, 3, 3]

@@ -1,7 +1,9 @@
 """Train → index → evaluate on a tiny T5 and a tiny KILT fixture, kilt-eval agreement, bit-exact resume."""
 
+import hashlib
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,14 @@ def test_checkpoint_of_another_task_list_is_refused(tmp_path, tiny_t5_dir, kilt_
     with pytest.raises(ValueError, match=r"trained on tasks \['qa', 'el'\], but data.task_names is \['el', 'qa'\]"):
         run(tiny_config(tmp_path / "swapped", tiny_t5_dir, kilt_dir, kilt_tasks, "method=taco", "stages=[train]",
                         "data.task_names=[el,qa]", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
+
+
+def test_every_run_writes_a_reproducibility_manifest(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
+    run(tiny_config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[train]", "trainer.max_steps=1", "seed=7"))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    corpus = kilt_dir / "corpus.tsv"
+    assert manifest["data_sha256"][str(corpus)] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+    assert set(manifest["data_sha256"]) == {str(corpus), *(str(kilt_dir / f"{t}-{s}.jsonl") for t in ("qa", "el") for s in ("train", "dev"))}
+    assert manifest["seed"] == 7 and manifest["packages"]["torch"] == metadata.version("torch")
+    assert len(manifest["git"]["commit"]) == 40 and isinstance(manifest["git"]["dirty"], bool)  # the tests run in a checkout
+    assert (tmp_path / "config.yaml").is_file()

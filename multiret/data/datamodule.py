@@ -78,6 +78,10 @@ class MultitaskDataModule(L.LightningDataModule):
         self.eval_queries: dict[str, list[Query]] = {}
         self.task_batch_sizes: dict[str, int] = {}
 
+    def data_files(self) -> list[Path]:
+        """Every file this module reads (corpus and the configured splits), for the run's manifest."""
+        return [self.corpus_path, *(Path(t.split_path(s)) for t in self.tasks for s in ("train", self.eval_split))]
+
     def prepare_data(self) -> None:
         if self.builder is not None:
             self.builder(self.root)

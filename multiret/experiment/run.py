@@ -16,12 +16,14 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import atomic_write_text
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
 from multiret.experiment.loggers import instantiate_named
+from multiret.experiment.manifest import write_manifest
 from multiret.index.bm25 import BM25Retriever
 from multiret.index.dense import index_corpus, model_device, search_tasks
 from multiret.index.faiss_index import DenseIndex
@@ -58,14 +60,14 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     model = instantiate(cfg.model) if cfg.retriever == "dense" else None
     datamodule: MultitaskDataModule = instantiate(
         cfg.data,
         tokenizer=model.tokenizer if model else None,
         prompt_template=model.prompt_template if model else None,
     )
+    datamodule.prepare_data()
+    record_run(out, cfg, datamodule.data_files())
     loggers = instantiate_named(cfg.logger)
     step = 0
     if "train" in cfg.stages:
@@ -91,6 +93,14 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # the demo starts several W&B runs in one process
     return results
+
+
+@rank_zero_only
+def record_run(out: Path, cfg: DictConfig, data_files: list[Path]) -> None:
+    """The resolved config and the reproducibility manifest, written once (by the first process)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_manifest(out, data_files, cfg.seed)
 
 
 def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> dict[str, dict[str, float]]:
