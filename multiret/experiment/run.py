@@ -107,7 +107,7 @@ def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> di
     """Retrieve for every evaluation query and score the pages against KILT gold."""
     queries = datamodule.eval_queries
     if cfg.retriever == "bm25":
-        retriever = BM25Retriever(datamodule.corpus, show_progress=False)
+        retriever = BM25Retriever(datamodule.corpus)
         rankings = {t: retriever.search([q.text for q in qs], cfg.index.top_k) for t, qs in queries.items()}
     else:
         model.to(model_device())

@@ -133,33 +133,36 @@ class TACO(GradientMethod):
     def apply_rule(self, task_grads: list[torch.Tensor], params: list[torch.Tensor], in_warmup: bool) -> list[torch.Tensor]:
         """Update the EMA in place and return the combined gradient of every parameter tensor.
 
-        Temporaries are per parameter tensor (plus one P-vector for the medians).
+        One task at a time, the importances of all parameters go into one reused P-vector (the
+        median needs them all); the EMA rows are updated straight from it.
         """
         num_tasks = task_grads[0].shape[0]
         shapes = [(-1,) + (1,) * p.dim() for p in params]
-        sizes = [p.numel() for p in params]
-        like = torch.empty(0, dtype=self._compute_dtype(), device=self.ema[0].device)
-        if self.normalize:
-            def importance_row(task: int, index: int, out: torch.Tensor) -> None:
-                torch.mul(params[index].detach().flatten(), task_grads[index][task].flatten(), out=out).abs_()
-
-            scale = task_medians(importance_row, sizes, num_tasks, like) + EPS
-        for ema, param, grads, shape in zip(self.ema, params, task_grads, shapes):
-            importance = (param.detach().unsqueeze(0) * grads).abs_().to(like.dtype)
+        buffer = torch.empty(sum(p.numel() for p in params), dtype=self._compute_dtype(), device=self.ema[0].device)
+        for task in range(num_tasks):
+            slices = []
+            offset = 0
+            for param, grads in zip(params, task_grads):
+                part = buffer[offset : offset + param.numel()].view(param.shape)
+                torch.mul(param.detach(), grads[task], out=part).abs_()
+                slices.append(part)
+                offset += param.numel()
+            weight = 1.0 - self.beta
             if self.normalize:
-                importance.div_(scale.view(shape))
-            if ema.dtype != torch.bfloat16:
-                ema.mul_(self.beta).add_(importance, alpha=1.0 - self.beta)
-            else:
-                updated = ema.float().mul_(self.beta).add_(importance, alpha=1.0 - self.beta)
-                ema.copy_(stochastic_round_bf16(updated, self.generator))
-            del importance
+                weight /= float(buffer.median()) + EPS
+            for ema, part in zip(self.ema, slices):
+                row = ema[task]
+                if row.dtype != torch.bfloat16:
+                    row.mul_(self.beta).add_(part, alpha=weight)
+                else:
+                    row.copy_(stochastic_round_bf16(row.float().mul_(self.beta).add_(part, alpha=weight), self.generator))
+        del buffer
         if in_warmup:
             return [g.sum(0).div_(num_tasks) for g in task_grads]
         ema_scale = None if self.normalize else self._ema_scale()
         combined = []
         for ema, grads, shape in zip(self.ema, task_grads, shapes):
-            ema = ema.to(like.dtype)
+            ema = ema.to(self._compute_dtype())
             scores = ema / self.tau if self.normalize else ema / ema_scale.view(shape) / self.tau
             weights = torch.softmax(scores, dim=0).to(grads.dtype)
             combined.append(weights.mul_(grads).sum(0).div_(num_tasks))
