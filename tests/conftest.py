@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from multiret.data.jsonl import atomic_write_text, write_jsonl
 from multiret.model.tiny import build_tiny_bert, build_tiny_t5
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from test_end_to_end import tiny_config
 from transformers import AutoModel
 
 from multiret.experiment.run import run
-from test_end_to_end import tiny_config
 
 
 def flat_model(state_dict, prefix="query_encoder.model."):

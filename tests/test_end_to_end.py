@@ -13,7 +13,6 @@ from hydra import compose, initialize_config_dir
 from multiret.cli import main as cli
 from multiret.experiment.run import CONFIG_DIR, run
 
-
 # MULTIRET_TEST_TRAINER=gpu runs these on a GPU (bf16) when one is there; CI uses the CPU.
 TRAINER = os.environ.get("MULTIRET_TEST_TRAINER", "cpu")
 

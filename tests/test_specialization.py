@@ -5,12 +5,15 @@ import math
 
 import pytest
 import torch
+from test_end_to_end import tiny_config
 from torch import nn
 
-from multiret.eval.specialization import importance_entropy, measure_importance, summarize
-from test_end_to_end import tiny_config
-
 from multiret.cli import main as cli
+from multiret.eval.specialization import (
+    importance_entropy,
+    measure_importance,
+    summarize,
+)
 from multiret.experiment.run import run
 
 

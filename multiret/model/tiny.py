@@ -11,7 +11,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, T5Config, T5Model
+from transformers import (
+    BertConfig,
+    BertModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5Model,
+)
 
 T5_SENTINELS = tuple(f"<extra_id_{i}>" for i in range(4))
 
