@@ -13,6 +13,7 @@ commands:
   kilt-eval --gold G --guess P [--ks 1,5,20] [--json]   KILT retrieval metrics of a guess file
   demo [--full]          the whole pipeline on the embedded vital benchmark
   analyze specialization CKPT [CKPT ...]   per-parameter task-specialisation entropy (PNG + JSON)
+  convert t5-fp16 SRC DST   rescale a T5 v1.0 checkpoint so that it trains in fp16 without overflow
 """
 
 DEFAULT_STAGES = {"train": None, "index": "stages=[index]", "evaluate": "stages=[index,evaluate]"}
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from multiret.eval.specialization import main as specialization
 
         return specialization(rest[1:])
+    if command == "convert" and rest[:1] == ["t5-fp16"]:
+        from multiret.model.t5_fp16 import main as convert_t5
+
+        return convert_t5(rest[1:])
     print(f"multiret: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
