@@ -69,6 +69,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     datamodule.prepare_data()
     record_run(out, cfg, datamodule.data_files())
     loggers = instantiate_named(cfg.logger)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole config, in W&B and hparams.yaml
     step = 0
     if "train" in cfg.stages:
         callbacks = [*instantiate_named(cfg.callbacks), instantiate(cfg.method)]
