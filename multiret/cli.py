@@ -13,6 +13,7 @@ commands:
   kilt-eval --gold G --guess P [--ks 1,5,20] [--json]   KILT retrieval metrics of a guess file
   demo [--full]          the whole pipeline on the embedded vital benchmark
   analyze specialization CKPT [CKPT ...]   per-parameter task-specialisation entropy (PNG + JSON)
+  compare RUN_OR_SWEEP [...] [--out DIR]   multitask vs task-specific table (markdown + PNG)
   convert t5-fp16 SRC DST   rescale a T5 v1.0 checkpoint so that it trains in fp16 without overflow
 """
 
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from multiret.eval.specialization import main as specialization
 
         return specialization(rest[1:])
+    if command == "compare":
+        from multiret.eval.compare import main as compare
+
+        return compare(rest)
     if command == "convert" and rest[:1] == ["t5-fp16"]:
         from multiret.model.t5_fp16 import main as convert_t5
 
