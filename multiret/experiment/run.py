@@ -85,7 +85,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     if model is not None and "index" in cfg.stages:
         model.to(model_device())
-        index_corpus(model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory, cfg.index.batch_size)
+        index_corpus(model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
+                     cfg.index.batch_size, cfg.index.train_sample)
     if "evaluate" in cfg.stages:
         results = with_average(evaluate(cfg, model, datamodule))
         log_results(loggers, results, cfg.data.eval_split, step)
@@ -114,6 +115,7 @@ def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> di
     else:
         model.to(model_device())
         index = DenseIndex.load(cfg.index.dir)
+        index.set_search_parameters(cfg.index.search_parameters)
         rankings = search_tasks(
             model, index, datamodule.corpus, datamodule.collator, datamodule.tasks, queries,
             cfg.index.top_k, cfg.index.batch_size,

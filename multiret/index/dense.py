@@ -24,6 +24,7 @@ def index_corpus(
     out_dir: str | Path,
     factory: str = "Flat",
     batch_size: int = 64,
+    train_sample: int | None = None,
     show_progress: bool = True,
 ) -> DenseIndex:
     """Embed every passage with the passage encoder and save embeddings, ids and the FAISS index."""
@@ -32,7 +33,7 @@ def index_corpus(
     embeddings = encode_texts(
         texts, collator.passages, model.encode_passages, batch_size, model.device, "encoding corpus", show_progress
     )
-    index = DenseIndex.build(embeddings, list(corpus.ids), factory)
+    index = DenseIndex.build(embeddings, list(corpus.ids), factory, train_sample)
     index.save(out_dir, embeddings, factory)
     return index
 

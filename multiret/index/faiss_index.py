@@ -21,8 +21,10 @@ META = "index.json"
 class DenseIndex:
     """A FAISS inner-product index over passage embeddings (``Flat`` = exact search by default).
 
-    Any FAISS factory string works (e.g. ``IVF4096,PQ64`` for tens of millions of passages);
-    indexes that need training are trained on the embeddings themselves.
+    Any FAISS factory string works (e.g. ``IVF65536,PQ64`` for KILT's 36M passages); indexes
+    that need training are trained on the embeddings, or on a seeded random sample of
+    ``train_sample`` of them. ``search_parameters`` is a FAISS ParameterSpace string applied
+    before searching (``nprobe=128`` for IVF indexes).
     """
 
     def __init__(self, index: faiss.Index, ids: list[str]) -> None:
@@ -32,13 +34,24 @@ class DenseIndex:
         self.ids = ids
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, ids: list[str], factory: str = "Flat") -> DenseIndex:
+    def build(
+        cls, embeddings: np.ndarray, ids: list[str], factory: str = "Flat", train_sample: int | None = None
+    ) -> DenseIndex:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
-            index.train(embeddings)
+            sample = embeddings
+            if train_sample is not None and train_sample < len(embeddings):
+                rows = np.sort(np.random.default_rng(0).choice(len(embeddings), train_sample, replace=False))
+                sample = embeddings[rows]
+            index.train(sample)
         index.add(embeddings)
         return cls(index, ids)
+
+    def set_search_parameters(self, parameters: str | None) -> None:
+        """Apply a FAISS ParameterSpace string such as ``nprobe=128`` (``None``: the index's defaults)."""
+        if parameters:
+            faiss.ParameterSpace().set_index_parameters(self.index, parameters)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, rows)`` per query; rows index :attr:`ids` (-1 where fewer than k exist)."""
