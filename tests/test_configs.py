@@ -48,3 +48,11 @@ def test_a_missing_required_setting_is_named_before_any_work():
 
     with pytest.raises(ValueError, match=r"required setting\(s\) not given: model.encoder.path"):
         validate(_compose("model=t5_prompted"))
+
+
+def test_slurm_launcher_preset_follows_the_trainer():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "experiment=vital_methods", "trainer=ddp",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.nodes == 2 and cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node
