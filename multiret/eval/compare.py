@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from multiret.data.jsonl import atomic_write_text
+from multiret.eval.figures import new_figure, save_figure
 
 TASK_SPECIFIC = "task-specific"
 
@@ -110,25 +111,16 @@ def markdown(rows: list[str], values: dict[str, dict[str, list[float]]], metric:
 
 
 def plot(rows: list[str], values: dict[str, dict[str, list[float]]], metric: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = sorted(values, key=lambda c: (c == TASK_SPECIFIC, c))
     width = 0.8 / len(columns)
-    figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    figure, axes = new_figure(max(6, 1.6 * len(rows)))
     for i, column in enumerate(columns):
         heights = [statistics.fmean(values[column][r]) if values[column].get(r) else 0.0 for r in rows]
         axes.bar([x + i * width for x in range(len(rows))], heights, width, label=column)
     axes.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows)
     axes.set_ylabel(metric)
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    tmp.replace(path)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

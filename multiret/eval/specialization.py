@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from multiret.data.jsonl import atomic_write_text
+from multiret.eval.figures import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +96,13 @@ def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tupl
 
 
 def plot_histograms(entropies: dict[str, torch.Tensor], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = new_figure(7)
     for label, entropy in entropies.items():
         axes.hist(entropy.numpy(), bins=50, range=(0, 1), histtype="step", density=True, label=label)
     axes.set_xlabel("normalised entropy of the task-importance distribution (0 = one task)")
     axes.set_ylabel("density of parameters")
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    tmp.replace(path)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,7 +143,7 @@ class GradientMethod(Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self._average_losses_across_processes()
+        self._collect_losses()
         self._device_losses.zero_()
         self._check_losses()
         logged: dict[str, float] = {}
@@ -172,7 +172,7 @@ class GradientMethod(Callback):
             pl_module.log_dict(logged, on_step=True, batch_size=1)
         self.step += 1
 
-    def _average_losses_across_processes(self) -> None:
+    def _collect_losses(self) -> None:
         """This step's task losses on the CPU; under DDP the mean over processes (loss-driven methods need it).
 
         The gradients need nothing here: DDP's reducer averages ``p.grad`` across processes in
