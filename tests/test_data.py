@@ -118,3 +118,21 @@ def test_micro_batches_are_consecutive_stream_batches_and_resume_by_optimizer_st
 
 def test_infinite_temperature_mixes_uniformly():
     assert task_batch_sizes(9, [10**6, 10, 1000], float("inf")) == [3, 3, 3]
+
+
+def test_negatives_round_trip_by_passage_id_through_a_subsampled_corpus(tmp_path, kilt_dir, caplog):
+    from multiret.data.negatives import read_negatives, write_negatives
+
+    corpus = read_corpus(kilt_dir / "corpus.tsv")
+    queries = read_queries(kilt_dir / "qa-train.jsonl")[:3]
+    for i, query in enumerate(queries):
+        query.negatives = [corpus.row(f"{30 + i}_0"), corpus.row(f"{30 + i}_1")]
+    write_negatives(tmp_path, "qa", queries, corpus)
+    small = corpus.select_pages(["30", "31", "32"][:2])  # page 32's passages are gone
+    fresh = read_queries(kilt_dir / "qa-train.jsonl")[:3]
+    with caplog.at_level(logging.WARNING):
+        read_negatives(tmp_path, "qa", fresh, small)
+    assert [[small.ids[r] for r in q.negatives] for q in fresh] == [["30_0", "30_1"], ["31_0", "31_1"], []]
+    assert "2 negatives" in caplog.text
+    with pytest.raises(DataFormatError, match="qa-train-3"):
+        read_negatives(tmp_path, "qa", read_queries(kilt_dir / "qa-train.jsonl")[:4], corpus)

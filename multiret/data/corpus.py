@@ -40,6 +40,10 @@ class Corpus:
         """Row of a passage id (KeyError if absent)."""
         return self._row_of[passage_id]
 
+    def find(self, passage_id: str) -> int | None:
+        """Row of a passage id, or None if absent."""
+        return self._row_of.get(passage_id)
+
     def rows_of_page(self, page_id: str) -> list[int]:
         """Rows of the page's passages in corpus order (empty if the page is not in the corpus)."""
         return self._rows_of_page.get(page_id, [])

@@ -16,7 +16,7 @@ from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus, read_corpus, subsample_pages
 from multiret.data.kilt import Query, attach_positives, read_queries
 from multiret.data.mixing import task_batch_sizes
-from multiret.data.negatives import attach_bm25_negatives
+from multiret.data.negatives import attach_bm25_negatives, read_negatives
 from multiret.data.tasks import TaskSpec, select_tasks
 from multiret.index.bm25 import BM25Retriever
 
@@ -50,6 +50,7 @@ class MultitaskDataModule(L.LightningDataModule):
         corpus_max_pages: int | None = None,
         all_passages_positive: Sequence[str] = (),
         builder: Callable[[Path], Any] | None = None,
+        negatives_dir: str | None = None,
         seed: int = 13,
     ) -> None:
         super().__init__()
@@ -72,6 +73,7 @@ class MultitaskDataModule(L.LightningDataModule):
         self.corpus_max_pages = corpus_max_pages
         self.all_passages_positive = set(all_passages_positive)
         self.builder = builder
+        self.negatives_dir = negatives_dir
         self.seed = seed
         self.corpus: Corpus | None = None
         self.train_queries: dict[str, list[Query]] = {}
@@ -123,8 +125,12 @@ class MultitaskDataModule(L.LightningDataModule):
              for t in self.tasks},
         )
 
-    def _mine_negatives(self, queries_by_task: Mapping[str, list[Query]]) -> None:
-        if self.n_negatives > 0 and self.bm25_top_k > 0:
+    def _mine_negatives(self, queries_by_task: Mapping[str, list[Query]], heldout: bool = False) -> None:
+        """Negative pools: read from ``negatives_dir`` for training when given (mined by a model), else BM25."""
+        if self.negatives_dir is not None and not heldout:
+            for task, queries in queries_by_task.items():
+                read_negatives(self.negatives_dir, task, queries, self.corpus)
+        elif self.n_negatives > 0 and self.bm25_top_k > 0:
             retriever = BM25Retriever(self.corpus)
             for queries in queries_by_task.values():
                 attach_bm25_negatives(retriever, queries, self.corpus, self.bm25_top_k)
@@ -150,5 +156,5 @@ class MultitaskDataModule(L.LightningDataModule):
             name: attach_positives(name, queries, self.corpus, name in self.all_passages_positive)
             for name, queries in self.eval_queries.items()
         }
-        self._mine_negatives(heldout)
+        self._mine_negatives(heldout, heldout=True)
         return self._batches(heldout, self.seed + 1, 0)

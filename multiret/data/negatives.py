@@ -1,10 +1,13 @@
-"""Hard negatives for contrastive training: top BM25 passages that are not from a gold page."""
+"""Hard negatives for contrastive training: top BM25 passages that are not from a gold page, or mined lists read from files."""
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from multiret.data.corpus import Corpus
+from multiret.data.jsonl import DataFormatError, iter_jsonl, write_jsonl
 from multiret.data.kilt import Query
 from multiret.index.bm25 import BM25Retriever
 
@@ -27,3 +30,44 @@ def attach_bm25_negatives(retriever: BM25Retriever, queries: list[Query], corpus
         empty += not query.negatives
     if empty:
         log.info("%d of %d queries have no BM25 negative; they get random negatives", empty, len(queries))
+
+
+def negatives_file(folder: str | os.PathLike[str], task: str) -> Path:
+    """Where a task's mined negatives live: ``<folder>/<task>.jsonl``, one ``{"id", "negatives": [passage ids]}`` per query."""
+    return Path(folder) / f"{task}.jsonl"
+
+
+def write_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Corpus) -> Path:
+    """Write each query's negative pool (as passage ids, so a sub-sampled corpus can read it back), atomically."""
+    path = negatives_file(folder, task)
+    write_jsonl(path, ({"id": q.qid, "negatives": [corpus.ids[r] for r in q.negatives]} for q in queries))
+    return path
+
+
+def read_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Corpus) -> None:
+    """Set each query's negative pool from its task's file; passages absent from the corpus are dropped and counted.
+
+    Every query must have an entry: a file mined for other queries fails naming the first missing id.
+    """
+    path = negatives_file(folder, task)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no negatives for task {task!r} (expected <data.negatives_dir>/<task>.jsonl)")
+    pools: dict[str, list[str]] = {}
+    for line_number, record in iter_jsonl(path):
+        if not isinstance(record.get("negatives"), list) or "id" not in record:
+            raise DataFormatError(f"{path}:{line_number}: expected an object with 'id' and a list 'negatives'")
+        pools[str(record["id"])] = [str(p) for p in record["negatives"]]
+    missing_passages = 0
+    for query in queries:
+        if query.qid not in pools:
+            raise DataFormatError(f"{path}: no negatives for query {query.qid!r} of task {task!r}; mine them for this query set")
+        rows = []
+        for passage in pools[query.qid]:
+            row = corpus.find(passage)
+            if row is None:
+                missing_passages += 1
+            else:
+                rows.append(row)
+        query.negatives = rows
+    if missing_passages:
+        log.warning("task %s: %d negatives in %s are not in the (sub-sampled) corpus and were dropped", task, missing_passages, path)
