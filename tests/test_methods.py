@@ -180,7 +180,12 @@ def test_non_finite_task_gradient_falls_back_to_the_mean_and_is_counted():
     one_step(method, module, trainer, [1.0, 2.0], [[1.0, 2.0, 3.0], [float("inf"), 0.0, 1.0]])
     assert module.weight.grad.tolist()[1:] == [1.0, 2.0]
     assert method.nonfinite_steps == 1 and module.logged["mtl/nonfinite_steps"] == 1.0
-    assert all(float(g.abs().sum()) == 0 for g in method._task_grads)  # buffers cleared for the next step
+    finite = [[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]]
+    one_step(method, module, trainer, [1.0, 2.0], finite)  # nothing of the bad step leaks into the next
+    fresh, fresh_module = TACO(), FakeModule()
+    fresh.on_fit_start(trainer, fresh_module)
+    one_step(fresh, fresh_module, trainer, [1.0, 2.0], finite)
+    assert module.weight.grad.tolist() == fresh_module.weight.grad.tolist()
 
 
 def test_training_stops_after_consecutive_non_finite_losses():

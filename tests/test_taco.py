@@ -126,3 +126,26 @@ def test_bf16_ema_with_stochastic_rounding_tracks_the_float32_ema():
 def test_invalid_ema_dtype_is_rejected():
     with pytest.raises(ValueError, match="method.ema_dtype='float16'"):
         TACO(ema_dtype="float16")
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("table_rows", [10, 40])  # untouched entries below / above half of all: median > 0 / = 0
+def test_row_sparse_tables_give_the_dense_rule(normalize, table_rows):
+    """An embedding table whose untouched rows are skipped still gives exactly taco_combine on the flat model."""
+    torch.manual_seed(1)
+    shapes = [(table_rows, 3), (3, 4), (5,)]
+    params = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    method = TACO(beta=0.8, tau=2.0, normalize=normalize)
+    method.setup_state(params, num_tasks=3)
+    method.ema = [e.double() for e in method.ema]
+    flat_params = torch.cat([p.flatten() for p in params])
+    flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
+    for step in range(4):
+        grads = [torch.randn((3, *s), dtype=torch.float64) for s in shapes]
+        grads[0][:, 2 + step :] = 0.0  # rows no task touched this step (a different set each step)
+        grads[0][1, 0] = 0.0  # a row only some tasks touched
+        flat_grads = torch.cat([g.flatten(1) for g in grads], dim=1)
+        expected, flat_ema = taco_combine(flat_grads, flat_params, flat_ema, beta=0.8, tau=2.0, in_warmup=step == 0, normalize=normalize)
+        combined = method.apply_rule(grads, params, step == 0, row_sparse=[True, False, False])
+        torch.testing.assert_close(torch.cat([c.flatten() for c in combined]), expected, rtol=1e-12, atol=0)
+        torch.testing.assert_close(torch.cat([e.flatten(1) for e in method.ema], dim=1), flat_ema, rtol=1e-12, atol=0)

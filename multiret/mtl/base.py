@@ -78,6 +78,8 @@ class GradientMethod(Callback):
         self._params: list[torch.nn.Parameter] = []
         self._plain_params: list[torch.nn.Parameter] = []
         self._task_grads: list[torch.Tensor] = []
+        self._unfilled: list[bool] = []
+        self.row_sparse: list[bool] = []
         self._gram: torch.Tensor | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -90,9 +92,12 @@ class GradientMethod(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.task_names = [task.name for task in trainer.datamodule.tasks]
         self._params, self._plain_params = self._select(pl_module)
+        tables = {id(m.weight) for m in pl_module.modules() if isinstance(m, torch.nn.Embedding)}
+        self.row_sparse = [id(p) in tables for p in self._params]
         count = len(self.task_names)
         if self.needs_task_gradients:
-            self._task_grads = [torch.zeros((count, *p.shape), dtype=p.dtype, device=p.device) for p in self._params]
+            self._task_grads = [torch.empty((count, *p.shape), dtype=p.dtype, device=p.device) for p in self._params]
+            self._unfilled = [True] * count
         self.task_losses = torch.zeros(count, dtype=torch.float64)
         self._device_losses = torch.zeros(count, device=self._params[0].device if self._params else "cpu")
         self.setup_state(self._params, count)
@@ -127,11 +132,18 @@ class GradientMethod(Callback):
         if not self.needs_task_gradients:
             return
         task = self._active_task(pl_module)
+        first = self._unfilled[task]  # the step's first backward of this task overwrites its buffers: no zeroing pass
         with torch.no_grad():
             for buffer, param in zip(self._task_grads, self._params):
-                if param.grad is not None:
+                if param.grad is None:
+                    if first:
+                        buffer[task].zero_()
+                elif first:
+                    buffer[task].copy_(param.grad)
+                else:
                     buffer[task].add_(param.grad)
-                    param.grad = None
+                param.grad = None
+        self._unfilled[task] = False
 
     def _active_task(self, pl_module: L.LightningModule) -> int:
         task = getattr(pl_module, "active_task", None)
@@ -149,6 +161,9 @@ class GradientMethod(Callback):
         logged: dict[str, float] = {}
         if self.needs_task_gradients:
             with torch.no_grad():
+                for task in (t for t, unfilled in enumerate(self._unfilled) if unfilled):
+                    for buffer in self._task_grads:
+                        buffer[task].zero_()  # a task without a backward this step contributes zero
                 log_now = self.step % self.log_every_n_steps == 0
                 if bool(torch.isfinite(torch.stack([g.sum() for g in self._task_grads])).all()):
                     combined = self.combine(self._task_grads, self._params, trainer)
@@ -164,8 +179,7 @@ class GradientMethod(Callback):
                 for param in self._plain_params:
                     if param.grad is not None:
                         param.grad.div_(len(self.task_names))
-                for buffer in self._task_grads:
-                    buffer.zero_()
+                self._unfilled = [True] * len(self.task_names)
                 self._gram = None
             logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:

@@ -53,6 +53,53 @@ def taco_combine(
     return (weights * task_grads).sum(0) / num_tasks, new_ema
 
 
+def touched_rows(grads: torch.Tensor) -> torch.Tensor:
+    """Indices of the rows (first dimension after the task one) where any task's gradient is non-zero."""
+    touched = torch.zeros(grads.shape[1], dtype=torch.bool, device=grads.device)
+    for task_rows in grads.reshape(grads.shape[0], grads.shape[1], -1):
+        touched |= (task_rows.amax(dim=1) > 0) | (task_rows.amin(dim=1) < 0)
+    return touched.nonzero().squeeze(1)
+
+
+MIN_EXPONENT = -80.0  # exp(-80) ≈ 1.8e-35
+
+
+def softmax_weighted_sum(ema: torch.Tensor, grads: torch.Tensor, tau: float, out: torch.Tensor) -> None:
+    """``out = Σ_t softmax_t(Ī_t / τ) g_t`` for one block, written as ``Σ_t e_t g_t / Σ_t e_t`` with
+    ``e_t = exp((Ī_t − max_u Ī_u) / τ)``: the same weights, with a few passes fewer than softmax then product.
+
+    Exponents below ``MIN_EXPONENT`` are raised to it: such a weight is below 2e-35 of the
+    largest one either way, and the CPU's exp is about 30× slower on those inputs (median-
+    normalised scores reach thousands when a task's median importance is 0).
+    """
+    top = ema[0].clone()
+    for row in ema[1:]:
+        torch.maximum(top, row, out=top)
+    exps = torch.sub(ema, top).mul_(1.0 / tau).clamp_(min=MIN_EXPONENT).exp_()
+    torch.mul(exps[0], grads[0], out=out)
+    total = exps[0].clone()
+    for exp_row, grad_row in zip(exps[1:], grads[1:]):
+        out.addcmul_(exp_row, grad_row)
+        total.add_(exp_row)
+    out.div_(total)
+
+
+BLOCK = 1 << 16  # elements per fused block: a block's T-row temporaries stay in the CPU cache
+
+
+def blocks(size: int) -> range:
+    """Start offsets of the fused blocks of a flat tensor."""
+    return range(0, size, BLOCK)
+
+
+def decay_(ema: torch.Tensor, beta: float, generator: torch.Generator | None) -> None:
+    """``Ī ← β Ī`` in place (stochastically rounded for a bf16 EMA)."""
+    if ema.dtype == torch.bfloat16:
+        ema.copy_(stochastic_round_bf16(ema.float().mul_(beta), generator))
+    else:
+        ema.mul_(beta)
+
+
 EMA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -128,45 +175,124 @@ class TACO(GradientMethod):
         self, task_grads: list[torch.Tensor], params: list[torch.nn.Parameter], trainer: L.Trainer
     ) -> list[torch.Tensor]:
         in_warmup = self.step < self.warmup_steps(trainer.max_steps)
-        return self.apply_rule(task_grads, params, in_warmup)
+        return self.apply_rule(task_grads, params, in_warmup, self.row_sparse)
 
-    def apply_rule(self, task_grads: list[torch.Tensor], params: list[torch.Tensor], in_warmup: bool) -> list[torch.Tensor]:
+    def apply_rule(
+        self, task_grads: list[torch.Tensor], params: list[torch.Tensor], in_warmup: bool,
+        row_sparse: list[bool] | None = None,
+    ) -> list[torch.Tensor]:
         """Update the EMA in place and return the combined gradient of every parameter tensor.
 
-        One task at a time, the importances of all parameters go into one reused P-vector (the
-        median needs them all); the EMA rows are updated straight from it.
+        Two passes over the parameters. The first finds each task's median importance (it
+        needs every parameter). The second works block by block, so that importance, EMA
+        update, softmax and weighted sum of a block are computed while it is in cache: memory
+        traffic is what the rule costs on a CPU. For ``row_sparse`` tensors (embedding tables)
+        only the rows some task's gradient touched are worked on: elsewhere every task gradient
+        is exactly zero, so the importance is zero (counted into the median, never written),
+        the EMA only decays, and the combined gradient is zero — the dense rule's result at the
+        cost of the touched rows.
         """
         num_tasks = task_grads[0].shape[0]
-        shapes = [(-1,) + (1,) * p.dim() for p in params]
-        buffer = torch.empty(sum(p.numel() for p in params), dtype=self._compute_dtype(), device=self.ema[0].device)
-        for task in range(num_tasks):
-            slices = []
-            offset = 0
-            for param, grads in zip(params, task_grads):
-                part = buffer[offset : offset + param.numel()].view(param.shape)
-                torch.mul(param.detach(), grads[task], out=part).abs_()
-                slices.append(part)
-                offset += param.numel()
-            weight = 1.0 - self.beta
-            if self.normalize:
-                weight /= float(buffer.median()) + EPS
-            for ema, part in zip(self.ema, slices):
-                row = ema[task]
-                if row.dtype != torch.bfloat16:
-                    row.mul_(self.beta).add_(part, alpha=weight)
-                else:
-                    row.copy_(stochastic_round_bf16(row.float().mul_(self.beta).add_(part, alpha=weight), self.generator))
-        del buffer
+        rows = [touched_rows(g) if sparse else None for g, sparse in zip(task_grads, row_sparse or [False] * len(params))]
+        weights = self._ema_weights(task_grads, params, rows)
+        fused = self.normalize and not in_warmup
+        combined = []
+        for param, grads, ema, index in zip(params, task_grads, self.ema, rows):
+            if index is None:
+                theta, grads_rows, ema_rows = param.detach().reshape(-1), grads.reshape(num_tasks, -1), ema.view(num_tasks, -1)
+            else:
+                decay_(ema, self.beta, self.generator)  # untouched rows only decay; touched ones are updated below
+                theta = param.detach().index_select(0, index).reshape(-1)
+                grads_rows = grads.index_select(1, index).reshape(num_tasks, -1)
+                ema_rows = ema.index_select(1, index).reshape(num_tasks, -1)
+            out = torch.empty_like(theta) if fused else None
+            for start in blocks(theta.numel()):
+                end = start + BLOCK
+                block = self._update_block(theta[start:end], grads_rows[:, start:end], ema_rows[:, start:end],
+                                           weights, decay=index is None)
+                if out is not None:
+                    softmax_weighted_sum(block, grads_rows[:, start:end], self.tau, out[start:end])
+            if index is not None:
+                ema.index_copy_(1, index, ema_rows.view(num_tasks, index.numel(), *ema.shape[2:]))
+            if out is not None:
+                combined.append(self._place(out.div_(num_tasks), grads, index))
         if in_warmup:
             return [g.sum(0).div_(num_tasks) for g in task_grads]
-        ema_scale = None if self.normalize else self._ema_scale()
-        combined = []
-        for ema, grads, shape in zip(self.ema, task_grads, shapes):
-            ema = ema.to(self._compute_dtype())
-            scores = ema / self.tau if self.normalize else ema / ema_scale.view(shape) / self.tau
-            weights = torch.softmax(scores, dim=0).to(grads.dtype)
-            combined.append(weights.mul_(grads).sum(0).div_(num_tasks))
-        return combined
+        if fused:
+            return combined
+        scale = self._ema_scale()
+        return [self._place(self._weighted(ema if i is None else ema[:, i], g if i is None else g[:, i], scale), g, i)
+                for ema, g, i in zip(self.ema, task_grads, rows)]
+
+    def _ema_weights(self, task_grads: list[torch.Tensor], params: list[torch.Tensor],
+                     rows: list[torch.Tensor | None]) -> torch.Tensor:
+        """Per task, the factor of its importance in the EMA update: ``(1 − β) / (median_j I_tj + eps)`` if normalising.
+
+        Importances are ≥ 0, so zeros sort first: when the zeros (untouched rows included) fill
+        the middle position the median is 0 with no selection — MiniLM's word embeddings are half
+        its parameters and most rows get no gradient. Otherwise the importances are written
+        into one reused P-vector, zero-padded for the untouched rows, and ``torch.median`` runs.
+        """
+        num_tasks = task_grads[0].shape[0]
+        dtype = self._compute_dtype()
+        device = self.ema[0].device
+        weights = torch.full((num_tasks,), 1.0 - self.beta, dtype=torch.float64)
+        if not self.normalize:
+            return weights.to(device=device, dtype=dtype)
+        parts = [(param.detach(), grads) if index is None else (param.detach().index_select(0, index), grads.index_select(1, index))
+                 for param, grads, index in zip(params, task_grads, rows)]
+        total = sum(p.numel() for p in params)
+        middle = (total - 1) // 2  # torch.median's (lower) middle position
+        zeros = torch.full((num_tasks,), total, dtype=torch.int64, device=device)
+        for theta, grads in parts:
+            theta, grads = theta.reshape(-1), grads.reshape(num_tasks, -1)
+            for start in blocks(theta.numel()):
+                importance = (theta[start : start + BLOCK] * grads[:, start : start + BLOCK])
+                zeros -= torch.count_nonzero(importance, dim=1)
+        buffer: torch.Tensor | None = None
+        for task, task_zeros in enumerate(zeros.tolist()):
+            if middle < task_zeros:
+                median = 0.0
+            else:
+                if buffer is None:
+                    buffer = torch.zeros(total, dtype=dtype, device=device)
+                offset = 0
+                for theta, grads in parts:
+                    torch.mul(theta.reshape(-1), grads[task].reshape(-1), out=buffer[offset : offset + theta.numel()]).abs_()
+                    offset += theta.numel()
+                median = float(buffer.median())
+            weights[task] /= median + EPS
+        return weights.to(device=device, dtype=dtype)
+
+    def _update_block(self, theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor, weights: torch.Tensor,
+                      decay: bool) -> torch.Tensor:
+        """``Ī ← β Ī + w_t |θ ⊙ g_t|`` on one block (in place); returns the block's new EMA in the compute dtype."""
+        importance = (theta * grads).abs_()
+        if ema.dtype == torch.bfloat16:
+            exact = ema.float()
+            if decay:
+                exact.mul_(self.beta)
+            ema.copy_(stochastic_round_bf16(exact.addcmul_(importance, weights.view(-1, 1)), self.generator))
+            return ema.float()
+        if decay:
+            ema.mul_(self.beta)
+        return ema.addcmul_(importance, weights.view(-1, 1))
+
+    @staticmethod
+    def _place(rows_value: torch.Tensor, grads: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """A tensor's combined gradient from the values of its rows: all of them, or only the touched ones (zero elsewhere)."""
+        if index is None:
+            return rows_value.view(grads.shape[1:])
+        out = torch.zeros_like(grads[0])
+        out.index_copy_(0, index, rows_value.view(index.numel(), *grads.shape[2:]))
+        return out
+
+    def _weighted(self, ema: torch.Tensor, grads: torch.Tensor, ema_scale: torch.Tensor) -> torch.Tensor:
+        """``Σ_t softmax_t(s_t) g_t / T`` with ``s_t = Ī_t / scale_t / τ`` (the un-normalised variant's scores)."""
+        ema = ema.to(self._compute_dtype())
+        scores = ema / ema_scale.view((-1,) + (1,) * (ema.dim() - 1)) / self.tau
+        weights = torch.softmax(scores, dim=0).to(grads.dtype)
+        return weights.mul_(grads).sum(0).div_(grads.shape[0])
 
     def log_values(self) -> dict[str, float]:
         """Per task, the share of parameters whose largest task weight (> 0.5) is that task's: specialisation."""
