@@ -165,15 +165,14 @@ class GradientMethod(Callback):
                     for buffer in self._task_grads:
                         buffer[task].zero_()  # a task without a backward this step contributes zero
                 log_now = self.step % self.log_every_n_steps == 0
-                if bool(torch.isfinite(torch.stack([g.sum() for g in self._task_grads])).all()):
-                    combined = self.combine(self._task_grads, self._params, trainer)
-                    if log_now:
-                        logged.update(self._gradient_statistics(self.gram()))
-                        logged.update(self.log_values())
-                else:
+                combined = self.combine(self._task_grads, self._params, trainer)
+                if combined is None:
                     self.nonfinite_steps += 1
                     log.warning("step %d: non-finite task gradient; applying the naive mean for this step", self.step)
                     combined = [g.mean(0) for g in self._task_grads]
+                elif log_now:
+                    logged.update(self._gradient_statistics(self.gram()))
+                    logged.update(self.log_values())
                 for param, grad in zip(self._params, combined):
                     param.grad = grad
                 for param in self._plain_params:
@@ -229,9 +228,16 @@ class GradientMethod(Callback):
 
     def combine(
         self, task_grads: list[torch.Tensor], params: list[torch.nn.Parameter], trainer: L.Trainer
-    ) -> list[torch.Tensor]:
-        """Turn per-parameter ``(T, *shape)`` task gradients into one gradient per parameter."""
+    ) -> list[torch.Tensor] | None:
+        """Turn per-parameter ``(T, *shape)`` task gradients into one gradient per parameter.
+
+        Returns None, changing no state, when the task gradients are not finite; the caller then
+        applies their plain mean for this step. (A non-finite entry makes the Gram matrix
+        non-finite, so the check costs no extra pass.)
+        """
         gram = self.gram() if task_grads is self._task_grads else gram_matrix(task_grads).cpu()
+        if not bool(torch.isfinite(gram).all()):
+            return None
         return weighted_sum(task_grads, self.task_coefficients(gram, self.task_losses.clone()))
 
     def task_coefficients(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:

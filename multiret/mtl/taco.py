@@ -72,15 +72,16 @@ def softmax_weighted_sum(ema: torch.Tensor, grads: torch.Tensor, tau: float, out
     largest one either way, and the CPU's exp is about 30× slower on those inputs (median-
     normalised scores reach thousands when a task's median importance is 0).
     """
-    top = ema[0].clone()
-    for row in ema[1:]:
+    top = ema[0] if len(ema) == 1 else torch.maximum(ema[0], ema[1])
+    for row in ema[2:]:
         torch.maximum(top, row, out=top)
     exps = torch.sub(ema, top).mul_(1.0 / tau).clamp_(min=MIN_EXPONENT).exp_()
     torch.mul(exps[0], grads[0], out=out)
-    total = exps[0].clone()
-    for exp_row, grad_row in zip(exps[1:], grads[1:]):
-        out.addcmul_(exp_row, grad_row)
-        total.add_(exp_row)
+    total = exps[0] if len(exps) == 1 else torch.add(exps[0], exps[1])
+    for task in range(1, len(exps)):
+        out.addcmul_(exps[task], grads[task])
+        if task > 1:
+            total.add_(exps[task])
     out.div_(total)
 
 
@@ -173,15 +174,18 @@ class TACO(GradientMethod):
 
     def combine(
         self, task_grads: list[torch.Tensor], params: list[torch.nn.Parameter], trainer: L.Trainer
-    ) -> list[torch.Tensor]:
+    ) -> list[torch.Tensor] | None:
         in_warmup = self.step < self.warmup_steps(trainer.max_steps)
         return self.apply_rule(task_grads, params, in_warmup, self.row_sparse)
 
     def apply_rule(
         self, task_grads: list[torch.Tensor], params: list[torch.Tensor], in_warmup: bool,
         row_sparse: list[bool] | None = None,
-    ) -> list[torch.Tensor]:
+    ) -> list[torch.Tensor] | None:
         """Update the EMA in place and return the combined gradient of every parameter tensor.
+
+        Returns None, with the EMA untouched, when an importance is not finite (a non-finite
+        task gradient, or a product that overflows).
 
         Two passes over the parameters. The first finds each task's median importance (it
         needs every parameter). The second works block by block, so that importance, EMA
@@ -194,16 +198,21 @@ class TACO(GradientMethod):
         """
         num_tasks = task_grads[0].shape[0]
         rows = [touched_rows(g) if sparse else None for g, sparse in zip(task_grads, row_sparse or [False] * len(params))]
-        weights = self._ema_weights(task_grads, params, rows)
+        parts = [
+            (param.detach().reshape(-1), grads.reshape(num_tasks, -1)) if index is None else
+            (param.detach().index_select(0, index).reshape(-1), grads.index_select(1, index).reshape(num_tasks, -1))
+            for param, grads, index in zip(params, task_grads, rows)
+        ]
+        weights = self._ema_weights(parts, sum(p.numel() for p in params))
+        if weights is None:
+            return None
         fused = self.normalize and not in_warmup
         combined = []
-        for param, grads, ema, index in zip(params, task_grads, self.ema, rows):
+        for (theta, grads_rows), grads, ema, index in zip(parts, task_grads, self.ema, rows):
             if index is None:
-                theta, grads_rows, ema_rows = param.detach().reshape(-1), grads.reshape(num_tasks, -1), ema.view(num_tasks, -1)
+                ema_rows = ema.view(num_tasks, -1)
             else:
                 decay_(ema, self.beta, self.generator)  # untouched rows only decay; touched ones are updated below
-                theta = param.detach().index_select(0, index).reshape(-1)
-                grads_rows = grads.index_select(1, index).reshape(num_tasks, -1)
                 ema_rows = ema.index_select(1, index).reshape(num_tasks, -1)
             out = torch.empty_like(theta) if fused else None
             for start in blocks(theta.numel()):
@@ -224,31 +233,33 @@ class TACO(GradientMethod):
         return [self._place(self._weighted(ema if i is None else ema[:, i], g if i is None else g[:, i], scale), g, i)
                 for ema, g, i in zip(self.ema, task_grads, rows)]
 
-    def _ema_weights(self, task_grads: list[torch.Tensor], params: list[torch.Tensor],
-                     rows: list[torch.Tensor | None]) -> torch.Tensor:
-        """Per task, the factor of its importance in the EMA update: ``(1 − β) / (median_j I_tj + eps)`` if normalising.
+    def _ema_weights(self, parts: list[tuple[torch.Tensor, torch.Tensor]], total: int) -> torch.Tensor | None:
+        """From flat ``(θ, g (T, n))`` pairs of ``total`` parameters in all: per task, the factor of its importance in the EMA update: ``(1 − β) / (median_j I_tj + eps)`` if normalising.
+
+        None if any importance is not finite (checked on the same pass that counts zeros).
 
         Importances are ≥ 0, so zeros sort first: when the zeros (untouched rows included) fill
         the middle position the median is 0 with no selection — MiniLM's word embeddings are half
         its parameters and most rows get no gradient. Otherwise the importances are written
         into one reused P-vector, zero-padded for the untouched rows, and ``torch.median`` runs.
         """
-        num_tasks = task_grads[0].shape[0]
+        num_tasks = parts[0][1].shape[0]
         dtype = self._compute_dtype()
         device = self.ema[0].device
         weights = torch.full((num_tasks,), 1.0 - self.beta, dtype=torch.float64)
-        if not self.normalize:
-            return weights.to(device=device, dtype=dtype)
-        parts = [(param.detach(), grads) if index is None else (param.detach().index_select(0, index), grads.index_select(1, index))
-                 for param, grads, index in zip(params, task_grads, rows)]
-        total = sum(p.numel() for p in params)
         middle = (total - 1) // 2  # torch.median's (lower) middle position
         zeros = torch.full((num_tasks,), total, dtype=torch.int64, device=device)
+        checksum = torch.zeros((), dtype=torch.float64, device=device)
         for theta, grads in parts:
-            theta, grads = theta.reshape(-1), grads.reshape(num_tasks, -1)
             for start in blocks(theta.numel()):
-                importance = (theta[start : start + BLOCK] * grads[:, start : start + BLOCK])
-                zeros -= torch.count_nonzero(importance, dim=1)
+                importance = theta[start : start + BLOCK] * grads[:, start : start + BLOCK]
+                checksum += importance.sum()
+                if self.normalize:
+                    zeros -= torch.count_nonzero(importance, dim=1)
+        if not bool(torch.isfinite(checksum)):
+            return None
+        if not self.normalize:
+            return weights.to(device=device, dtype=dtype)
         buffer: torch.Tensor | None = None
         for task, task_zeros in enumerate(zeros.tolist()):
             if middle < task_zeros:
@@ -258,7 +269,7 @@ class TACO(GradientMethod):
                     buffer = torch.zeros(total, dtype=dtype, device=device)
                 offset = 0
                 for theta, grads in parts:
-                    torch.mul(theta.reshape(-1), grads[task].reshape(-1), out=buffer[offset : offset + theta.numel()]).abs_()
+                    torch.mul(theta, grads[task], out=buffer[offset : offset + theta.numel()]).abs_()
                     offset += theta.numel()
                 median = float(buffer.median())
             weights[task] /= median + EPS
