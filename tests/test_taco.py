@@ -149,3 +149,50 @@ def test_row_sparse_tables_give_the_dense_rule(normalize, table_rows):
         combined = method.apply_rule(grads, params, step == 0, row_sparse=[True, False, False])
         torch.testing.assert_close(torch.cat([c.flatten() for c in combined]), expected, rtol=1e-12, atol=0)
         torch.testing.assert_close(torch.cat([e.flatten(1) for e in method.ema], dim=1), flat_ema, rtol=1e-12, atol=0)
+
+
+class TableModule(torch.nn.Module):
+    """An embedding table between two dense parameters, in float64, as the callback sees a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
+        self.table = torch.nn.Embedding(30, 3).double()
+        self.linear = torch.nn.Linear(3, 2).double()
+        self.active_task = None
+
+    def log_dict(self, values, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(normalize):
+    """The training path (task buffers and EMA as views of one (T, P) tensor, tables by touched rows)."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(2)
+    module = TableModule()
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(tasks=[SimpleNamespace(name=t) for t in "abc"]), world_size=1,
+                              max_steps=10)
+    method = TACO(beta=0.8, tau=2.0, normalize=normalize, warmup_ratio=0.1, log_every_n_steps=1)
+    method.ema_dtype = torch.float64  # float64 throughout, to compare at 1e-12
+    method.on_fit_start(trainer, module)
+    assert method.row_sparse == [False, True, False, False] and method._flat_ema is not None
+    params = list(module.parameters())
+    flat_params = torch.cat([p.detach().flatten() for p in params])
+    flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
+    for step in range(4):
+        grads = [torch.randn((3, *p.shape), dtype=torch.float64) for p in params]
+        grads[1][:, 3 + 5 * step :] = 0.0  # table rows no task touched
+        for task in range(3):
+            module.active_task = task
+            method.on_before_backward(trainer, module, torch.tensor(1.0))
+            for param, grad in zip(params, grads):
+                param.grad = grad[task].clone()
+            method.on_after_backward(trainer, module)
+        method.on_before_optimizer_step(trainer, module, None)
+        flat_grads = torch.cat([g.flatten(1) for g in grads], dim=1)
+        expected, flat_ema = taco_combine(flat_grads, flat_params, flat_ema, beta=0.8, tau=2.0, in_warmup=step == 0,
+                                          normalize=normalize)
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in params]), expected, rtol=1e-12, atol=0)
+        torch.testing.assert_close(torch.cat([e.flatten(1) for e in method.ema], dim=1), flat_ema, rtol=1e-12, atol=0)

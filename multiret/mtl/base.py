@@ -47,6 +47,31 @@ def weighted_sum(task_grads: list[torch.Tensor], coefficients: torch.Tensor) -> 
     return [torch.tensordot(coefficients, g, dims=1) for g in task_grads]
 
 
+def task_tensors(
+    params: list[torch.Tensor], row_sparse: Sequence[bool], num_tasks: int, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Zeroed ``(T, *shape)`` tensors, one per parameter, and the ``(T, P)`` tensor they are views of.
+
+    The columns of every parameter that is not ``row_sparse`` come first, so a rule can sweep
+    them as one flat block instead of tensor by tensor (a few large operations instead of many
+    small ones). Parameters of different dtypes or devices get separate tensors (and no flat one).
+    """
+    dtypes = {dtype or p.dtype for p in params}
+    devices = {p.device for p in params}
+    if len(dtypes) != 1 or len(devices) != 1:
+        return None, [torch.zeros((num_tasks, *p.shape), dtype=dtype or p.dtype, device=p.device) for p in params]
+    sparse = list(row_sparse) or [False] * len(params)
+    flat = torch.zeros((num_tasks, sum(p.numel() for p in params)), dtype=dtypes.pop(), device=devices.pop())
+    views: list[torch.Tensor | None] = [None] * len(params)
+    offset = 0
+    for order in (False, True):
+        for i, param in enumerate(params):
+            if sparse[i] == order:
+                views[i] = flat[:, offset : offset + param.numel()].view(num_tasks, *param.shape)
+                offset += param.numel()
+    return flat, views
+
+
 class GradientMethod(Callback):
     """Base class of every multitask gradient method (see ``multiret/mtl/*.py``).
 
@@ -78,6 +103,7 @@ class GradientMethod(Callback):
         self._params: list[torch.nn.Parameter] = []
         self._plain_params: list[torch.nn.Parameter] = []
         self._task_grads: list[torch.Tensor] = []
+        self._flat_task_grads: torch.Tensor | None = None
         self._unfilled: list[bool] = []
         self.row_sparse: list[bool] = []
         self._gram: torch.Tensor | None = None
@@ -96,7 +122,7 @@ class GradientMethod(Callback):
         self.row_sparse = [id(p) in tables for p in self._params]
         count = len(self.task_names)
         if self.needs_task_gradients:
-            self._task_grads = [torch.empty((count, *p.shape), dtype=p.dtype, device=p.device) for p in self._params]
+            self._flat_task_grads, self._task_grads = task_tensors(self._params, self.row_sparse, count)
             self._unfilled = [True] * count
         self.task_losses = torch.zeros(count, dtype=torch.float64)
         self._device_losses = torch.zeros(count, device=self._params[0].device if self._params else "cpu")

@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from multiret.mtl.base import GradientMethod
+from multiret.mtl.base import GradientMethod, task_tensors
 
 EPS = 1e-12
 
@@ -61,16 +61,17 @@ def touched_rows(grads: torch.Tensor) -> torch.Tensor:
     return touched.nonzero().squeeze(1)
 
 
-MIN_EXPONENT = -80.0  # exp(-80) ≈ 1.8e-35
+MIN_EXPONENT = -40.0  # exp(-40) ≈ 4.2e-18
 
 
 def softmax_weighted_sum(ema: torch.Tensor, grads: torch.Tensor, tau: float, out: torch.Tensor) -> None:
     """``out = Σ_t softmax_t(Ī_t / τ) g_t`` for one block, written as ``Σ_t e_t g_t / Σ_t e_t`` with
     ``e_t = exp((Ī_t − max_u Ī_u) / τ)``: the same weights, with a few passes fewer than softmax then product.
 
-    Exponents below ``MIN_EXPONENT`` are raised to it: such a weight is below 2e-35 of the
-    largest one either way, and the CPU's exp is about 30× slower on those inputs (median-
-    normalised scores reach thousands when a task's median importance is 0).
+    Exponents below ``MIN_EXPONENT`` are raised to it: such a weight is below 5e-18 of the
+    largest one either way (far under float32 resolution), while on a CPU the exp of very
+    negative inputs, and products that fall into denormal numbers, are tens of times slower
+    (median-normalised scores reach thousands when a task's median importance is 0).
     """
     top = ema[0] if len(ema) == 1 else torch.maximum(ema[0], ema[1])
     for row in ema[2:]:
@@ -91,6 +92,11 @@ BLOCK = 1 << 16  # elements per fused block: a block's T-row temporaries stay in
 def blocks(size: int) -> range:
     """Start offsets of the fused blocks of a flat tensor."""
     return range(0, size, BLOCK)
+
+
+def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[:, index]`` flattened to ``(T, n)``, one task at a time (each task's table is contiguous, the stack is not)."""
+    return torch.stack([task_values.index_select(0, index).reshape(-1) for task_values in values])
 
 
 def decay_(ema: torch.Tensor, beta: float, generator: torch.Generator | None) -> None:
@@ -163,9 +169,10 @@ class TACO(GradientMethod):
         self.normalize = normalize
         self.warmup_ratio = warmup_ratio
         self.ema: list[torch.Tensor] = []
+        self._flat_ema: torch.Tensor | None = None
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
-        self.ema = [torch.zeros((num_tasks, *p.shape), dtype=self.ema_dtype, device=p.device) for p in params]
+        self._flat_ema, self.ema = task_tensors(params, self.row_sparse, num_tasks, self.ema_dtype)
         device = params[0].device if params else torch.device("cpu")
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
 
@@ -175,63 +182,101 @@ class TACO(GradientMethod):
     def combine(
         self, task_grads: list[torch.Tensor], params: list[torch.nn.Parameter], trainer: L.Trainer
     ) -> list[torch.Tensor] | None:
+        """The rule over one flat block of all non-table parameters plus the touched rows of each table."""
         in_warmup = self.step < self.warmup_steps(trainer.max_steps)
-        return self.apply_rule(task_grads, params, in_warmup, self.row_sparse)
+        if self._flat_ema is None or self._flat_task_grads is None or task_grads is not self._task_grads:
+            return self.apply_rule(task_grads, params, in_warmup, self.row_sparse)
+        dense = [p for p, sparse in zip(params, self.row_sparse) if not sparse]
+        size = sum(p.numel() for p in dense)
+        segments = []
+        if size:
+            theta = torch.cat([p.detach().reshape(-1) for p in dense])
+            segments.append((theta, self._flat_task_grads[:, :size], self._flat_ema[:, :size], None))
+        tables = [(p.detach(), g, e, touched_rows(g)) for p, g, e, sparse in zip(params, task_grads, self.ema, self.row_sparse)
+                  if sparse]
+        outputs = self._rule(segments + tables, in_warmup)
+        if outputs is None:
+            return None
+        flat, table_outputs = (outputs[0], iter(outputs[1:])) if size else (None, iter(outputs))
+        combined, offset = [], 0
+        for param, sparse in zip(params, self.row_sparse):
+            if sparse:
+                combined.append(next(table_outputs))
+            else:
+                combined.append(flat[offset : offset + param.numel()].view(param.shape))
+                offset += param.numel()
+        return combined
 
     def apply_rule(
         self, task_grads: list[torch.Tensor], params: list[torch.Tensor], in_warmup: bool,
         row_sparse: list[bool] | None = None,
     ) -> list[torch.Tensor] | None:
-        """Update the EMA in place and return the combined gradient of every parameter tensor.
+        """Update the EMA (``self.ema``, per tensor) in place and return each tensor's combined gradient.
 
         Returns None, with the EMA untouched, when an importance is not finite (a non-finite
         task gradient, or a product that overflows).
-
-        Two passes over the parameters. The first finds each task's median importance (it
-        needs every parameter). The second works block by block, so that importance, EMA
-        update, softmax and weighted sum of a block are computed while it is in cache: memory
-        traffic is what the rule costs on a CPU. For ``row_sparse`` tensors (embedding tables)
-        only the rows some task's gradient touched are worked on: elsewhere every task gradient
-        is exactly zero, so the importance is zero (counted into the median, never written),
-        the EMA only decays, and the combined gradient is zero — the dense rule's result at the
-        cost of the touched rows.
         """
         num_tasks = task_grads[0].shape[0]
-        rows = [touched_rows(g) if sparse else None for g, sparse in zip(task_grads, row_sparse or [False] * len(params))]
-        parts = [
-            (param.detach().reshape(-1), grads.reshape(num_tasks, -1)) if index is None else
-            (param.detach().index_select(0, index).reshape(-1), grads.index_select(1, index).reshape(num_tasks, -1))
-            for param, grads, index in zip(params, task_grads, rows)
+        segments = [
+            (p.detach(), g, e, touched_rows(g)) if sparse else
+            (p.detach().reshape(-1), g.reshape(num_tasks, -1), e.view(num_tasks, -1), None)
+            for p, g, e, sparse in zip(params, task_grads, self.ema, row_sparse or [False] * len(params))
         ]
-        weights = self._ema_weights(parts, sum(p.numel() for p in params))
+        outputs = self._rule(segments, in_warmup)
+        return None if outputs is None else [out.view(p.shape) for out, p in zip(outputs, params)]
+
+    def _rule(self, segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+              in_warmup: bool) -> list[torch.Tensor] | None:
+        """The TACO step over ``(θ, g, Ī, rows)`` segments: flat ``θ (n)``, ``g``/``Ī (T, n)`` with ``rows`` None,
+        or a table ``θ (V, …)``, ``g``/``Ī (T, V, …)`` and the indices of its touched rows.
+
+        Two passes. The first finds each task's median importance (it needs every parameter).
+        The second works block by block, so that importance, EMA update, softmax and weighted
+        sum of a block are computed while it is in cache: memory traffic is what the rule
+        costs on a CPU. Of a table only the touched rows are worked on: elsewhere every task
+        gradient is exactly zero, so the importance is zero (counted into the median, never
+        written), the EMA only decays, and the combined gradient is zero — the dense rule's
+        result at the cost of the touched rows.
+        """
+        num_tasks = segments[0][1].shape[0]
+        parts = [
+            (theta, grads) if index is None else
+            (theta.index_select(0, index).reshape(-1), gather_rows(grads, index))
+            for theta, grads, _, index in segments
+        ]
+        weights = self._ema_weights(parts, sum(theta.numel() for theta, _, _, _ in segments))
         if weights is None:
             return None
         fused = self.normalize and not in_warmup
-        combined = []
-        for (theta, grads_rows), grads, ema, index in zip(parts, task_grads, self.ema, rows):
+        outputs = []
+        for (theta, grads, ema, index), (theta_rows, grads_rows) in zip(segments, parts):
             if index is None:
-                ema_rows = ema.view(num_tasks, -1)
+                ema_rows = ema
             else:
                 decay_(ema, self.beta, self.generator)  # untouched rows only decay; touched ones are updated below
-                ema_rows = ema.index_select(1, index).reshape(num_tasks, -1)
-            out = torch.empty_like(theta) if fused else None
-            for start in blocks(theta.numel()):
+                ema_rows = gather_rows(ema, index)
+            out = torch.empty_like(theta_rows) if fused else None
+            for start in blocks(theta_rows.numel()):
                 end = start + BLOCK
-                block = self._update_block(theta[start:end], grads_rows[:, start:end], ema_rows[:, start:end],
+                block = self._update_block(theta_rows[start:end], grads_rows[:, start:end], ema_rows[:, start:end],
                                            weights, decay=index is None)
                 if out is not None:
                     softmax_weighted_sum(block, grads_rows[:, start:end], self.tau, out[start:end])
             if index is not None:
-                ema.index_copy_(1, index, ema_rows.view(num_tasks, index.numel(), *ema.shape[2:]))
+                for task_ema, task_rows in zip(ema, ema_rows):
+                    task_ema.index_copy_(0, index, task_rows.view(index.numel(), *ema.shape[2:]))
             if out is not None:
-                combined.append(self._place(out.div_(num_tasks), grads, index))
+                outputs.append(self._place(out.div_(num_tasks), theta, index))
         if in_warmup:
-            return [g.sum(0).div_(num_tasks) for g in task_grads]
+            return [grads.sum(0).div_(num_tasks) for _, grads, _, _ in segments]
         if fused:
-            return combined
+            return outputs
         scale = self._ema_scale()
-        return [self._place(self._weighted(ema if i is None else ema[:, i], g if i is None else g[:, i], scale), g, i)
-                for ema, g, i in zip(self.ema, task_grads, rows)]
+        return [
+            self._place(self._weighted(ema if index is None else ema[:, index], grads if index is None else grads[:, index],
+                                       scale), theta, index)
+            for theta, grads, ema, index in segments
+        ]
 
     def _ema_weights(self, parts: list[tuple[torch.Tensor, torch.Tensor]], total: int) -> torch.Tensor | None:
         """From flat ``(θ, g (T, n))`` pairs of ``total`` parameters in all: per task, the factor of its importance in the EMA update: ``(1 − β) / (median_j I_tj + eps)`` if normalising.
@@ -290,12 +335,12 @@ class TACO(GradientMethod):
         return ema.addcmul_(importance, weights.view(-1, 1))
 
     @staticmethod
-    def _place(rows_value: torch.Tensor, grads: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        """A tensor's combined gradient from the values of its rows: all of them, or only the touched ones (zero elsewhere)."""
+    def _place(rows_value: torch.Tensor, theta: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """A segment's combined gradient from the values of its rows: all of them, or only the touched ones (zero elsewhere)."""
         if index is None:
-            return rows_value.view(grads.shape[1:])
-        out = torch.zeros_like(grads[0])
-        out.index_copy_(0, index, rows_value.view(index.numel(), *grads.shape[2:]))
+            return rows_value.view(theta.shape)
+        out = torch.zeros_like(theta)
+        out.index_copy_(0, index, rows_value.view(index.numel(), *theta.shape[1:]))
         return out
 
     def _weighted(self, ema: torch.Tensor, grads: torch.Tensor, ema_scale: torch.Tensor) -> torch.Tensor:
