@@ -1,13 +1,28 @@
-"""`multiret compare` on two tiny sweeps: seeds averaged, task-specific column, deltas, mismatches named."""
+"""`multiret compare` on two tiny sweeps: seeds averaged, task-specific column, deltas, mismatches named.
+
+The sweeps log to CSV and to W&B in offline mode (really written, under the test's temporary
+folder), so the same runs are read from our run folders and from W&B's offline run folders.
+"""
 
 import json
+import shutil
 import statistics
 
 import pytest
+import wandb
 from test_end_to_end import tiny_config
 
 from multiret.cli import main as cli
+from multiret.eval import wandb_store
+from multiret.eval.compare import load_runs, load_wandb_api
 from multiret.experiment.run import run
+
+
+def offline_wandb(env: pytest.MonkeyPatch, home) -> None:
+    """W&B in offline mode, with its own files under the test's temporary folder."""
+    env.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        env.setenv(name, str(home))
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +32,17 @@ def sweeps(tmp_path_factory, tiny_t5_dir, kilt_dir):
         "el": {"train": "el-train.jsonl", "dev": "el-dev.jsonl", "prompt": "EL", "max_query_length": 8},
     }
     root = tmp_path_factory.mktemp("sweeps")
-    for method, seed in (("naive", 1), ("naive", 2), ("taco", 1)):
-        run(tiny_config(root / "multi" / f"{method}-{seed}", tiny_t5_dir, kilt_dir, tasks, f"method={method}",
-                        f"seed={seed}", "trainer.max_steps=2", "task_name=mt"))
-    for task in ("qa", "el"):
-        run(tiny_config(root / "specific" / task, tiny_t5_dir, kilt_dir, tasks, f"data.task_names=[{task}]",
-                        "job_type=task-specific", "trainer.max_steps=2", "data.batch_size=4"))
+    wandb_home = tmp_path_factory.mktemp("wandb_home")
+    loggers = ("logger=default", "logger.wandb.offline=true")
+    with pytest.MonkeyPatch.context() as env:
+        offline_wandb(env, wandb_home)
+        for method, seed in (("naive", 1), ("naive", 2), ("taco", 1)):
+            run(tiny_config(root / "multi" / f"{method}-{seed}", tiny_t5_dir, kilt_dir, tasks, *loggers, f"method={method}",
+                            f"seed={seed}", "trainer.max_steps=2", "task_name=mt"))
+        for task in ("qa", "el"):
+            run(tiny_config(root / "specific" / task, tiny_t5_dir, kilt_dir, tasks, *loggers, f"data.task_names=[{task}]",
+                            "job_type=task-specific", "trainer.max_steps=2", "data.batch_size=4"))
+        wandb.teardown()  # finish() may return before the offline files are fully written
     return root
 
 
@@ -43,9 +63,104 @@ def test_table_averages_seeds_and_compares_with_task_specific(sweeps, tmp_path, 
     assert (tmp_path / "comparison-Rprec.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_runs_over_other_task_sets_are_named(sweeps, tmp_path, tiny_t5_dir, kilt_dir):
+def test_runs_over_other_task_sets_are_named(sweeps, tmp_path, tiny_t5_dir, kilt_dir, monkeypatch):
     odd = tmp_path / "odd"
     tasks = {"qa": {"train": "qa-train.jsonl", "dev": "qa-dev.jsonl", "prompt": "QA", "max_query_length": 8}}
-    run(tiny_config(odd, tiny_t5_dir, kilt_dir, tasks, "data.task_names=[qa]", "trainer.max_steps=1"))
+    offline_wandb(monkeypatch, tmp_path)
+    run(tiny_config(odd, tiny_t5_dir, kilt_dir, tasks, "logger=default", "logger.wandb.offline=true",
+                    "data.task_names=[qa]", "trainer.max_steps=1"))
+    wandb.teardown()
     with pytest.raises(ValueError, match=r"multitask runs with other tasks than \['qa', 'el'\].*odd \(qa\)"):
         cli(["compare", str(sweeps / "multi"), str(odd), "--out", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"multitask runs with other tasks than \['qa', 'el'\].*odd/wandb/offline-run-\S+ \(qa\)"):
+        cli(["compare", *map(str, wandb_folders(sweeps / "multi")), str(odd / "wandb"), "--out", str(tmp_path / "out")])
+
+
+def wandb_folders(root):
+    return sorted(p for p in root.rglob("offline-run-*") if not p.is_symlink())
+
+
+def content(run):
+    return run.label, run.job_type, run.tasks, json.dumps(run.metrics, sort_keys=True)
+
+
+def test_wandb_offline_folders_give_the_same_runs_and_table(sweeps, tmp_path):
+    folders = wandb_folders(sweeps)
+    assert len(folders) == 5 and all(not (f / "files" / "wandb-summary.json").exists() for f in folders)  # only the .wandb file
+    from_folders = load_runs([sweeps / "multi", sweeps / "specific"])
+    from_wandb = load_runs(folders)
+    assert len(from_folders) == 5  # each run once: the W&B folder inside a run folder is that run
+    assert all("offline-run-" in r.source for r in from_wandb)
+    assert sorted(map(content, from_wandb)) == sorted(map(content, from_folders))  # metrics bit-equal to eval/metrics.json
+    assert cli(["compare", str(sweeps / "multi"), str(sweeps / "specific"), "--out", str(tmp_path / "ours")]) == 0
+    assert cli(["compare", *map(str, folders), "--out", str(tmp_path / "wandb")]) == 0
+    assert (tmp_path / "wandb" / "comparison.md").read_text() == (tmp_path / "ours" / "comparison.md").read_text()
+
+
+def test_group_keeps_those_w_and_b_groups(sweeps):
+    assert {r.label for r in load_runs([sweeps], groups=["mt"])} == {"mt: Naive", "mt: TACO"}
+    assert len(load_runs(wandb_folders(sweeps), groups=["mt"])) == 3
+    assert len(load_runs(wandb_folders(sweeps), groups=["mt", "train"])) == 5  # task-specific runs: group=task_name=train
+    with pytest.raises(ValueError, match=r"in groups \['nope'\]"):
+        load_runs([sweeps], groups=["nope"])
+
+
+class FakeApiRun:
+    """The attributes of ``wandb.apis.public.Run`` that compare reads (the API cannot be reached in tests)."""
+
+    def __init__(self, folder):
+        logged = wandb_store.read_run(wandb_store.run_file(folder))
+        self.config, self.summary = logged.config, logged.summary
+        self.group, self.job_type = logged.group, logged.job_type
+        self.path = ["me", "multiret", folder.name.rsplit("-", 1)[-1]]
+
+
+def test_wandb_api_runs_become_the_same_table(sweeps, tmp_path, monkeypatch):
+    api_runs = [FakeApiRun(f) for f in wandb_folders(sweeps)]
+    unevaluated = FakeApiRun(wandb_folders(sweeps)[0])
+    unevaluated.summary = {k: v for k, v in unevaluated.summary.items() if not k.startswith("dev/")}
+    queries = []
+
+    class FakeApi:
+        def runs(self, path, filters):
+            queries.append((path, filters))
+            return [*api_runs, unevaluated]
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    assert cli(["compare", "--wandb", "me/multiret", "--out", str(tmp_path / "api")]) == 0
+    assert cli(["compare", str(sweeps), "--out", str(tmp_path / "ours")]) == 0
+    assert (tmp_path / "api" / "comparison.md").read_text() == (tmp_path / "ours" / "comparison.md").read_text()
+    assert queries == [("me/multiret", {})]
+    load_wandb_api("me/multiret", groups=["mt", "train"])
+    assert queries[-1] == ("me/multiret", {"group": {"$in": ["mt", "train"]}})
+
+
+def test_wandb_file_reader_joins_records_across_blocks_and_refuses_damage(tmp_path, monkeypatch, caplog):
+    offline_wandb(monkeypatch, tmp_path)
+    big = "x" * 70_000  # a config record over two 32 KiB blocks: first, middle and last chunks
+    with wandb.init(dir=tmp_path, project="p", group="g", job_type="t", config={"big": big, "n": {"k": 1}}) as live:
+        for step in range(3):
+            live.log({"dev/qa/Rprec": step / 4})
+    wandb.teardown()  # finish() may return before the offline file is fully written
+    (folder,) = wandb_folders(tmp_path)
+    path = wandb_store.run_file(folder)
+    logged = wandb_store.read_run(path)
+    assert logged.config["big"] == big and logged.config["n"] == {"k": 1}
+    assert logged.summary["dev/qa/Rprec"] == 0.5 and (logged.group, logged.job_type, logged.exited) == ("g", "t", True)
+    damaged = tmp_path / "damaged.wandb"
+    data = bytearray(path.read_bytes())
+    data[40_000] ^= 0xFF
+    damaged.write_bytes(data)
+    with pytest.raises(ValueError, match="damaged.wandb: corrupt record at byte"):
+        wandb_store.read_run(damaged)
+    shutil.copy(path, damaged)
+    with damaged.open("r+b") as f:
+        f.truncate(path.stat().st_size - 3)  # a run still writing: its last record is incomplete
+    cut = wandb_store.read_run(damaged)
+    assert cut.config["big"] == big and not cut.exited
+    unfinished = tmp_path / "cut" / "wandb" / "offline-run-20260101_000000-cut"
+    unfinished.mkdir(parents=True)
+    shutil.copy(damaged, unfinished / "run-cut.wandb")
+    with pytest.raises(ValueError, match="no evaluated run"):
+        load_runs([tmp_path / "cut"])
+    assert "without an exit record" in caplog.text

@@ -1,9 +1,10 @@
 """`multiret compare`: the comparison table of multitask runs against task-specific runs.
 
 Reads the run folders that ``multiret train`` writes (``config.yaml`` and
-``eval/metrics.json``: the numbers every logger received), groups multitask runs by
-experiment and method (seeds averaged), builds the task-specific column from the
-task-specific runs, and writes a markdown table (per task and average; mean ± std over seeds;
+``eval/metrics.json``: the numbers every logger received), W&B's local run folders (offline
+ones included) or the W&B API (the same numbers, as ``{split}/{task}/{metric}``), groups
+multitask runs by experiment and method (seeds averaged), builds the task-specific column
+from the task-specific runs, and writes a markdown table (per task and average; mean ± std over seeds;
 each multitask column's change against task-specific) and a bar chart.
 """
 
@@ -11,49 +12,113 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
 from multiret.data.jsonl import atomic_write_text
+from multiret.eval import wandb_store
 from multiret.eval.figures import new_figure, save_figure
 
 TASK_SPECIFIC = "task-specific"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """One evaluated run: where it is, its column label, its tasks and their metrics."""
+    """One evaluated run: where it is (a folder or a W&B run path), its column label, its tasks and their metrics."""
 
-    path: Path
+    source: str
     label: str
     job_type: str
     tasks: tuple[str, ...]
     metrics: dict[str, dict[str, float]]
 
 
-def load_runs(roots: Sequence[Path]) -> list[RunResult]:
-    """Every evaluated run folder under ``roots`` (a run, a multirun folder, or any parent)."""
+def run_result(source: str, config: Mapping[str, Any], metrics: dict[str, dict[str, float]], job_type: str = "multitask") -> RunResult:
+    """Label a run from its logged config (``task_name``, ``method._target_``, ``job_type``, ``data.task_names``).
+
+    Every reader goes through here, so a run gets the same column whether it is read from its
+    folder or from W&B; ``job_type`` is the fallback for configs that lack the key.
+    """
+    cfg = OmegaConf.create(dict(config))
+    method = str(cfg.method._target_).rsplit(".", 1)[-1]
+    job_type = str(cfg.get("job_type", job_type))
+    label = TASK_SPECIFIC if job_type == TASK_SPECIFIC else f"{cfg.task_name}: {method}"
+    return RunResult(source, label, job_type, tuple(cfg.data.task_names), metrics)
+
+
+def summary_metrics(source: str, config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, dict[str, float]] | None:
+    """Per-task metrics from the ``{split}/{task}/{metric}`` keys ``log_results`` logged; None when not evaluated."""
+    split, tasks = config["data"]["eval_split"], config["data"]["task_names"]
+    metrics: dict[str, dict[str, float]] = {task: {} for task in tasks}
+    for key in summary.keys():  # noqa: SIM118 (the W&B API's summary has keys() but no __iter__)
+        for task in tasks:
+            prefix = f"{split}/{task}/"
+            if key.startswith(prefix) and "/" not in key[len(prefix):]:
+                metrics[task][key[len(prefix):]] = float(summary[key])
+    missing = [t for t, m in metrics.items() if not m]
+    if len(missing) == len(tasks):
+        return None
+    if missing:
+        raise ValueError(
+            f"{source}: W&B summary has {split}/<task>/<metric> keys for some tasks but none for {missing}; "
+            "was its evaluation cut off?"
+        )
+    return metrics
+
+
+def load_runs(roots: Sequence[Path], groups: Sequence[str] = ()) -> list[RunResult]:
+    """Every evaluated run under ``roots`` (a run, a multirun folder, W&B run folders, or any parent).
+
+    Our run folders are read from ``config.yaml`` and ``eval/metrics.json``; W&B run folders
+    (``wandb/offline-run-*``) from their ``.wandb`` file, unless they sit inside one of those run
+    folders (the same run, read once). ``groups``, if given, keeps the runs of those W&B groups.
+    """
     runs = []
     for root in roots:
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such run or sweep folder")
-        for metrics_path in sorted(root.rglob("eval/metrics.json")):
-            folder = metrics_path.parent.parent
-            if not (folder / "config.yaml").is_file():
+        folders = {m.parent.parent for m in root.rglob("eval/metrics.json") if (m.parent.parent / "config.yaml").is_file()}
+        for folder in sorted(folders):
+            config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+            if not groups or config.get("group") in groups:
+                runs.append(run_result(str(folder), config, json.loads((folder / "eval" / "metrics.json").read_text())))
+        for folder in wandb_store.run_folders(root):
+            if any(parent in folders for parent in folder.parents):
                 continue
-            cfg = OmegaConf.load(folder / "config.yaml")
-            method = str(cfg.method._target_).rsplit(".", 1)[-1]
-            job_type = str(cfg.get("job_type", "multitask"))
-            label = TASK_SPECIFIC if job_type == TASK_SPECIFIC else f"{cfg.task_name}: {method}"
-            metrics = json.loads(metrics_path.read_text())
-            runs.append(RunResult(folder, label, job_type, tuple(cfg.data.task_names), metrics))
+            logged = wandb_store.read_run(wandb_store.run_file(folder))
+            metrics = summary_metrics(str(folder), logged.config, logged.summary) if "data" in logged.config else None
+            if metrics is None and not logged.exited:
+                log.warning("%s: W&B run without an exit record (still being written, or crashed) and no scores; skipped", folder)
+            if metrics is not None and (not groups or logged.group in groups):
+                runs.append(run_result(str(folder), logged.config, metrics, logged.job_type or "multitask"))
     if not runs:
-        raise ValueError(f"no evaluated run (config.yaml + eval/metrics.json) under {', '.join(map(str, roots))}")
+        raise ValueError(
+            f"no evaluated run (config.yaml + eval/metrics.json, or a W&B run folder with {{split}}/{{task}}/{{metric}} "
+            f"in its summary){f' in groups {list(groups)}' if groups else ''} under {', '.join(map(str, roots))}"
+        )
+    return runs
+
+
+def load_wandb_api(project: str, groups: Sequence[str] = ()) -> list[RunResult]:
+    """Evaluated runs of a W&B project (``entity/project``) through ``wandb.Api``, optionally of some groups only."""
+    import wandb
+
+    runs = []
+    for api_run in wandb.Api().runs(project, filters={"group": {"$in": list(groups)}} if groups else {}):
+        source = "/".join(api_run.path)
+        metrics = summary_metrics(source, api_run.config, api_run.summary) if "data" in api_run.config else None
+        if metrics is not None:
+            runs.append(run_result(source, api_run.config, metrics, api_run.job_type or "multitask"))
+    if not runs:
+        raise ValueError(f"no evaluated run in W&B project {project}{f' groups {list(groups)}' if groups else ''}")
     return runs
 
 
@@ -63,9 +128,9 @@ def check_task_sets(runs: Sequence[RunResult]) -> tuple[str, ...]:
     if not multitask:
         raise ValueError("no multitask run to compare")
     tasks = multitask[0].tasks
-    odd = [f"{r.path} ({', '.join(r.tasks)})" for r in multitask if set(r.tasks) != set(tasks)]
+    odd = [f"{r.source} ({', '.join(r.tasks)})" for r in multitask if set(r.tasks) != set(tasks)]
     if odd:
-        raise ValueError(f"multitask runs with other tasks than {list(tasks)} (from {multitask[0].path}): {'; '.join(odd)}")
+        raise ValueError(f"multitask runs with other tasks than {list(tasks)} (from {multitask[0].source}): {'; '.join(odd)}")
     specific = {t for r in runs if r.job_type == TASK_SPECIFIC for t in r.tasks}
     stray = sorted(specific - set(tasks))
     if stray:
@@ -125,11 +190,18 @@ def plot(rows: list[str], values: dict[str, dict[str, list[float]]], metric: str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multiret compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("roots", nargs="+", type=Path, help="run folders, multirun folders, or folders above them")
+    parser.add_argument("roots", nargs="*", type=Path, help="run folders, multirun folders, W&B run folders, or folders above them")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read the runs of this W&B project through the W&B API")
+    parser.add_argument("--group", action="append", default=[], help="only the runs of this W&B group (the config's `group`); repeatable")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="folder for comparison.md and the charts")
     parser.add_argument("--metrics", default="Rprec,recall@5", help="comma-separated KILT metric names")
     args = parser.parse_args(argv)
-    runs = load_runs(args.roots)
+    if not args.roots and not args.wandb:
+        parser.error("give run or sweep folders, or --wandb ENTITY/PROJECT")
+    runs = [
+        *(load_runs(args.roots, args.group) if args.roots else []),
+        *(load_wandb_api(args.wandb, args.group) if args.wandb else []),
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     for metric in args.metrics.split(","):
