@@ -164,6 +164,13 @@ def test_soft_prompt_needs_a_known_task(tiny_t5_dir, kilt_tasks):
         model.encode_queries(**batch, task="zsre")
 
 
+def test_checkpoint_of_another_task_list_names_the_soft_prompt_mismatch(tiny_t5_dir, kilt_tasks):
+    trained = soft_model(tiny_t5_dir, "t5_decoder", kilt_tasks)
+    one_task = soft_model(tiny_t5_dir, "t5_decoder", {"qa": kilt_tasks["qa"]})
+    with pytest.raises(ValueError, match=r"soft prompts have shape \(2, 8, 32\).*has \(1, 8, 32\) for tasks \['qa'\]"):
+        one_task.load_state_dict(trained.state_dict())
+
+
 def model_inputs(model: BiEncoder, texts: list[str]) -> dict[str, torch.Tensor]:
     encoded = model.tokenizer(texts, padding=True, return_tensors="pt")
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}

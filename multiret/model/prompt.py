@@ -121,6 +121,17 @@ class SoftPrompt(nn.Module):
         self.row = {task: index for index, task in enumerate(self.tasks)}
         self.vectors = nn.Parameter(initial.detach().clone())
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Name the likely cause when a checkpoint's soft prompts do not fit: another task list or length."""
+        saved = state_dict.get(prefix + "vectors")
+        if saved is not None and saved.shape != self.vectors.shape:
+            raise ValueError(
+                f"the checkpoint's soft prompts have shape {tuple(saved.shape)} (tasks, length, dim), but this model "
+                f"has {tuple(self.vectors.shape)} for tasks {self.tasks}; use the training run's data.task_names "
+                "(same order) and prompt.length"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def forward(self, task: str | None) -> torch.Tensor:
         """The ``(length, dim)`` vectors of ``task``."""
         if task is None:
