@@ -26,7 +26,7 @@ def test_experiment_composes_and_resolves(experiment):
     assert cfg.trainer.max_steps > 0
 
 
-@pytest.mark.parametrize("group", ["method", "model", "optimizer", "scheduler", "trainer", "index", "logger", "callbacks", "data", "debug"])
+@pytest.mark.parametrize("group", ["method", "model", "prompt", "optimizer", "scheduler", "trainer", "index", "logger", "callbacks", "data", "debug"])
 def test_every_option_of_a_group_composes(group):
     for option in sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")):
         cfg = _compose(f"{group}={option}", "model.encoder.path=/models/t5", "data.root=/data", "data.corpus=c.tsv",

@@ -38,7 +38,7 @@ class TwoBlocks(nn.Module):
         self.shared = nn.Linear(4, 4)
         self.private = nn.Linear(4, 4)
 
-    def task_loss(self, batch):
+    def task_loss(self, batch, task=None):
         hidden = self.shared(batch["x"])
         if batch["task"] == 0:
             hidden = self.private(hidden)

@@ -49,7 +49,7 @@ def search_tasks(
     batch_size: int = 64,
     show_progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Top-``top_k`` corpus rows per query of every task (queries carry their task's prompt)."""
+    """Top-``top_k`` corpus rows per query of every task (queries carry their task's prompt, text or soft)."""
     model.eval()
     row_of_index = np.array([corpus.row(pid) for pid in index.ids] + [-1])
     rankings: dict[str, np.ndarray] = {}
@@ -58,7 +58,7 @@ def search_tasks(
         vectors = encode_texts(
             texts,
             lambda batch, task=task: collator.queries(batch, task),
-            model.encode_queries,
+            lambda ids, mask, task=task: model.encode_queries(ids, mask, task=task.name),
             batch_size,
             model.device,
             f"encoding {task.name} queries",

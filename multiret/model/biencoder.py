@@ -9,7 +9,8 @@ summed loss while holding only one task's graph at a time.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,7 @@ from torch import nn
 
 from multiret.model.encoder import TextEncoder
 from multiret.model.gather import gather_with_grad, world
+from multiret.model.prompt import QueryPrompt, build_soft_prompt
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -30,6 +32,11 @@ class BiEncoder(L.LightningModule):
     (DPR, Karpukhin et al. 2020), with passages all-gathered across devices under DDP.
     ``temperature`` divides the scores; keep 1 for raw dot products, use ~0.05 with
     normalised (cosine) embeddings.
+
+    ``prompt`` (``conf/prompt/``) says how queries are prompted: a text template the
+    collator applies (``prompt_template``), or, for ``kind: soft``, per-task vectors
+    (``soft_prompt.vectors``, trained and checkpointed with the model) that
+    :meth:`encode_queries` puts before the query of the given task.
     """
 
     def __init__(
@@ -37,7 +44,7 @@ class BiEncoder(L.LightningModule):
         encoder: TextEncoder,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
-        prompt_template: str | None = None,
+        prompt: Mapping[str, Any] | None = None,
         shared_encoder: bool = True,
         temperature: float = 1.0,
         max_grad_norm: float | None = 1.0,
@@ -49,23 +56,33 @@ class BiEncoder(L.LightningModule):
         self.query_encoder = encoder
         self.passage_encoder = encoder if shared_encoder else copy.deepcopy(encoder)
         self.tokenizer = encoder.load_tokenizer()
-        self.prompt_template = prompt_template
+        self.prompt = QueryPrompt.from_config(prompt)
+        self.prompt.check_tokenizer(self.tokenizer, f"model.encoder.path={encoder.path}")
+        self.prompt_template = self.prompt.template
+        self.soft_prompt = (
+            build_soft_prompt(self.prompt, encoder.input_embeddings(), self.tokenizer) if self.prompt.is_soft else None
+        )
         self.temperature = temperature
         self.max_grad_norm = max_grad_norm
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         self.active_task: int | None = None
-        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler", "prompt"])
+        self.hparams["prompt"] = asdict(self.prompt)  # plain values: checkpoints load with weights_only=True
 
-    def encode_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.query_encoder(input_ids, attention_mask)
+    def encode_queries(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str | None = None
+    ) -> torch.Tensor:
+        """Query vectors of one task's queries (``task`` picks the soft prompt; text prompts are in the ids)."""
+        prefix = self.soft_prompt(task) if self.soft_prompt is not None else None
+        return self.query_encoder(input_ids, attention_mask, prefix)
 
     def encode_passages(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.passage_encoder(input_ids, attention_mask)
 
-    def task_loss(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+    def task_loss(self, batch: dict[str, dict[str, torch.Tensor]], task: str | None = None) -> torch.Tensor:
         """Mean contrastive loss of one task's sub-batch (each query: 1 positive then its negatives)."""
-        queries = self.encode_queries(**batch["query"])
+        queries = self.encode_queries(**batch["query"], task=task)
         passages = self.encode_passages(**batch["passage"])
         per_query = passages.shape[0] // queries.shape[0]
         rank, _ = world()
@@ -83,7 +100,7 @@ class BiEncoder(L.LightningModule):
         for micro_batch in batch:
             for index, (task, task_batch) in enumerate(micro_batch.items()):
                 self.active_task = index
-                loss = self.task_loss(task_batch) / len(batch)
+                loss = self.task_loss(task_batch, task) / len(batch)
                 self.manual_backward(loss)
                 task_losses[task] = task_losses.get(task, 0) + loss.detach()
         self.active_task = None

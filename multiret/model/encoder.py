@@ -42,15 +42,37 @@ class TextEncoder(nn.Module):
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def input_embeddings(self) -> nn.Embedding:
+        """The token embedding table (a soft prompt lives in its space)."""
+        return self.model.get_input_embeddings()
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pooled vectors; ``prefix`` ``(length, dim)`` vectors go before every text's input embeddings.
+
+        Poolings read only the text's positions: a prefix acts through attention (and, for T5,
+        through the decoder's cross-attention), ``first`` pools the first text token, and
+        ``mean`` averages the text tokens alone, so a soft prompt cannot add a learned constant
+        to every query vector of its task.
+        """
+        skip = 0
+        if prefix is None:
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        else:
+            skip = prefix.shape[0]
+            embedded = self.input_embeddings()(input_ids)
+            batch = input_ids.shape[0]
+            prefix = prefix.to(embedded.dtype).unsqueeze(0).expand(batch, -1, -1)
+            inputs = {
+                "inputs_embeds": torch.cat([prefix, embedded], dim=1),
+                "attention_mask": torch.cat([attention_mask.new_ones((batch, skip)), attention_mask], dim=1),
+            }
         if self.pooling == "t5_decoder":
             start = torch.zeros((input_ids.shape[0], 1), dtype=input_ids.dtype, device=input_ids.device)
-            hidden = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=start
-            ).last_hidden_state
-            pooled = hidden[:, 0]
+            pooled = self.model(**inputs, decoder_input_ids=start).last_hidden_state[:, 0]
         else:
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.model(**inputs).last_hidden_state[:, skip:]
             if self.pooling == "first":
                 pooled = hidden[:, 0]
             else:
