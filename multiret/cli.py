@@ -14,6 +14,7 @@ commands:
   demo [--full]          the whole pipeline on the embedded vital benchmark
   analyze specialization CKPT [CKPT ...]   per-parameter task-specialisation entropy (PNG + JSON)
   compare [RUN_OR_SWEEP ...] [--wandb ENTITY/PROJECT] [--group G] [--out DIR]   multitask vs task-specific table (markdown + PNG)
+  prepare kilt --kilt-dir DIR --passages TSV --out DIR [...]   KILT's eight tasks → a folder data=kilt reads
   convert t5-fp16 SRC DST   rescale a T5 v1.0 checkpoint so that it trains in fp16 without overflow
 """
 
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from multiret.eval.compare import main as compare
 
         return compare(rest)
+    if command == "prepare" and rest[:1] == ["kilt"]:
+        from multiret.prepare.pipeline import main as prepare_kilt
+
+        return prepare_kilt(rest[1:])
     if command == "convert" and rest[:1] == ["t5-fp16"]:
         from multiret.model.t5_fp16 import main as convert_t5
 

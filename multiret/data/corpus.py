@@ -70,9 +70,14 @@ class Corpus:
 def read_corpus(path: str | os.PathLike[str]) -> Corpus:
     """Read a KILT-style passage TSV with a header row naming at least the four columns.
 
-    Fails naming ``file:line`` on a row with the wrong number of fields.
+    Fails naming ``file:line`` on a row with the wrong number of fields. A folder written by
+    ``multiret prepare kilt`` opens as a memory-mapped store with the same interface instead.
     """
     path = Path(path)
+    if path.is_dir():
+        from multiret.prepare.passages import PassageStore
+
+        return PassageStore(path)  # type: ignore[return-value]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: corpus file not found (expected a TSV with columns {', '.join(CORPUS_COLUMNS)})")
     ids: list[str] = []

@@ -81,8 +81,9 @@ class MultitaskDataModule(L.LightningDataModule):
         self.task_batch_sizes: dict[str, int] = {}
 
     def data_files(self) -> list[Path]:
-        """Every file this module reads (corpus and the configured splits), for the run's manifest."""
-        return [self.corpus_path, *(Path(t.split_path(s)) for t in self.tasks for s in ("train", self.eval_split))]
+        """Every file this module reads (corpus, or a prepared store's files, and the configured splits), for the run's manifest."""
+        corpus = sorted(self.corpus_path.iterdir()) if self.corpus_path.is_dir() else [self.corpus_path]
+        return [*corpus, *(Path(t.split_path(s)) for t in self.tasks for s in ("train", self.eval_split))]
 
     def prepare_data(self) -> None:
         if self.builder is not None:

@@ -1,0 +1,224 @@
+"""Per-task rules that turn KILT's eight training tasks into the files `data=kilt` reads.
+
+Each task keeps KILT's record shape (``id``, ``input``, ``output[].provenance[]``) so that
+``multiret.data.kilt.read_queries`` and KILT's scorer read the prepared files unchanged; only
+the fields retrieval needs are kept. Counts of everything that cannot be used (items without
+provenance, provenance to pages absent from the passage corpus, TriviaQA ids without a
+question) are returned for the report; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+from multiret.data.jsonl import DataFormatError, iter_jsonl
+from multiret.prepare.files import atomic_output, count_records
+
+log = logging.getLogger(__name__)
+
+START_ENT, END_ENT = "[START_ENT]", "[END_ENT]"
+AIDA_WINDOW_WORDS = 64  # words kept on each side of the mention (the reference keeps 64 on the left)
+MAX_PASSAGE_LENGTH = 160  # passage tokens in the TACO reference's KILT scripts
+DEFAULT_MAX_TRAIN = {"trex": 100_000, "structured_zeroshot": 100_000}  # the reference keeps 100k of each
+
+
+@dataclass(frozen=True)
+class KiltTask:
+    """One KILT task: its prompt word, query length (TACO's KILT scripts) and positive rule."""
+
+    name: str
+    prompt: str
+    max_query_length: int
+    all_passages_positive: bool = False
+
+    def kilt_file(self, split: str) -> str:
+        """KILT's file name of a split; TriviaQA's files hold ids only (``_id`` in the name)."""
+        if self.name == "triviaqa":
+            return f"triviaqa-{split}_id-kilt.jsonl"
+        return f"{self.name}-{split}-kilt.jsonl"
+
+    def prepared_file(self, split: str) -> str:
+        return f"{self.name}-{split}.jsonl"
+
+
+KILT_TASKS: dict[str, KiltTask] = {
+    task.name: task
+    for task in (
+        KiltTask("nq", "nq", 32),
+        KiltTask("triviaqa", "triviaqa", 32),
+        KiltTask("hotpotqa", "hotpotqa", 32),
+        KiltTask("wow", "wow", 256),
+        KiltTask("trex", "trex", 32),
+        KiltTask("fever", "fever", 64),
+        KiltTask("structured_zeroshot", "zsre", 32),
+        KiltTask("aidayago2", "aida", 128, all_passages_positive=True),
+    )
+}
+SPLITS = ("train", "dev")
+
+
+class PageIndex(Protocol):
+    def rows_of_page(self, page_id: str) -> list[int]: ...
+
+
+def aida_window(text: str, words: int = AIDA_WINDOW_WORDS) -> str:
+    """The mention with ``words`` words of context on each side.
+
+    AIDA inputs are whole news documents with one ``[START_ENT] ... [END_ENT]`` mention; the
+    query encoder sees 128 tokens, so the document is cut around the mention (the reference
+    keeps 64 words on the left, and its tokenizer truncates the right).
+    """
+    start, end = text.find(START_ENT), text.find(END_ENT)
+    if start < 0 or end < start:
+        raise ValueError(f"no {START_ENT} ... {END_ENT} mention")
+    end += len(END_ENT)
+    left = text[:start].split()[-words:] if words else []
+    right = text[end:].split()[:words]
+    return " ".join([*left, text[start:end].strip(), *right])
+
+
+def load_triviaqa_questions(paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
+    """``QuestionId → Question`` from TriviaQA json files (``{"Data": [{"QuestionId", "Question", ...}]}``)."""
+    questions: dict[str, str] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: TriviaQA question file not found (pass the files of TriviaQA's rc/qa release)")
+        with path.open(encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+        if not isinstance(data, dict) or not isinstance(data.get("Data"), list):
+            raise DataFormatError(f"{path}: expected a TriviaQA json object with a 'Data' list")
+        for i, item in enumerate(data["Data"]):
+            if not isinstance(item, dict) or "QuestionId" not in item or not isinstance(item.get("Question"), str):
+                raise DataFormatError(f"{path}: Data[{i}] needs 'QuestionId' and a string 'Question'")
+            questions[str(item["QuestionId"]).strip()] = item["Question"]
+    return questions
+
+
+def _outputs(record: dict[str, Any], where: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The outputs reduced to answer + provenance (page, title, paragraph span), and the distinct gold pages."""
+    outputs = record.get("output", [])
+    if not isinstance(outputs, list):
+        raise DataFormatError(f"{where}: 'output' must be a list of objects")
+    kept: list[dict[str, Any]] = []
+    pages: list[str] = []
+    for output in outputs:
+        if not isinstance(output, dict):
+            raise DataFormatError(f"{where}: each 'output' entry must be an object")
+        provenance = output.get("provenance") or []
+        if not isinstance(provenance, list):
+            raise DataFormatError(f"{where}: 'provenance' must be a list of objects with 'wikipedia_id'")
+        entry: dict[str, Any] = {k: output[k] for k in ("answer",) if k in output}
+        if provenance:
+            entry["provenance"] = []
+            for item in provenance:
+                if not isinstance(item, dict) or "wikipedia_id" not in item:
+                    raise DataFormatError(f"{where}: each provenance entry needs a 'wikipedia_id'")
+                page = str(item["wikipedia_id"]).strip()
+                entry["provenance"].append(
+                    {"wikipedia_id": page,
+                     **{k: item[k] for k in ("title", "start_paragraph_id", "end_paragraph_id") if k in item}}
+                )
+                if page not in pages:
+                    pages.append(page)
+        kept.append(entry)
+    return kept, pages
+
+
+def sample_positions(total: int, limit: int | None, seed: int) -> set[int] | None:
+    """Positions of the records kept by a seeded down-sampling (None = keep all)."""
+    if limit is None or limit >= total:
+        return None
+    return set(random.Random(seed).sample(range(total), limit))
+
+
+def convert_split(
+    task: KiltTask,
+    split: str,
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    corpus: PageIndex,
+    questions: dict[str, str] | None = None,
+    limit: int | None = None,
+    seed: int = 13,
+    show_progress: bool = True,
+) -> dict[str, int]:
+    """Write one prepared split and return its counts.
+
+    ``limit`` keeps a seeded random sample of that many records, in file order. Positives
+    follow the data module's rule (:func:`multiret.data.kilt.attach_positives`): the first
+    passage of each gold page, or every passage of it for AIDA; ``positives`` counts them.
+    """
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: KILT file of task {task.name!r} ({split}) not found; expected {task.kilt_file(split)} in --kilt-dir")
+    if task.name == "triviaqa" and questions is None:
+        raise ValueError("triviaqa needs the TriviaQA question files (--triviaqa-questions FILE ...): KILT's files hold ids only")
+    total = count_records(source)
+    keep = sample_positions(total, limit, seed)
+    counts = {"read": total, "items": 0, "no_provenance": 0, "missing_question": 0, "provenance_pages": 0,
+              "missing_pages": 0, "items_without_corpus_page": 0, "positives": 0}
+    seen: set[str] = set()
+    with atomic_output(out) as handle:
+        records = tqdm(iter_jsonl(source), total=total, desc=f"{task.name} {split}", disable=not show_progress)
+        for position, (line_number, record) in enumerate(records):
+            if keep is not None and position not in keep:
+                continue
+            where = f"{source}:{line_number}"
+            qid = record.get("id")
+            if qid is None:
+                raise DataFormatError(f"{where}: expected an object with an 'id'")
+            qid = str(qid).strip()
+            if qid in seen:
+                raise DataFormatError(f"{where}: duplicate id {qid!r}")
+            seen.add(qid)
+            text = _query_text(task, record, qid, questions, where)
+            if text is None:
+                counts["missing_question"] += 1
+                continue
+            outputs, pages = _outputs(record, where)
+            found = [page for page in pages if corpus.rows_of_page(page)]
+            counts["items"] += 1
+            counts["no_provenance"] += not pages
+            counts["provenance_pages"] += len(pages)
+            counts["missing_pages"] += len(pages) - len(found)
+            counts["items_without_corpus_page"] += bool(pages) and not found
+            counts["positives"] += sum(
+                len(corpus.rows_of_page(page)) if task.all_passages_positive else 1 for page in found
+            )
+            handle.write(json.dumps({"id": qid, "input": text, "output": outputs}, ensure_ascii=False) + "\n")
+    if counts["missing_pages"] or counts["missing_question"] or counts["no_provenance"]:
+        log.warning(
+            "%s %s: %d items; %d without provenance; %d of %d gold pages not in the passage corpus (%d items have none there)%s",
+            task.name, split, counts["items"], counts["no_provenance"], counts["missing_pages"], counts["provenance_pages"],
+            counts["items_without_corpus_page"],
+            f"; {counts['missing_question']} ids without a TriviaQA question (left out)" if counts["missing_question"] else "",
+        )
+    return counts
+
+
+def _query_text(task: KiltTask, record: dict[str, Any], qid: str, questions: dict[str, str] | None, where: str) -> str | None:
+    """The query: KILT's ``input``, TriviaQA's question joined by id (None if absent), AIDA's mention window."""
+    if questions is not None and task.name == "triviaqa":
+        return questions.get(qid)
+    text = record.get("input")
+    if not isinstance(text, str):
+        raise DataFormatError(f"{where}: expected a string 'input'")
+    if task.name == "aidayago2":
+        try:
+            return aida_window(text)
+        except ValueError as error:
+            raise DataFormatError(f"{where}: AIDA input has {error}") from None
+    return text

@@ -1,0 +1,299 @@
+"""A memory-mapped passage store: KILT's 36M passages without holding them in Python objects.
+
+``read_corpus`` keeps every column in Python lists, which cannot hold KILT's ~36M passages.
+The store keeps each column on disk and maps it: strings as one UTF-8 blob plus ``int64``
+offsets, page ids as ``int64`` (KILT's ``wikipedia_id`` is numeric), a page → rows index
+(rows sorted by page), and passage id → row through sorted 64-bit hashes of the ids (a hash
+hit is confirmed against the stored id, so collisions are harmless). Peak memory of the build
+is a chunk of rows plus the sorts of the two ``int64`` key arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import overload
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from multiret.data.corpus import CORPUS_COLUMNS, Corpus
+from multiret.data.jsonl import DataFormatError, atomic_write_text
+
+META = "store.json"
+FORMAT = "multiret-passages-v1"
+_CHUNK_ROWS = 100_000
+
+
+def id_hash(passage_id: str | bytes) -> int:
+    """Stable signed 64-bit hash of a passage id (Python's ``hash`` changes between processes)."""
+    data = passage_id.encode("utf-8") if isinstance(passage_id, str) else passage_id
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def is_passage_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder written by :func:`build_passage_store`."""
+    return (Path(path) / META).is_file()
+
+
+class _Strings(Sequence[str]):
+    """A read-only column of strings: ``blob[offsets[i]:offsets[i + 1]]`` decoded as UTF-8."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
+        self._blob, self._offsets = blob, offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return self._blob[start:end].tobytes().decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+
+class _Pages(Sequence[str]):
+    """The page-id column as strings (the form gold provenance uses), backed by an ``int64`` array."""
+
+    def __init__(self, pages: np.ndarray) -> None:
+        self._pages = pages
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [str(p) for p in self._pages[index].tolist()]
+        return str(int(self._pages[int(index)]))
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self._pages), _CHUNK_ROWS):
+            yield from (str(p) for p in self._pages[start:start + _CHUNK_ROWS].tolist())
+
+
+def _map(path: Path, dtype: type) -> np.ndarray:
+    """Memory-map a raw array file (numpy cannot map an empty file, e.g. a column of empty titles)."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _page_key(page: str) -> int | None:
+    try:
+        return int(page)
+    except (TypeError, ValueError):
+        return None
+
+
+class PassageStore:
+    """The :class:`~multiret.data.corpus.Corpus` interface over a store folder, memory-mapped."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        if not is_passage_store(self.folder):
+            raise FileNotFoundError(f"{self.folder}: not a passage store (no {META}); build it with `multiret prepare kilt`")
+        meta = json.loads((self.folder / META).read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise DataFormatError(f"{self.folder / META}: format {meta.get('format')!r}, expected {FORMAT!r}; rebuild the store")
+        self.meta = meta
+
+        def array(name: str, dtype: type) -> np.ndarray:
+            return _map(self.folder / name, dtype)
+
+        self.ids = _Strings(array("id.bin", np.uint8), array("id.off", np.int64))
+        self.texts = _Strings(array("text.bin", np.uint8), array("text.off", np.int64))
+        self.titles = _Strings(array("title.bin", np.uint8), array("title.off", np.int64))
+        self._pages = array("page.i64", np.int64)
+        self.page_ids = _Pages(self._pages)
+        self._hashes = array("id_hash.sorted.i64", np.int64)
+        self._hash_rows = array("id_hash.rows.i64", np.int64)
+        self._page_rows = array("page.rows.i64", np.int64)
+        self._unique_pages = array("page.unique.i64", np.int64)
+        self._page_starts = array("page.starts.i64", np.int64)
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    @property
+    def num_pages(self) -> int:
+        return len(self._unique_pages)
+
+    def find(self, passage_id: str) -> int | None:
+        """Row of a passage id, or None if absent."""
+        key = id_hash(passage_id)
+        i = int(np.searchsorted(self._hashes, key, side="left"))
+        while i < len(self._hashes) and self._hashes[i] == key:
+            row = int(self._hash_rows[i])
+            if self.ids[row] == passage_id:
+                return row
+            i += 1
+        return None
+
+    def row(self, passage_id: str) -> int:
+        """Row of a passage id (KeyError if absent)."""
+        row = self.find(passage_id)
+        if row is None:
+            raise KeyError(passage_id)
+        return row
+
+    def _page_slot(self, page_id: str) -> int | None:
+        key = _page_key(page_id)
+        if key is None:
+            return None
+        i = int(np.searchsorted(self._unique_pages, key))
+        return i if i < len(self._unique_pages) and self._unique_pages[i] == key else None
+
+    def rows_of_page(self, page_id: str) -> list[int]:
+        """Rows of the page's passages in corpus order (empty if the page is not in the corpus)."""
+        slot = self._page_slot(page_id)
+        if slot is None:
+            return []
+        return self._page_rows[self._page_starts[slot]:self._page_starts[slot + 1]].tolist()
+
+    def has_page(self, page_id: str) -> bool:
+        return self._page_slot(page_id) is not None
+
+    def passage_text(self, row: int) -> str:
+        """The text a passage encoder sees: the text column, as :meth:`Corpus.passage_text`."""
+        return self.texts[row]
+
+    def select_pages(self, pages: Iterable[str]) -> Corpus:
+        """An in-memory :class:`Corpus` of every passage of the given pages (meant for sub-corpora of a few thousand pages)."""
+        rows = sorted(r for page in set(pages) for r in self.rows_of_page(page))
+        return Corpus(
+            ids=[self.ids[r] for r in rows],
+            texts=[self.texts[r] for r in rows],
+            titles=[self.titles[r] for r in rows],
+            page_ids=[self.page_ids[r] for r in rows],
+        )
+
+
+class _ColumnWriter:
+    """Appends strings to ``<name>.bin`` and their end offsets to ``<name>.off`` (which starts with 0)."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self._blob = (folder / f"{name}.bin").open("wb")
+        self._offsets = (folder / f"{name}.off").open("wb")
+        self._end = 0
+        self._pending: list[int] = [0]
+
+    def add(self, value: bytes) -> None:
+        self._blob.write(value)
+        self._end += len(value)
+        self._pending.append(self._end)
+
+    def flush(self) -> None:
+        np.asarray(self._pending, dtype=np.int64).tofile(self._offsets)
+        self._pending = []
+
+    def close(self) -> None:
+        self.flush()
+        self._blob.close()
+        self._offsets.close()
+
+
+def build_passage_store(tsv: str | os.PathLike[str], out: str | os.PathLike[str], show_progress: bool = True) -> dict:
+    """Stream a KILT passage TSV (header naming ``id, text, title, wikipedia_id``) into a store folder.
+
+    Writes into ``<out>.tmp`` and renames it to ``out`` when complete, so an interrupted build
+    leaves no half store. Fails naming ``file:line`` on a malformed row, a non-numeric page id
+    or a duplicate passage id. Returns the store's metadata (passages, pages, bytes).
+    """
+    tsv, out = Path(tsv), Path(out)
+    if not tsv.is_file():
+        raise FileNotFoundError(f"{tsv}: passage file not found (expected a TSV with columns {', '.join(CORPUS_COLUMNS)})")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    columns = {name: _ColumnWriter(tmp, name) for name in ("id", "text", "title")}
+    pages: list[int] = []
+    hashes: list[int] = []
+    with tsv.open("rb") as handle, (tmp / "page.i64").open("wb") as page_file, \
+            (tmp / "id_hash.i64").open("wb") as hash_file, \
+            tqdm(total=tsv.stat().st_size, unit="B", unit_scale=True, desc="passage store", disable=not show_progress) as bar:
+        header_line = handle.readline()
+        header = header_line.decode("utf-8").rstrip("\r\n").split("\t")
+        if not set(CORPUS_COLUMNS) <= set(header):
+            raise DataFormatError(f"{tsv}:1: header {header!r} must name the columns {', '.join(CORPUS_COLUMNS)} (tab-separated)")
+        bar.update(len(header_line))
+        at = {name: header.index(name) for name in CORPUS_COLUMNS}
+        rows = 0
+        for line_number, raw in enumerate(handle, start=2):
+            bar.update(len(raw))
+            fields = raw.rstrip(b"\r\n").split(b"\t")
+            if len(fields) != len(header):
+                raise DataFormatError(f"{tsv}:{line_number}: expected {len(header)} tab-separated fields, got {len(fields)}")
+            page = fields[at["wikipedia_id"]].strip()
+            try:
+                pages.append(int(page))
+            except ValueError:
+                raise DataFormatError(
+                    f"{tsv}:{line_number}: wikipedia_id {page.decode('utf-8', 'replace')!r} is not an integer (KILT page ids are numeric)"
+                ) from None
+            for name in ("id", "text", "title"):
+                columns[name].add(fields[at[name]])
+            hashes.append(id_hash(fields[at["id"]]))
+            rows += 1
+            if len(pages) == _CHUNK_ROWS:
+                np.asarray(pages, dtype=np.int64).tofile(page_file)
+                np.asarray(hashes, dtype=np.int64).tofile(hash_file)
+                pages, hashes = [], []
+                for column in columns.values():
+                    column.flush()
+        np.asarray(pages, dtype=np.int64).tofile(page_file)
+        np.asarray(hashes, dtype=np.int64).tofile(hash_file)
+    for column in columns.values():
+        column.close()
+    if rows == 0:
+        raise DataFormatError(f"{tsv}: no passages after the header")
+    num_pages = _write_indexes(tmp, tsv)
+    meta = {"format": FORMAT, "source": str(tsv), "passages": rows, "pages": num_pages}
+    meta["bytes"] = sum(p.stat().st_size for p in tmp.iterdir())
+    atomic_write_text(tmp / META, json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return meta
+
+
+def _write_indexes(folder: Path, tsv: Path) -> int:
+    """Sort the id hashes (rejecting duplicate ids) and group rows by page; returns the number of pages."""
+    hashes = np.fromfile(folder / "id_hash.i64", dtype=np.int64)
+    order = np.argsort(hashes, kind="stable")
+    sorted_hashes = hashes[order]
+    del hashes
+    (folder / "id_hash.i64").unlink()
+    ids = _Strings(_map(folder / "id.bin", np.uint8), _map(folder / "id.off", np.int64))
+    for i in np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1]):
+        a, b = int(order[i]), int(order[i + 1])
+        if ids[a] == ids[b]:
+            raise DataFormatError(
+                f"{tsv}:{b + 2}: duplicate passage id {ids[b]!r} (first at line {a + 2}); each passage id must be unique"
+            )
+    sorted_hashes.tofile(folder / "id_hash.sorted.i64")
+    order.astype(np.int64).tofile(folder / "id_hash.rows.i64")
+    del sorted_hashes, order
+    pages = np.fromfile(folder / "page.i64", dtype=np.int64)
+    page_rows = np.argsort(pages, kind="stable")
+    page_rows.astype(np.int64).tofile(folder / "page.rows.i64")
+    unique, starts = np.unique(pages[page_rows], return_index=True)
+    unique.tofile(folder / "page.unique.i64")
+    np.append(starts, len(pages)).astype(np.int64).tofile(folder / "page.starts.i64")
+    return len(unique)

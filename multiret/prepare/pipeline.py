@@ -1,0 +1,241 @@
+"""`multiret prepare kilt`: resumable steps from raw KILT files to a folder `data=kilt` reads.
+
+Steps, each writing its outputs atomically and then a done-marker ``.done/<step>.json`` that
+holds the step's inputs and counts: the passage store, each task's conversion, the BM25 index,
+each task's BM25 negatives. A re-run skips a step whose marker holds the same inputs (and says
+so); a step whose inputs changed, or that never finished, runs again from scratch. Downstream
+markers record their upstream outputs' identity, so redoing a step redoes what depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from multiret.data.jsonl import atomic_write_text
+from multiret.data.kilt import read_queries
+from multiret.prepare.bm25_index import (
+    build_bm25_index,
+    load_bm25_index,
+    mine_negatives,
+)
+from multiret.prepare.kilt_tasks import (
+    AIDA_WINDOW_WORDS,
+    DEFAULT_MAX_TRAIN,
+    KILT_TASKS,
+    MAX_PASSAGE_LENGTH,
+    SPLITS,
+    KiltTask,
+    convert_split,
+    load_triviaqa_questions,
+)
+from multiret.prepare.passages import META as STORE_META
+from multiret.prepare.passages import PassageStore, build_passage_store
+
+log = logging.getLogger(__name__)
+
+PASSAGES_DIR, BM25_DIR, NEGATIVES_DIR, DONE_DIR = "passages", "bm25", "negatives", ".done"
+REPORT = "prepare_report.json"
+BM25_PARAMS = "params.index.json"
+
+
+class Steps:
+    """Runs named steps once: a step is skipped when its marker records the same parameters."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def marker(self, name: str) -> Path:
+        return self.out / DONE_DIR / f"{name.replace(':', '-')}.json"
+
+    def run(self, name: str, params: dict[str, Any], outputs: Sequence[Path], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``work`` unless the step's marker records ``params`` and every output is still there."""
+        marker = self.marker(name)
+        if marker.is_file():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done.get("params") == params and all(path.exists() for path in outputs):
+                log.info("step %s: already done (%s), skipping", name, marker)
+                self.skipped.append(name)
+                return done["result"]
+            log.info("step %s: its inputs or outputs changed since %s, running it again", name, marker)
+        marker.unlink(missing_ok=True)
+        log.info("step %s: running", name)
+        result = work()
+        atomic_write_text(marker, json.dumps({"params": params, "result": result}, indent=2))
+        self.ran.append(name)
+        return result
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    """What identifies a file cheaply: its absolute path, size and modification time (outputs get a new one when rewritten)."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _remove_partial_outputs(out: Path) -> None:
+    """Temporary files of an interrupted step (they are renamed into place only when complete)."""
+    for folder in (out, out / NEGATIVES_DIR, out / DONE_DIR):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink()
+
+
+def prepare_kilt(
+    kilt_dir: str | os.PathLike[str],
+    passages: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    tasks: Sequence[str] = tuple(KILT_TASKS),
+    triviaqa_questions: Sequence[str | os.PathLike[str]] = (),
+    max_train: dict[str, int] | None = None,
+    bm25_top_k: int = 30,
+    seed: int = 13,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare the named tasks into ``out``; returns the report (also written to ``out/prepare_report.json``)."""
+    kilt_dir, passages, out = Path(kilt_dir), Path(passages), Path(out)
+    max_train = dict(DEFAULT_MAX_TRAIN if max_train is None else max_train)
+    specs = _check_inputs(kilt_dir, passages, tasks, triviaqa_questions, max_train, bm25_top_k)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_partial_outputs(out)
+    steps = Steps(out)
+    question_files = [_file_identity(Path(p)) for p in triviaqa_questions]
+
+    store_meta = steps.run(
+        "passages", {"tsv": _file_identity(passages)}, [out / PASSAGES_DIR / STORE_META],
+        lambda: build_passage_store(passages, out / PASSAGES_DIR, show_progress),
+    )
+    store = PassageStore(out / PASSAGES_DIR)
+    store_identity = _file_identity(out / PASSAGES_DIR / STORE_META)
+    report: dict[str, Any] = {"passages": store_meta, "tasks": {}, "bm25": None, "negatives": {}}
+    questions: dict[str, str] | None = None
+    for task in specs:
+        params = {"files": {s: _file_identity(kilt_dir / task.kilt_file(s)) for s in SPLITS},
+                  "max_train": max_train.get(task.name), "seed": seed if task.name in max_train else None,
+                  "passages": store_identity,
+                  "aida_window_words": AIDA_WINDOW_WORDS if task.name == "aidayago2" else None,
+                  "triviaqa_questions": question_files if task.name == "triviaqa" else None}
+
+        def convert(task: KiltTask = task) -> dict[str, Any]:
+            nonlocal questions
+            if task.name == "triviaqa" and questions is None:
+                questions = load_triviaqa_questions(triviaqa_questions)
+            return {
+                split: convert_split(
+                    task, split, kilt_dir / task.kilt_file(split), out / task.prepared_file(split), store,
+                    questions if task.name == "triviaqa" else None,
+                    max_train.get(task.name) if split == "train" else None, seed, show_progress,
+                )
+                for split in SPLITS
+            }
+
+        outputs = [out / task.prepared_file(s) for s in SPLITS]
+        report["tasks"][task.name] = steps.run(f"task:{task.name}", params, outputs, convert)
+
+    bm25_params = {"passages": store_identity, "k1": 0.9, "b": 0.4}
+    report["bm25"] = steps.run("bm25", bm25_params, [out / BM25_DIR / BM25_PARAMS],
+                               lambda: build_bm25_index(store, out / BM25_DIR, show_progress=show_progress))
+    bm25_identity = _file_identity(out / BM25_DIR / BM25_PARAMS)
+    index = None
+    for task in specs:
+        queries_file, negatives_file = out / task.prepared_file("train"), out / NEGATIVES_DIR / f"{task.name}.jsonl"
+
+        def negatives(task: KiltTask = task, queries_file: Path = queries_file, negatives_file: Path = negatives_file) -> dict[str, Any]:
+            nonlocal index
+            index = index if index is not None else load_bm25_index(out / BM25_DIR)
+            return mine_negatives(index, store, task.name, read_queries(queries_file), bm25_top_k, negatives_file,
+                                  show_progress=show_progress)
+
+        params = {"top_k": bm25_top_k, "queries": _file_identity(queries_file), "bm25": bm25_identity}
+        report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, [negatives_file], negatives)
+
+    report["settings"] = {
+        "tasks": {t.name: {"train": t.prepared_file("train"), "dev": t.prepared_file("dev"), "prompt": t.prompt,
+                           "max_query_length": t.max_query_length, "all_passages_positive": t.all_passages_positive}
+                  for t in specs},
+        "max_passage_length": MAX_PASSAGE_LENGTH, "max_train": max_train, "seed": seed, "bm25_top_k": bm25_top_k,
+        "aida_window_words": AIDA_WINDOW_WORDS,
+    }
+    report["steps"] = {"ran": steps.ran, "skipped": steps.skipped}
+    atomic_write_text(out / REPORT, json.dumps(report, indent=2))
+    _log_summary(report)
+    return report
+
+
+def _check_inputs(
+    kilt_dir: Path, passages: Path, tasks: Sequence[str], triviaqa_questions: Sequence[str | os.PathLike[str]],
+    max_train: dict[str, int], bm25_top_k: int,
+) -> list[KiltTask]:
+    """Fail before any long step: unknown tasks, missing files (all named at once), bad limits."""
+    unknown = [t for t in (*tasks, *max_train) if t not in KILT_TASKS]
+    if unknown:
+        raise ValueError(f"unknown KILT task(s) {unknown}; known: {', '.join(KILT_TASKS)}")
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"--tasks must name each task once, got {list(tasks)}")
+    if bm25_top_k < 1 or any(v < 1 for v in max_train.values()):
+        raise ValueError("--bm25-top-k and every --max-train value must be positive")
+    specs = [KILT_TASKS[t] for t in tasks]
+    missing = [str(kilt_dir / t.kilt_file(s)) for t in specs for s in SPLITS if not (kilt_dir / t.kilt_file(s)).is_file()]
+    if not passages.is_file():
+        missing.insert(0, f"{passages} (the passage TSV)")
+    missing += [f"{p} (TriviaQA questions)" for p in triviaqa_questions if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError("missing input file(s):\n  " + "\n  ".join(missing))
+    if "triviaqa" in tasks and not triviaqa_questions:
+        raise ValueError("task triviaqa needs --triviaqa-questions FILE ...: KILT's TriviaQA files hold ids only; "
+                         "pass TriviaQA's question json files (e.g. the rc release's wikipedia-train.json and wikipedia-dev.json)")
+    return specs
+
+
+def _log_summary(report: dict[str, Any]) -> None:
+    for task, splits in report["tasks"].items():
+        for split, c in splits.items():
+            questions = f", {c['missing_question']} ids without a TriviaQA question" if task == "triviaqa" else ""
+            log.info("%s %s: %d items, %d without provenance, %d of %d gold pages missing from the passages%s",
+                     task, split, c["items"], c["no_provenance"], c["missing_pages"], c["provenance_pages"], questions)
+
+
+def _parse_max_train(text: str) -> dict[str, int]:
+    if text.strip().lower() == "none":
+        return {}
+    limits: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        task, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected TASK=N[,TASK=N...] or none, got {part!r}")
+        limits[task.strip()] = int(value)
+    return limits
+
+
+def main(argv: Sequence[str]) -> int:
+    """Command line of ``multiret prepare kilt``."""
+    parser = argparse.ArgumentParser(prog="multiret prepare kilt", description=__doc__.splitlines()[0])
+    parser.add_argument("--kilt-dir", required=True, help="folder with KILT's <task>-{train,dev}-kilt.jsonl files")
+    parser.add_argument("--passages", required=True, help="passage TSV with columns id, text, title, wikipedia_id")
+    parser.add_argument("--out", required=True, help="prepared folder (data.root of data=kilt)")
+    parser.add_argument("--triviaqa-questions", nargs="+", default=[], help="TriviaQA json files holding the questions")
+    parser.add_argument("--tasks", default=",".join(KILT_TASKS), help="comma-separated tasks (default: all eight)")
+    parser.add_argument("--max-train", type=_parse_max_train, default=None,
+                        help="seeded training-set caps, TASK=N,... or none (default: trex=100000,structured_zeroshot=100000)")
+    parser.add_argument("--bm25-top-k", type=int, default=30, help="BM25 depth the negatives come from (default 30)")
+    parser.add_argument("--seed", type=int, default=13, help="seed of the down-sampling (default 13)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        report = prepare_kilt(
+            args.kilt_dir, args.passages, args.out, [t.strip() for t in args.tasks.split(",") if t.strip()],
+            args.triviaqa_questions, args.max_train, args.bm25_top_k, args.seed, not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"multiret prepare kilt: {error}", file=sys.stderr)
+        return 2
+    print(f"prepared {len(report['tasks'])} task(s) into {args.out}; report: {Path(args.out) / REPORT}")
+    return 0

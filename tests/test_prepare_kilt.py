@@ -1,0 +1,317 @@
+"""`multiret prepare kilt`: passage store, per-task rules, report counts, BM25 negatives, resumption, end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from test_end_to_end import tiny_config
+
+from multiret.cli import main as cli
+from multiret.data.corpus import Corpus, read_corpus
+from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
+from multiret.data.kilt import attach_positives, read_queries
+from multiret.data.negatives import read_negatives
+from multiret.experiment.run import CONFIG_DIR, run
+from multiret.index.bm25 import BM25Retriever
+from multiret.prepare import pipeline
+from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, search
+from multiret.prepare.kilt_tasks import KILT_TASKS, aida_window, convert_split
+from multiret.prepare.passages import PassageStore, build_passage_store
+
+PAGES = range(10, 20)  # wikipedia ids of the fixture's passage corpus; page 999 is cited but absent
+MISSING_PAGE = 999
+WORDS = [f"w{i}" for i in range(120)]  # the words the session's tiny T5 tokenizer knows
+
+
+def _page_words(page: int) -> list[str]:
+    return random.Random(page).sample(WORDS, 15)
+
+
+def _passage_tsv(path: Path) -> Path:
+    rows = ["id\ttext\ttitle\twikipedia_id"]
+    for page in PAGES:
+        words = _page_words(page)
+        for j in range(3):
+            rows.append(f"{page}_{j}\t{' '.join(words[5 * j:5 * j + 5])}\tPagé {page}\t{page}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _item(qid: str, text: str | None, pages: list[int]) -> dict:
+    record = {"id": qid, "output": [{"answer": "x", "provenance": [
+        {"wikipedia_id": str(p), "title": f"Page {p}", "start_paragraph_id": 2, "end_paragraph_id": 2, "section": "S"}
+        for p in pages]}]}
+    if not pages:
+        record["output"] = [{"answer": "x"}]
+    if text is not None:
+        record["input"] = text
+    return record
+
+
+def _query(page: int, n: int = 3) -> str:
+    return " ".join(_page_words(page)[:n])
+
+
+def _kilt_files(kilt: Path) -> dict:
+    """Every task's train/dev files with realistic input shapes, and a TriviaQA question file."""
+    kilt.mkdir(parents=True, exist_ok=True)
+    aida_doc = " ".join(f"L{i}" for i in range(100)) + f" [START_ENT] {_query(15, 2)} [END_ENT] " + " ".join(f"R{i}" for i in range(100))
+    train = {
+        "nq": [_item("nq0", _query(10), [10]), _item("nq1", _query(11), [11, 12]),
+               _item("nq2", "who cites a page we lack", [MISSING_PAGE]), _item("nq3", "no provenance here", []),
+               _item("nq4", _query(13), [13, MISSING_PAGE])],
+        "triviaqa": [_item("tqa0", None, [14]), _item("tqa1", None, [15]), _item("tqa-unknown", None, [16])],
+        "hotpotqa": [_item("hp0", _query(16) + " and " + _query(17), [16, 17])],
+        "wow": [_item("wow0", f"{_query(18)}\nI love it\n{_query(18, 5)}", [18])],
+        "trex": [_item(f"trex{i}", f"{_page_words(10 + i)[0]} [SEP] w{i}", [10 + i]) for i in range(6)],
+        "fever": [_item("fever0", f"{_query(19)} is a claim .", [19])],
+        "structured_zeroshot": [_item(f"zsre{i}", f"{_page_words(12 + i)[1]} [SEP] w{i}", [12 + i]) for i in range(6)],
+        "aidayago2": [_item("aida0", aida_doc, [15])],
+    }
+    for task, records in train.items():
+        dev = [dict(r, id=f"{r['id']}-dev") for r in records[:2]]
+        write_jsonl(kilt / KILT_TASKS[task].kilt_file("train"), records)
+        write_jsonl(kilt / KILT_TASKS[task].kilt_file("dev"), dev)
+    questions = kilt / "triviaqa-questions.json"
+    data = [{"QuestionId": q, "Question": _query(p), "Answer": {}} for q, p in
+            (("tqa0", 14), ("tqa1", 15), ("tqa0-dev", 14), ("tqa1-dev", 15))]
+    questions.write_text(json.dumps({"Data": data, "Version": 1.0}), encoding="utf-8")
+    return {"questions": questions, "aida_doc": aida_doc}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("kilt-raw")
+    files = _kilt_files(root / "kilt")
+    return {"kilt": root / "kilt", "passages": _passage_tsv(root / "passages.tsv"), **files}
+
+
+def _prepare(raw: dict, out: Path, **options) -> dict:
+    options.setdefault("max_train", {"trex": 3, "structured_zeroshot": 3})
+    options.setdefault("bm25_top_k", 8)
+    return pipeline.prepare_kilt(raw["kilt"], raw["passages"], out, triviaqa_questions=[raw["questions"]],
+                                 show_progress=False, **options)
+
+
+@pytest.fixture(scope="module")
+def prepared(raw, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("prepared")
+    return out, _prepare(raw, out)
+
+
+def test_passage_store_round_trips_the_tsv(raw, tmp_path):
+    meta = build_passage_store(raw["passages"], tmp_path / "store", show_progress=False)
+    store, corpus = read_corpus(tmp_path / "store"), read_corpus(raw["passages"])
+    assert isinstance(store, PassageStore) and meta["passages"] == len(store) == len(corpus) == 30 and meta["pages"] == 10
+    assert list(store.ids) == corpus.ids and list(store.texts) == corpus.texts
+    assert list(store.titles) == corpus.titles and list(store.page_ids) == corpus.page_ids
+    assert [store.passage_text(r) for r in range(30)] == [corpus.passage_text(r) for r in range(30)]
+    assert all(store.row(pid) == corpus.row(pid) for pid in corpus.ids)
+    assert all(store.rows_of_page(str(p)) == corpus.rows_of_page(str(p)) == [3 * (p - 10) + j for j in range(3)] for p in PAGES)
+    assert store.find("10_9") is None and not store.has_page("999") and not store.has_page("x") and store.has_page("12")
+    with pytest.raises(KeyError):
+        store.row("nope")
+    sub = store.select_pages(["12", "999", "10"])
+    assert isinstance(sub, Corpus) and sub.ids == ["10_0", "10_1", "10_2", "12_0", "12_1", "12_2"]
+    assert sub.page_ids == ["10"] * 3 + ["12"] * 3 and sub.titles[0] == "Pagé 10"
+
+
+@pytest.mark.parametrize("row,message", [("10_0\tdup\tT\t11", r":3: duplicate passage id '10_0' \(first at line 2\)"),
+                                         ("x\tt\tT\tQ42", r":3: wikipedia_id 'Q42' is not an integer"),
+                                         ("x\tt\tT", r":3: expected 4 tab-separated fields, got 3")])
+def test_passage_store_rejects_bad_rows_naming_the_line(tmp_path, row, message):
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text(f"id\ttext\ttitle\twikipedia_id\n10_0\ta b\tT\t10\n{row}\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=message):
+        build_passage_store(tsv, tmp_path / "store", show_progress=False)
+    assert not (tmp_path / "store").exists()
+
+
+def test_chunked_bm25_index_scores_as_bm25s_in_memory(raw, tmp_path):
+    build_passage_store(raw["passages"], tmp_path / "store", show_progress=False)
+    store = PassageStore(tmp_path / "store")
+    build_bm25_index(store, tmp_path / "bm25", chunk=7, show_progress=False)
+    ours, reference = load_bm25_index(tmp_path / "bm25"), BM25Retriever(read_corpus(raw["passages"]), show_progress=False)
+    queries = [_query(p, 4) for p in PAGES] + ["w1 w2 w3 w4 w5 w6", "nothing known"]
+    tokens = [q.split() for q in queries]
+    _rows, scores = ours.retrieve(tokens, k=10, show_progress=False)
+    ref_rows, ref_scores = reference._bm25.retrieve(tokens, k=10, show_progress=False)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    assert (search(ours, queries, 10)[scores > 0] == ref_rows[scores > 0]).all()
+
+
+def test_aida_window_keeps_the_mention_and_a_fixed_number_of_words_each_side():
+    doc = "a b c d [START_ENT] New  York [END_ENT] e f g h"
+    assert aida_window(doc, 2) == "c d [START_ENT] New  York [END_ENT] e f"
+    assert aida_window("[START_ENT] X [END_ENT]", 64) == "[START_ENT] X [END_ENT]"
+    with pytest.raises(ValueError, match="mention"):
+        aida_window("no markers", 2)
+
+
+def test_positives_follow_the_rule_first_passage_or_the_whole_page_for_aida(prepared):
+    out, _ = prepared
+    store = PassageStore(out / "passages")
+    nq = {q.qid: q for q in attach_positives("nq", read_queries(out / "nq-train.jsonl"), store)}
+    # nq2 cites only a missing page and nq3 has no provenance: they cannot be trained on
+    assert set(nq) == {"nq0", "nq1", "nq4"}
+    assert [store.ids[r] for r in nq["nq0"].positives] == ["10_0"]
+    assert [store.ids[r] for r in nq["nq1"].positives] == ["11_0", "12_0"]
+    assert [store.ids[r] for r in nq["nq4"].positives] == ["13_0"]
+    aida = attach_positives("aidayago2", read_queries(out / "aidayago2-train.jsonl"), store, all_passages=True)
+    assert [store.ids[r] for r in aida[0].positives] == ["15_0", "15_1", "15_2"]
+
+
+def test_report_counts_missing_pages_and_unusable_items_per_task(prepared):
+    out, report = prepared
+    assert json.loads((out / "prepare_report.json").read_text()) == report
+    nq = report["tasks"]["nq"]["train"]
+    assert nq == {"read": 5, "items": 5, "no_provenance": 1, "missing_question": 0, "provenance_pages": 6,
+                  "missing_pages": 2, "items_without_corpus_page": 1, "positives": 4}
+    assert report["tasks"]["nq"]["dev"]["missing_pages"] == 0
+    assert report["tasks"]["aidayago2"]["train"]["positives"] == 3
+    for task in set(KILT_TASKS) - {"nq"}:
+        assert report["tasks"][task]["train"]["missing_pages"] == 0, task
+    settings = report["settings"]["tasks"]
+    assert {t: s["max_query_length"] for t, s in settings.items()} == {
+        "nq": 32, "triviaqa": 32, "hotpotqa": 32, "wow": 256, "trex": 32, "fever": 64, "structured_zeroshot": 32, "aidayago2": 128}
+    assert report["settings"]["max_passage_length"] == 160
+
+
+def test_triviaqa_questions_are_joined_by_id_and_unknown_ids_counted(prepared, raw):
+    out, report = prepared
+    records = read_jsonl(out / "triviaqa-train.jsonl")
+    assert [(r["id"], r["input"]) for r in records] == [("tqa0", _query(14)), ("tqa1", _query(15))]
+    assert report["tasks"]["triviaqa"]["train"]["missing_question"] == 1
+    assert report["tasks"]["triviaqa"]["dev"]["missing_question"] == 0
+
+
+def test_inputs_keep_their_shapes_and_aida_is_windowed(prepared, raw):
+    out, _ = prepared
+    wow = read_jsonl(out / "wow-train.jsonl")[0]
+    assert wow["input"].count("\n") == 2
+    raw_trex = {r["id"]: r["input"] for r in read_jsonl(raw["kilt"] / "trex-train-kilt.jsonl")}
+    assert all(r["input"] == raw_trex[r["id"]] and " [SEP] " in r["input"] for r in read_jsonl(out / "trex-train.jsonl"))
+    aida = read_jsonl(out / "aidayago2-train.jsonl")[0]["input"]
+    assert aida == aida_window(raw["aida_doc"]) and aida.split()[0] == "L36" and aida.split()[-1] == "R63"
+    kept = read_jsonl(out / "nq-train.jsonl")[0]["output"][0]["provenance"][0]
+    assert kept == {"wikipedia_id": "10", "title": "Page 10", "start_paragraph_id": 2, "end_paragraph_id": 2}
+
+
+def test_down_sampling_is_seeded_sized_and_keeps_file_order(prepared, raw, tmp_path):
+    out, report = prepared
+    ids = [r["id"] for r in read_jsonl(out / "trex-train.jsonl")]
+    assert len(ids) == 3 == report["tasks"]["trex"]["train"]["items"] and ids == sorted(ids)
+    assert report["tasks"]["trex"]["dev"]["items"] == 2  # dev splits are never down-sampled
+    store = PassageStore(out / "passages")
+    source = raw["kilt"] / "trex-train-kilt.jsonl"
+
+    def sample(seed: int) -> list[str]:
+        convert_split(KILT_TASKS["trex"], "train", source, tmp_path / "t.jsonl", store, limit=3, seed=seed, show_progress=False)
+        return [r["id"] for r in read_jsonl(tmp_path / "t.jsonl")]
+
+    assert sample(13) == ids
+    assert {tuple(sample(s)) for s in range(5)} != {tuple(ids)}
+
+
+def test_negatives_are_top_bm25_passages_outside_the_gold_pages(prepared):
+    out, report = prepared
+    store = PassageStore(out / "passages")
+    for task in KILT_TASKS:
+        queries = read_queries(out / f"{task}-train.jsonl")
+        pools = {r["id"]: r["negatives"] for r in read_jsonl(out / "negatives" / f"{task}.jsonl")}
+        assert set(pools) == {q.qid for q in queries}
+        for query in queries:
+            assert 0 < len(pools[query.qid]) <= 8
+            assert not {store.page_ids[store.row(p)] for p in pools[query.qid]} & set(query.gold_pages)
+        read_negatives(out / "negatives", task, queries, store)
+        assert report["negatives"][task]["queries"] == len(queries)
+    nq0 = next(q for q in read_queries(out / "nq-train.jsonl") if q.qid == "nq0")
+    ranked = search(load_bm25_index(out / "bm25"), [nq0.text], 8)[0]
+    expected = [store.ids[r] for r in ranked if store.page_ids[r] != "10"]
+    assert len(expected) < 8 and next(r["negatives"] for r in read_jsonl(out / "negatives" / "nq.jsonl") if r["id"] == "nq0") == expected
+
+
+def test_a_rerun_skips_finished_steps_and_redoes_what_changed(prepared, raw):
+    out, first = prepared
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")}
+    again = _prepare(raw, out)
+    assert again["steps"]["ran"] == [] and len(again["steps"]["skipped"]) == 1 + 8 + 1 + 8
+    assert {k: v for k, v in again.items() if k != "steps"} == {k: v for k, v in first.items() if k != "steps"}
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")} == before
+    deeper = _prepare(raw, out, bm25_top_k=9)
+    assert deeper["steps"]["ran"] == [f"negatives:{t}" for t in KILT_TASKS]
+    reseeded = _prepare(raw, out, seed=14, bm25_top_k=9)  # the seed only matters to the down-sampled tasks
+    assert reseeded["steps"]["ran"] == ["task:trex", "task:structured_zeroshot", "negatives:trex", "negatives:structured_zeroshot"]
+    (out / "negatives" / "fever.jsonl").unlink()
+    assert _prepare(raw, out, seed=14, bm25_top_k=9)["steps"]["ran"] == ["negatives:fever"]
+    _prepare(raw, out)  # back to the fixture's settings for the other tests
+
+
+def test_an_interrupted_step_restarts_cleanly(raw, tmp_path, monkeypatch):
+    def interrupted(store, out, show_progress=True):
+        Path(str(out) + ".tmp").mkdir()
+        (out.parent / ".nq-train.jsonl.abc.tmp").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "build_bm25_index", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(raw, tmp_path, tasks=["nq"])
+    assert (tmp_path / ".done" / "task-nq.json").is_file() and not (tmp_path / ".done" / "bm25.json").exists()
+    monkeypatch.undo()
+    report = _prepare(raw, tmp_path, tasks=["nq"])
+    assert report["steps"] == {"ran": ["bm25", "negatives:nq"], "skipped": ["passages", "task:nq"]}
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "bm25.tmp").exists()
+
+
+def test_missing_inputs_fail_naming_the_expected_files(raw, tmp_path, capsys):
+    kilt = tmp_path / "kilt"
+    _kilt_files(kilt)
+    (kilt / "fever-dev-kilt.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing input file\(s\):\n  .*fever-dev-kilt.jsonl"):
+        pipeline.prepare_kilt(kilt, raw["passages"], tmp_path / "out", triviaqa_questions=[raw["questions"]], show_progress=False)
+    code = cli(["prepare", "kilt", "--kilt-dir", str(kilt), "--passages", str(raw["passages"]), "--out", str(tmp_path / "out"),
+                "--tasks", "nq,fever"])
+    assert code == 2 and str(kilt / "fever-dev-kilt.jsonl") in capsys.readouterr().err
+    with pytest.raises(ValueError, match="triviaqa needs --triviaqa-questions"):
+        pipeline.prepare_kilt(kilt, raw["passages"], tmp_path / "out", tasks=["triviaqa"], show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prepares_the_named_tasks(raw, tmp_path, capsys):
+    code = cli(["prepare", "kilt", "--kilt-dir", str(raw["kilt"]), "--passages", str(raw["passages"]), "--out", str(tmp_path),
+                "--tasks", "trex,fever", "--max-train", "trex=2", "--bm25-top-k", "4", "--seed", "3", "--no-progress"])
+    assert code == 0 and "prepared 2 task(s)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "prepare_report.json").read_text())
+    assert set(report["tasks"]) == {"trex", "fever"} and report["tasks"]["trex"]["train"]["items"] == 2
+
+
+def test_data_config_kilt_lists_the_prepared_files_and_lengths():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["data=kilt", "data.root=/prepared", "paths.output_dir=/tmp/unused"])
+    assert list(cfg.data.task_names) == list(KILT_TASKS) and cfg.data.max_passage_length == 160
+    assert cfg.data.corpus == "passages" and cfg.data.negatives_dir == "/prepared/negatives"
+    assert list(cfg.data.all_passages_positive) == ["aidayago2"]
+    for name, task in KILT_TASKS.items():
+        spec = cfg.data.tasks[name]
+        assert (spec.train, spec.dev) == (task.prepared_file("train"), task.prepared_file("dev"))
+        assert (spec.prompt, spec.max_query_length) == (task.prompt, task.max_query_length)
+
+
+def test_prepared_folder_trains_indexes_and_evaluates(prepared, tmp_path, tiny_t5_dir):
+    out, report = prepared
+    tasks = {name: {"train": s["train"], "dev": s["dev"], "prompt": s["prompt"], "max_query_length": 16}
+             for name, s in report["settings"]["tasks"].items()}
+    cfg = tiny_config(tmp_path / "run", tiny_t5_dir, out, tasks, "data.corpus=passages", "trainer.max_steps=2",
+                      f"data.task_names=[{','.join(KILT_TASKS)}]", f"data.negatives_dir={out / 'negatives'}",
+                      "data.all_passages_positive=[aidayago2]")
+    results = run(cfg)
+    assert set(results) == {*KILT_TASKS, "average"}
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert set(metrics) == set(KILT_TASKS) and all(0 <= m["Rprec"] <= 1 for m in metrics.values())
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert any(path.endswith("store.json") for path in manifest["data_sha256"])
