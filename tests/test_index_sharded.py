@@ -1,7 +1,11 @@
 """Sharded corpus encoding: contiguous shards, 2 gloo processes equal 1, complete shards kept, GPU FAISS checked."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import faiss
 import lightning as L
@@ -89,6 +93,26 @@ def test_index_after_ddp_training_equals_one_process_index_of_its_checkpoint(tmp
     shards = [np.load(shard_paths(tmp_path / "ddp" / "index", r, 2)[0]) for r in range(2)]
     expected = np.load(tmp_path / "one" / "index" / "embeddings.npy")
     np.testing.assert_allclose(np.concatenate(shards), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_multiret_index_with_ddp_subprocesses_equals_one_process(tmp_path, tiny_t5_dir, odd_kilt_dir, kilt_tasks):
+    """The real `trainer=ddp` launch: Lightning re-runs the command line for process 1 (CPU, gloo)."""
+    script = Path(sys.executable).with_name("multiret")
+    if not script.is_file():
+        pytest.skip("the multiret console script is not installed next to this Python")
+    tasks = ", ".join(f"{name}: {{{', '.join(f'{k}: {v}' for k, v in spec.items())}}}" for name, spec in kilt_tasks.items())
+    common = ["model=t5_prompted", f"model.encoder.path={tiny_t5_dir}", "logger=csv", "data=kilt_files",
+              f"data.root={odd_kilt_dir}", "data.corpus=corpus.tsv", "data.task_names=[qa,el]", f"data.tasks={{{tasks}}}",
+              "data.max_passage_length=16", "index.batch_size=16"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for name, extra in (("one", []), ("two", ["trainer.devices=2", "trainer.strategy=ddp"])):
+        subprocess.run([str(script), "index", *common, f"paths.output_dir={tmp_path / name}", *extra],
+                       check=True, env=env, cwd=tmp_path, timeout=600)
+    shards = [np.load(shard_paths(tmp_path / "two" / "index", r, 2)[0]) for r in range(2)]
+    expected = np.load(tmp_path / "one" / "index" / "embeddings.npy")
+    np.testing.assert_allclose(np.concatenate(shards), expected, rtol=0, atol=1e-6)
+    assert (tmp_path / "two" / "index" / "ids.txt").read_text() == (tmp_path / "one" / "index" / "ids.txt").read_text()
 
 
 def test_complete_shard_is_kept_and_other_weights_are_encoded_again(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):

@@ -182,3 +182,7 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the average R-precision for sweepers to optimise."""
     results = run(cfg)
     return results.get("average", {}).get("Rprec")
+
+
+if __name__ == "__main__":
+    main()  # how trainer=ddp's launcher re-runs `multiret train|index|evaluate` in the other processes
