@@ -73,7 +73,6 @@ def test_two_processes_encode_shards_that_equal_one_process(tmp_path, tiny_t5_di
         assert two[task] == pytest.approx(metrics)
 
 
-@pytest.mark.slow
 def test_two_processes_re_encode_only_the_incomplete_shard(tmp_path, tiny_t5_dir, odd_kilt_dir, kilt_tasks):
     run(tiny_config(tmp_path, tiny_t5_dir, odd_kilt_dir, kilt_tasks, "stages=[index]", *DDP))
     index_dir = tmp_path / "index"
@@ -115,28 +114,41 @@ def test_multiret_index_with_ddp_subprocesses_equals_one_process(tmp_path, tiny_
     assert (tmp_path / "two" / "index" / "ids.txt").read_text() == (tmp_path / "one" / "index" / "ids.txt").read_text()
 
 
-def test_complete_shard_is_kept_and_other_weights_are_encoded_again(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
+@pytest.fixture()
+def tiny_model_and_data(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
     cfg = tiny_config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index]")
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
     datamodule.setup("evaluate")
+    return model, datamodule
 
-    def encode() -> None:
-        trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False)
-        encode_shards(trainer, model, datamodule.corpus, datamodule.collator, tmp_path, batch_size=16)
 
-    encode()
+def encode_in_process(model, datamodule, directory, **trainer_options) -> None:
+    trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, **trainer_options)
+    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, directory, batch_size=16)
+
+
+def test_complete_shard_is_kept_and_other_weights_are_encoded_again(tmp_path, tiny_model_and_data):
+    model, datamodule = tiny_model_and_data
+    encode_in_process(model, datamodule, tmp_path)
     array_path, json_path = shard_paths(tmp_path, 0, 1)
     first, mtime = np.load(array_path), array_path.stat().st_mtime_ns
     assert first.shape[0] == len(datamodule.corpus) == 80
-    encode()
+    encode_in_process(model, datamodule, tmp_path)
     assert array_path.stat().st_mtime_ns == mtime  # complete: not encoded again
     with torch.no_grad():
         next(model.passage_encoder.parameters()).add_(0.5)
-    encode()
+    encode_in_process(model, datamodule, tmp_path)
     assert not np.allclose(np.load(array_path), first)  # new weights: a new shard
     assert json.loads(json_path.read_text())["stop"] == 80
+
+
+def test_a_shard_cut_short_is_never_marked_complete(tmp_path, tiny_model_and_data):
+    model, datamodule = tiny_model_and_data
+    with pytest.raises(RuntimeError, match="32 of the shard's 80 passages were encoded; unset trainer.limit_predict_batches"):
+        encode_in_process(model, datamodule, tmp_path, limit_predict_batches=2)
+    assert not shard_paths(tmp_path, 0, 1)[1].exists()
 
 
 @pytest.mark.skipif(hasattr(faiss, "StandardGpuResources"), reason="FAISS here has GPU support")

@@ -139,6 +139,7 @@ class ShardWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self._array: np.memmap | None = None
         self._start = 0
+        self._written = 0
 
     def _paths(self, trainer: L.Trainer) -> tuple[Path, Path, Path]:
         array_path, json_path = shard_paths(trainer.lightning_module.directory, trainer.global_rank, trainer.world_size)
@@ -155,14 +156,19 @@ class ShardWriter(BasePredictionWriter):
             self._start = description["start"]
             shape = (description["stop"] - description["start"], vectors.shape[1])
             self._array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+            self._written = 0
         self._array[rows.numpy() - self._start] = vectors.numpy()
+        self._written += len(rows)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._array is None:
             return  # the shard was complete already
         self._array.flush()
-        self._array = None
+        size, self._array = len(self._array), None
         array_path, json_path, tmp = self._paths(trainer)
+        if self._written != size:
+            raise RuntimeError(f"{tmp}: {self._written} of the shard's {size} passages were encoded; "
+                               "unset trainer.limit_predict_batches and run the index stage again")
         os.replace(tmp, array_path)
         atomic_write_text(json_path, json.dumps(pl_module.description()))
 
