@@ -28,13 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command in DEFAULT_STAGES:
-        from multiret.experiment.run import main as hydra_main
+        from multiret.experiment import run
 
         stages = DEFAULT_STAGES[command]
         if stages and not any(a.startswith(("stages=", "+stages=")) for a in rest):
             rest = [stages, *rest]
-        sys.argv = [f"multiret {command}", *rest]
-        hydra_main()
+        sys.argv = [run.__file__, *rest]  # a runnable script: trainer=ddp starts the other processes by re-running argv
+        run.main()
         return 0
     if command == "kilt-eval":
         from multiret.eval.kilt_eval_cli import main as kilt_eval

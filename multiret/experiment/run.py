@@ -26,7 +26,13 @@ from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.manifest import write_manifest
 from multiret.index.bm25 import BM25Retriever
 from multiret.index.dense import index_corpus, model_device, search_tasks
-from multiret.index.faiss_index import DenseIndex
+from multiret.index.faiss_index import (
+    DEVICES,
+    GPU_PLACEMENTS,
+    DenseIndex,
+    require_gpu_faiss,
+)
+from multiret.index.sharded import ShardWriter, build_from_shards, encode_shards
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,13 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"retriever={cfg.retriever!r}; choose one of {list(RETRIEVERS)}")
     if cfg.retriever == "bm25" and "train" in cfg.stages:
         raise ValueError("retriever=bm25 has nothing to train; use stages=[evaluate] (its index is built in memory)")
+    if cfg.retriever == "dense":
+        if cfg.index.device not in DEVICES:
+            raise ValueError(f"index.device={cfg.index.device!r}; choose one of {list(DEVICES)}")
+        if cfg.index.gpu_placement not in GPU_PLACEMENTS:
+            raise ValueError(f"index.gpu_placement={cfg.index.gpu_placement!r}; choose one of {list(GPU_PLACEMENTS)}")
+        if cfg.index.device == "gpu":
+            require_gpu_faiss()
 
 
 def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
@@ -72,21 +85,21 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole config, in W&B and hparams.yaml
     step = 0
+    trainer: L.Trainer | None = None
     if "train" in cfg.stages:
         callbacks = [*instantiate_named(cfg.callbacks), instantiate(cfg.method)]
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         step = trainer.global_step
-        if trainer.global_rank > 0:
-            return {}  # under DDP only the first process indexes and evaluates
     elif model is not None and cfg.ckpt_path:
         load_weights(model, cfg.ckpt_path)
+    indexing = model is not None and "index" in cfg.stages
+    if trainer is not None and trainer.global_rank > 0 and not indexing:
+        return {}  # under DDP only the first process evaluates
     datamodule.setup("evaluate")
     results: dict[str, dict[str, float]] = {}
-    if model is not None and "index" in cfg.stages:
-        model.to(model_device())
-        index_corpus(model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
-                     cfg.index.batch_size, cfg.index.train_sample)
+    if indexing and not build_index(cfg, model, datamodule):
+        return {}  # under DDP every process encodes its shard, only the first builds the index and evaluates
     if "evaluate" in cfg.stages:
         results = with_average(evaluate(cfg, model, datamodule))
         log_results(loggers, results, cfg.data.eval_split, step)
@@ -106,6 +119,26 @@ def record_run(out: Path, cfg: DictConfig, data_files: list[Path]) -> None:
     write_manifest(out, data_files, cfg.seed)
 
 
+def build_index(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> bool:
+    """Encode the corpus into the FAISS index; False on the processes that stop after encoding.
+
+    With several processes (``trainer=ddp``, after training or with ``stages=[index]``) each
+    encodes a contiguous shard through ``trainer.predict`` and the first builds the index from
+    the shards; with one process the corpus is encoded in this process.
+    """
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[ShardWriter()], logger=False, enable_checkpointing=False)
+    if trainer.world_size == 1:
+        model.to(model_device())
+        index_corpus(model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
+                     cfg.index.batch_size, cfg.index.train_sample)
+        return True
+    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.batch_size)
+    if trainer.global_rank > 0:
+        return False
+    build_from_shards(cfg.index.dir, datamodule.corpus, trainer.world_size, cfg.index.factory, cfg.index.train_sample)
+    return True
+
+
 def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> dict[str, dict[str, float]]:
     """Retrieve for every evaluation query and score the pages against KILT gold."""
     queries = datamodule.eval_queries
@@ -115,6 +148,8 @@ def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> di
     else:
         model.to(model_device())
         index = DenseIndex.load(cfg.index.dir)
+        if cfg.index.device == "gpu":
+            index.to_gpus(cfg.index.gpu_placement)
         index.set_search_parameters(cfg.index.search_parameters)
         rankings = search_tasks(
             model, index, datamodule.corpus, datamodule.collator, datamodule.tasks, queries,
@@ -147,3 +182,7 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the average R-precision for sweepers to optimise."""
     results = run(cfg)
     return results.get("average", {}).get("Rprec")
+
+
+if __name__ == "__main__":
+    main()  # how trainer=ddp's launcher re-runs `multiret train|index|evaluate` in the other processes
