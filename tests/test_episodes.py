@@ -1,5 +1,6 @@
 """ANCE-style episodes on a tiny T5: mined negatives, weights carried over, resume after an interruption, config changes refused."""
 
+import itertools
 import json
 import sys
 import threading
@@ -7,7 +8,8 @@ import time
 
 import pytest
 import torch
-from test_end_to_end import tiny_config
+from hydra.utils import instantiate
+from test_end_to_end import assert_same, tiny_config
 
 import multiret.experiment.run as run_module
 from multiret.cli import main as cli
@@ -73,6 +75,7 @@ def test_two_episodes_mine_negatives_and_carry_the_weights(tmp_path, tiny_t5_dir
         assert torch.equal(start[key], value), key
     assert any(not torch.equal(value, last["state_dict"][key]) for key, value in previous["state_dict"].items())
     assert last["global_step"] == 2
+    assert "step_offset: 2\n" in (out / "episode_1" / "config.yaml").read_text()  # episode 1 trains on the next batches
     assert all(s["step"] == 2 for s in last["optimizer_states"][0]["state"].values())
 
     assert set(results) == {"episode_0", "episode_1"} and set(results["episode_1"]) == {"qa", "el", "average"}
@@ -177,3 +180,17 @@ def test_episodes_train_on_two_processes(tmp_path, tiny_t5_dir, kilt_dir, kilt_t
                                            "trainer.strategy=ddp_spawn"))
     assert set(results) == {"episode_0", "episode_1"}
     assert final_weights(tmp_path, 1)["global_step"] == 2
+
+
+def test_a_step_offset_continues_the_batch_stream(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
+    def batches(offset, count):
+        cfg = tiny_config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, f"data.step_offset={offset}")
+        model = instantiate(cfg.model)
+        datamodule = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
+        datamodule.setup("fit")
+        return list(itertools.islice(iter(datamodule.train_dataloader()), count))
+
+    from_start, from_two = batches(0, 3), batches(2, 1)
+    assert_same(from_start[2], from_two[0])
+    with pytest.raises(AssertionError):
+        assert_same(from_start[0], from_two[0])

@@ -158,6 +158,7 @@ def episode_config(cfg: DictConfig, out: Path, episode: int, run_id: str, **sett
             previous = episode_dir(out, episode - 1)
             episode_cfg.init_from = str(previous / "checkpoints" / "last.ckpt")
             episode_cfg.data.negatives_dir = str(previous / "negatives")
+            episode_cfg.data.step_offset = cfg.data.step_offset + episode * cfg.trainer.max_steps  # the next batches, not a replay
         episode_cfg.tags = [*cfg.tags, f"episode{episode}"]
         wandb = episode_cfg.logger.get("wandb") if episode_cfg.logger else None
         if isinstance(wandb, DictConfig) and "_target_" in wandb:
