@@ -10,6 +10,7 @@ commands:
   train [overrides]      train, index and evaluate (Hydra), e.g. multiret train experiment=vital_taco
   index [overrides]      encode the corpus into a FAISS index (ckpt_path=... for a trained model)
   evaluate [overrides]   index and score the eval split with KILT page-level metrics
+  episodes [overrides]   ANCE-style hard-negative episodes, resumable, e.g. multiret episodes experiment=vital_ance
   kilt-eval --gold G --guess P [--ks 1,5,20] [--json]   KILT retrieval metrics of a guess file
   demo [--full]          the whole pipeline on the embedded vital benchmark
   analyze specialization CKPT [CKPT ...]   per-parameter task-specialisation entropy (PNG + JSON)
@@ -35,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
             rest = [stages, *rest]
         sys.argv = [run.__file__, *rest]  # a runnable script: trainer=ddp starts the other processes by re-running argv
         run.main()
+        return 0
+    if command == "episodes":
+        from multiret.experiment import episodes
+
+        if not any(a.startswith(("hydra.run.dir=", "paths.output_dir=")) for a in rest):
+            rest = [episodes.RUN_DIR_OVERRIDE, *rest]  # a fixed folder, so that re-running the command resumes
+        sys.argv = [episodes.__file__, *rest]  # a runnable script, as for train (trainer=ddp re-runs argv)
+        episodes.main()
         return 0
     if command == "kilt-eval":
         from multiret.eval.kilt_eval_cli import main as kilt_eval

@@ -51,6 +51,7 @@ class MultitaskDataModule(L.LightningDataModule):
         all_passages_positive: Sequence[str] = (),
         builder: Callable[[Path], Any] | None = None,
         negatives_dir: str | None = None,
+        step_offset: int = 0,
         seed: int = 13,
     ) -> None:
         super().__init__()
@@ -74,6 +75,7 @@ class MultitaskDataModule(L.LightningDataModule):
         self.all_passages_positive = set(all_passages_positive)
         self.builder = builder
         self.negatives_dir = negatives_dir
+        self.step_offset = step_offset
         self.seed = seed
         self.corpus: Corpus | None = None
         self.train_queries: dict[str, list[Query]] = {}
@@ -147,7 +149,7 @@ class MultitaskDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        start = self.trainer.global_step if self.trainer is not None else 0
+        start = self.step_offset + (self.trainer.global_step if self.trainer is not None else 0)
         return DataLoader(self._batches(self.train_queries, self.seed, start), batch_size=None, num_workers=0)
 
     def heldout_batches(self) -> MultitaskBatches:

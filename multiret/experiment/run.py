@@ -66,6 +66,8 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"index.gpu_placement={cfg.index.gpu_placement!r}; choose one of {list(GPU_PLACEMENTS)}")
         if cfg.index.device == "gpu":
             require_gpu_faiss()
+    if cfg.get("init_from") and "train" not in cfg.stages:
+        raise ValueError("init_from only starts training; to index or evaluate a checkpoint's weights use ckpt_path")
 
 
 def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
@@ -89,6 +91,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if "train" in cfg.stages:
         callbacks = [*instantiate_named(cfg.callbacks), instantiate(cfg.method)]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        if cfg.get("init_from"):
+            load_weights(model, cfg.init_from, "init_from")  # weights only: the optimizer and schedule start afresh
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         step = trainer.global_step
     elif model is not None and cfg.ckpt_path:
@@ -104,11 +108,16 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         results = with_average(evaluate(cfg, model, datamodule))
         log_results(loggers, results, cfg.data.eval_split, step)
         log.info("scores, guess and gold files: %s", Path(cfg.paths.output_dir) / "eval")
+    finish_loggers(loggers)
+    return results
+
+
+def finish_loggers(loggers: list[Any]) -> None:
+    """Flush and close every logger; W&B runs are finished since the demo and episodes start several in one process."""
     for logger in loggers:
         logger.finalize("success")
         if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # the demo starts several W&B runs in one process
-    return results
+            logger.experiment.finish()
 
 
 @rank_zero_only
@@ -162,11 +171,11 @@ def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> di
     )
 
 
-def load_weights(model: torch.nn.Module, ckpt_path: str) -> None:
-    """Load a training checkpoint's weights into a freshly built model (for index/evaluate)."""
+def load_weights(model: torch.nn.Module, ckpt_path: str, key: str = "ckpt_path") -> None:
+    """Load a training checkpoint's weights into a freshly built model (for index/evaluate, or ``init_from``)."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; point it at a run's checkpoints/last.ckpt")
+        raise FileNotFoundError(f"{key}={ckpt_path!r} does not exist; point it at a run's checkpoints/last.ckpt")
     state = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(state["state_dict"])
 
