@@ -196,3 +196,21 @@ def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(nor
                                           normalize=normalize)
         torch.testing.assert_close(torch.cat([p.grad.flatten() for p in params]), expected, rtol=1e-12, atol=0)
         torch.testing.assert_close(torch.cat([e.flatten(1) for e in method.ema], dim=1), flat_ema, rtol=1e-12, atol=0)
+
+
+def test_a_zero_median_is_reported_once_per_task(caplog):
+    """Most entries without gradient (an embedding table's unused rows): the normalisation divides by eps alone."""
+    import logging
+    import re
+
+    params = [torch.randn(20, 2), torch.randn(3)]
+    method = TACO()
+    method.task_names = ["qa", "el"]
+    method.setup_state(params, num_tasks=2)
+    grads = [torch.zeros(2, 20, 2), torch.randn(2, 3)]
+    grads[0][:, 0] = 1.0
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            method.apply_rule(grads, params, in_warmup=False, row_sparse=[True, False])
+    assert len(re.findall(r"median importance of task (qa|el) is 0", caplog.text)) == 2
+    assert "method.parameters" in caplog.text

@@ -13,6 +13,7 @@ the lower middle value for an even count.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ import lightning as L
 import torch
 
 from multiret.mtl.base import GradientMethod, task_tensors
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-12
 
@@ -170,6 +173,7 @@ class TACO(GradientMethod):
         self.warmup_ratio = warmup_ratio
         self.ema: list[torch.Tensor] = []
         self._flat_ema: torch.Tensor | None = None
+        self._zero_median_warned: set[str] = set()
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
         self._flat_ema, self.ema = task_tensors(params, self.row_sparse, num_tasks, self.ema_dtype)
@@ -309,6 +313,7 @@ class TACO(GradientMethod):
         for task, task_zeros in enumerate(zeros.tolist()):
             if middle < task_zeros:
                 median = 0.0
+                self._warn_zero_median(task, task_zeros / total)
             else:
                 if buffer is None:
                     buffer = torch.zeros(total, dtype=dtype, device=device)
@@ -349,6 +354,20 @@ class TACO(GradientMethod):
         scores = ema / ema_scale.view((-1,) + (1,) * (ema.dim() - 1)) / self.tau
         weights = torch.softmax(scores, dim=0).to(grads.dtype)
         return weights.mul_(grads).sum(0).div_(grads.shape[0])
+
+    def _warn_zero_median(self, task: int, zero_share: float) -> None:
+        """Say once per task that the normalisation degenerates: the rule then divides by eps alone."""
+        name = self.task_names[task] if task < len(self.task_names) else str(task)
+        if name in self._zero_median_warned:
+            return
+        self._zero_median_warned.add(name)
+        log.warning(
+            "TACO: the median importance of task %s is 0 (%.0f%% of the parameters got no gradient from it, e.g. "
+            "embedding rows its batch did not use), so its importance is divided by eps=1e-12 and the task weights "
+            "of most parameters become nearly 0 or 1 (the rule as published, in a regime it was not tuned for). "
+            "method.parameters can restrict the rule to parameters every task reaches, e.g. ['^(?!.*embeddings)']",
+            name, 100 * zero_share,
+        )
 
     def log_values(self) -> dict[str, float]:
         """Per task, the share of parameters whose largest task weight (> 0.5) is that task's: specialisation."""
