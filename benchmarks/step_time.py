@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--passage-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times every method is run, taking turns; the median is over all rounds' steps")
     parser.add_argument("--memory", action="store_true",
                         help="instead of times, print {method: peak resident MiB}, each method in its own process")
     args = parser.parse_args()
@@ -146,12 +148,15 @@ def main() -> None:
         batches = random_batches(vocab, args.tasks, args.queries, args.passages, args.query_length,
                                  args.passage_length, args.steps + args.warmup)
         tasks = [TaskSpec(name=f"task{t}", train=None, dev=None) for t in range(args.tasks)]
+        seconds: dict[str, list[float]] = {m: [] for m in args.methods.split(",")}
+        for _ in range(args.rounds):  # methods take turns, so a slow spell of the machine hits them alike
+            for method in seconds:
+                seconds[method] += time_method(method, path, pooling, batches, tasks, args.warmup)
         medians = {}
-        for method in args.methods.split(","):
-            seconds = time_method(method, path, pooling, batches, tasks, args.warmup)
-            medians[method] = statistics.median(seconds)
-            print(f"{method}: median {medians[method]:.4f} s/step, min {min(seconds):.4f}, max {max(seconds):.4f} "
-                  f"over {len(seconds)} steps", file=sys.stderr)
+        for method, times in seconds.items():
+            medians[method] = statistics.median(times)
+            print(f"{method}: median {medians[method]:.4f} s/step, min {min(times):.4f}, max {max(times):.4f} "
+                  f"over {len(times)} steps", file=sys.stderr)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"model {args.model}, device {device}", file=sys.stderr)
     print(json.dumps(medians) if args.json else json.dumps(medians, indent=2))

@@ -36,3 +36,25 @@ def test_ivf_with_every_list_probed_equals_exact_search():
 def test_loading_a_folder_that_is_not_an_index_says_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not a multiret index \(missing ids.txt, index.faiss, index.json\); run `multiret index` first"):
         DenseIndex.load(tmp_path)
+
+
+def test_corpus_encoded_in_chunks_equals_one_pass_and_leaves_no_partial_file(tmp_path, monkeypatch, kilt_dir, tiny_t5_dir):
+    """index_corpus holds one chunk of texts at a time; the streamed embeddings.npy equals encoding everything at once."""
+    import multiret.index.dense as dense
+    from multiret.data.collator import PromptCollator
+    from multiret.data.corpus import read_corpus
+    from multiret.index.encode import encode_texts
+    from multiret.model.biencoder import BiEncoder
+    from multiret.model.encoder import TextEncoder
+
+    model = BiEncoder(TextEncoder(str(tiny_t5_dir), pooling="t5_decoder"), optimizer=None)
+    corpus = read_corpus(kilt_dir / "corpus.tsv")
+    collator = PromptCollator(model.tokenizer, None, 16)
+    monkeypatch.setattr(dense, "ENCODE_CHUNK", 7)  # 80 passages: 12 chunks, the last one short
+    index = dense.index_corpus(model, corpus, collator, tmp_path, show_progress=False)
+    streamed = np.load(tmp_path / "embeddings.npy")
+    whole = encode_texts([corpus.passage_text(r) for r in range(len(corpus))], collator.passages, model.encode_passages,
+                         batch_size=64, show_progress=False)
+    np.testing.assert_allclose(streamed, whole, rtol=1e-5, atol=1e-6)
+    assert index.ids == corpus.ids and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))  == []
+    assert DenseIndex.load(tmp_path).search(whole[:3], 1)[1][:, 0].tolist() == [0, 1, 2]

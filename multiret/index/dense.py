@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from multiret.data.corpus import Corpus
 from multiret.data.kilt import Query
 from multiret.data.tasks import TaskSpec
 from multiret.index.encode import encode_texts
-from multiret.index.faiss_index import DenseIndex
+from multiret.index.faiss_index import EMBEDDINGS, DenseIndex
 from multiret.model.biencoder import BiEncoder
+
+
+ENCODE_CHUNK = 1 << 18  # passages whose texts are held at once while encoding the corpus
 
 
 def index_corpus(
@@ -27,12 +31,36 @@ def index_corpus(
     train_sample: int | None = None,
     show_progress: bool = True,
 ) -> DenseIndex:
-    """Embed every passage with the passage encoder and save embeddings, ids and the FAISS index."""
+    """Embed every passage with the passage encoder and save embeddings, ids and the FAISS index.
+
+    The corpus is encoded ``ENCODE_CHUNK`` passages at a time into a memory-mapped
+    ``embeddings.npy`` (renamed into place when complete), so memory does not grow with the
+    corpus beyond one chunk's texts and what the FAISS index itself holds.
+    """
     model.eval()
-    texts = [corpus.passage_text(r) for r in range(len(corpus))]
-    embeddings = encode_texts(
-        texts, collator.passages, model.encode_passages, batch_size, model.device, "encoding corpus", show_progress
-    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / EMBEDDINGS
+    partial = out_dir / f".{EMBEDDINGS}.partial"
+    embeddings: np.memmap | None = None
+    try:
+        for start in range(0, len(corpus), ENCODE_CHUNK):
+            stop = min(len(corpus), start + ENCODE_CHUNK)
+            part = f" {start:,}–{stop:,} of {len(corpus):,}" if len(corpus) > ENCODE_CHUNK else ""
+            block = encode_texts([corpus.passage_text(r) for r in range(start, stop)], collator.passages,
+                                 model.encode_passages, batch_size, model.device, f"encoding corpus{part}", show_progress)
+            if embeddings is None:
+                embeddings = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(corpus), block.shape[1]))
+            embeddings[start:stop] = block
+        if embeddings is None:
+            raise ValueError("nothing to encode: the corpus is empty")
+        embeddings.flush()
+        del embeddings
+        os.replace(partial, final)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    embeddings = np.load(final, mmap_mode="r")
     index = DenseIndex.build(embeddings, list(corpus.ids), factory, train_sample)
     index.save(out_dir, embeddings, factory)
     return index

@@ -88,13 +88,14 @@ class DenseIndex:
         """Write embeddings, ids, the FAISS index and its description; each file atomically.
 
         ``embeddings=None`` (sharded encoding, whose shards stay in ``shards/``) removes an older
-        ``embeddings.npy`` so that the folder never holds embeddings of another index.
+        ``embeddings.npy`` so that the folder never holds embeddings of another index; a memory
+        map of this folder's ``embeddings.npy`` (streamed there by the encoder) is left in place.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if embeddings is None:
             (directory / EMBEDDINGS).unlink(missing_ok=True)
-        else:
+        elif not (isinstance(embeddings, np.memmap) and Path(str(embeddings.filename)).resolve() == (directory / EMBEDDINGS).resolve()):
             _atomic(directory / EMBEDDINGS, lambda tmp: _save_npy(tmp, embeddings))
         atomic_write_text(directory / IDS, "".join(f"{i}\n" for i in self.ids))
         _atomic(directory / INDEX, lambda tmp: faiss.write_index(self.index, str(tmp)))

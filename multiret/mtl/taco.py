@@ -89,6 +89,7 @@ def softmax_weighted_sum(ema: torch.Tensor, grads: torch.Tensor, tau: float, out
     out.div_(total)
 
 
+COUNT_ZEROS_ABOVE = 1 << 22  # parameters from which counting zeros (to skip a median of 0) pays for itself
 BLOCK = 1 << 16  # elements per fused block: a block's T-row temporaries stay in the CPU cache
 
 
@@ -291,6 +292,8 @@ class TACO(GradientMethod):
         the middle position the median is 0 with no selection — MiniLM's word embeddings are half
         its parameters and most rows get no gradient. Otherwise the importances are written
         into one reused P-vector, zero-padded for the untouched rows, and ``torch.median`` runs.
+        Below ``COUNT_ZEROS_ABOVE`` parameters the median is always taken (it is cheap there,
+        and counting would cost about as much).
         """
         num_tasks = parts[0][1].shape[0]
         dtype = self._compute_dtype()
@@ -299,11 +302,12 @@ class TACO(GradientMethod):
         middle = (total - 1) // 2  # torch.median's (lower) middle position
         zeros = torch.full((num_tasks,), total, dtype=torch.int64, device=device)
         checksum = torch.zeros((), dtype=torch.float64, device=device)
+        count_zeros = self.normalize and total > COUNT_ZEROS_ABOVE
         for theta, grads in parts:
             for start in blocks(theta.numel()):
                 importance = theta[start : start + BLOCK] * grads[:, start : start + BLOCK]
                 checksum += importance.sum()
-                if self.normalize:
+                if count_zeros:
                     zeros -= torch.count_nonzero(importance, dim=1)
         if not bool(torch.isfinite(checksum)):
             return None
@@ -311,9 +315,8 @@ class TACO(GradientMethod):
             return weights.to(device=device, dtype=dtype)
         buffer: torch.Tensor | None = None
         for task, task_zeros in enumerate(zeros.tolist()):
-            if middle < task_zeros:
-                median = 0.0
-                self._warn_zero_median(task, task_zeros / total)
+            if count_zeros and middle < task_zeros:
+                median, zero_share = 0.0, task_zeros / total
             else:
                 if buffer is None:
                     buffer = torch.zeros(total, dtype=dtype, device=device)
@@ -322,6 +325,9 @@ class TACO(GradientMethod):
                     torch.mul(theta, grads[task], out=buffer[offset : offset + theta.numel()]).abs_()
                     offset += theta.numel()
                 median = float(buffer.median())
+                zero_share = 1.0 - float(torch.count_nonzero(buffer)) / total if median == 0.0 else 0.0
+            if median == 0.0:
+                self._warn_zero_median(task, zero_share)
             weights[task] /= median + EPS
         return weights.to(device=device, dtype=dtype)
 
