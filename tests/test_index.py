@@ -40,7 +40,7 @@ def test_loading_a_folder_that_is_not_an_index_says_what_is_missing(tmp_path):
 
 def test_corpus_encoded_in_chunks_equals_one_pass_and_leaves_no_partial_file(tmp_path, monkeypatch, kilt_dir, tiny_t5_dir):
     """index_corpus holds one chunk of texts at a time; the streamed embeddings.npy equals encoding everything at once."""
-    import multiret.index.dense as dense
+    from multiret.index import dense
     from multiret.data.collator import PromptCollator
     from multiret.data.corpus import read_corpus
     from multiret.index.encode import encode_texts

@@ -24,11 +24,12 @@ class Query:
     negatives: list[int] = field(default_factory=list)
 
 
-def _gold_pages(record: dict, where: str) -> list[str]:
+def validated_outputs(record: dict, where: str) -> list[tuple[dict, list[dict]]]:
+    """Each KILT output with its provenance list, checked (fails naming ``where``): items need a ``wikipedia_id``."""
     outputs = record.get("output", [])
     if not isinstance(outputs, list):
         raise DataFormatError(f"{where}: 'output' must be a list of objects")
-    pages: list[str] = []
+    checked: list[tuple[dict, list[dict]]] = []
     for output in outputs:
         if not isinstance(output, dict):
             raise DataFormatError(f"{where}: each 'output' entry must be an object")
@@ -38,6 +39,14 @@ def _gold_pages(record: dict, where: str) -> list[str]:
         for item in provenance:
             if not isinstance(item, dict) or "wikipedia_id" not in item:
                 raise DataFormatError(f"{where}: each provenance entry needs a 'wikipedia_id'")
+        checked.append((output, provenance))
+    return checked
+
+
+def _gold_pages(record: dict, where: str) -> list[str]:
+    pages: list[str] = []
+    for _, provenance in validated_outputs(record, where):
+        for item in provenance:
             page = str(item["wikipedia_id"]).strip()
             if page not in pages:
                 pages.append(page)

@@ -17,7 +17,6 @@ from multiret.index.encode import encode_texts
 from multiret.index.faiss_index import EMBEDDINGS, DenseIndex
 from multiret.model.biencoder import BiEncoder
 
-
 ENCODE_CHUNK = 1 << 18  # passages whose texts are held at once while encoding the corpus
 
 

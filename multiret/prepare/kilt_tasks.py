@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from multiret.data.jsonl import DataFormatError, iter_jsonl
+from multiret.data.kilt import validated_outputs
 from multiret.prepare.files import atomic_output, count_records
 
 log = logging.getLogger(__name__)
@@ -109,23 +110,13 @@ def load_triviaqa_questions(paths: Iterable[str | os.PathLike[str]]) -> dict[str
 
 def _outputs(record: dict[str, Any], where: str) -> tuple[list[dict[str, Any]], list[str]]:
     """The outputs reduced to answer + provenance (page, title, paragraph span), and the distinct gold pages."""
-    outputs = record.get("output", [])
-    if not isinstance(outputs, list):
-        raise DataFormatError(f"{where}: 'output' must be a list of objects")
     kept: list[dict[str, Any]] = []
     pages: list[str] = []
-    for output in outputs:
-        if not isinstance(output, dict):
-            raise DataFormatError(f"{where}: each 'output' entry must be an object")
-        provenance = output.get("provenance") or []
-        if not isinstance(provenance, list):
-            raise DataFormatError(f"{where}: 'provenance' must be a list of objects with 'wikipedia_id'")
+    for output, provenance in validated_outputs(record, where):
         entry: dict[str, Any] = {k: output[k] for k in ("answer",) if k in output}
         if provenance:
             entry["provenance"] = []
             for item in provenance:
-                if not isinstance(item, dict) or "wikipedia_id" not in item:
-                    raise DataFormatError(f"{where}: each provenance entry needs a 'wikipedia_id'")
                 page = str(item["wikipedia_id"]).strip()
                 entry["provenance"].append(
                     {"wikipedia_id": page,
