@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from multiret.mtl import taco as taco_module
 from multiret.mtl.taco import TACO, taco_combine
 
 
@@ -66,9 +67,13 @@ def test_taco_favours_the_task_that_matters_most_for_a_parameter():
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-def test_callback_per_tensor_rule_equals_taco_combine_on_flattened_parameters(normalize):
-    torch.manual_seed(0)
-    shapes = [(3, 4), (5,), (2, 2, 3)]
+@pytest.mark.parametrize("table_rows", [None, 10, 40])  # no table; untouched entries below / above half of all
+@pytest.mark.parametrize("count_zeros", [False, True])  # take every median, or count zeros first (large models)
+def test_per_tensor_rule_equals_taco_combine_on_flattened_parameters(normalize, table_rows, count_zeros, monkeypatch):
+    """Per tensor, an embedding table worked on only at its touched rows, the rule is taco_combine on the flat model."""
+    monkeypatch.setattr(taco_module, "COUNT_ZEROS_ABOVE", 0 if count_zeros else 1 << 62)
+    torch.manual_seed(1)
+    shapes = ([(table_rows, 3)] if table_rows else []) + [(3, 4), (5,), (2, 2, 3)]
     params = [torch.randn(s, dtype=torch.float64) for s in shapes]
     method = TACO(beta=0.8, tau=2.0, normalize=normalize)
     method.setup_state(params, num_tasks=3)
@@ -77,12 +82,15 @@ def test_callback_per_tensor_rule_equals_taco_combine_on_flattened_parameters(no
     flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
     for step in range(4):
         grads = [torch.randn((3, *s), dtype=torch.float64) for s in shapes]
+        if table_rows:
+            grads[0][:, 2 + step :] = 0.0  # rows no task touched this step (a different set each step)
+            grads[0][1, 0] = 0.0  # a row only some tasks touched
         flat_grads = torch.cat([g.flatten(1) for g in grads], dim=1)
-        in_warmup = step == 0
-        expected, flat_ema = taco_combine(flat_grads, flat_params, flat_ema, beta=0.8, tau=2.0, in_warmup=in_warmup, normalize=normalize)
-        combined = method.apply_rule(grads, params, in_warmup)
-        torch.testing.assert_close(torch.cat([c.flatten() for c in combined]), expected)
-        torch.testing.assert_close(torch.cat([e.flatten(1) for e in method.ema], dim=1), flat_ema)
+        expected, flat_ema = taco_combine(flat_grads, flat_params, flat_ema, beta=0.8, tau=2.0, in_warmup=step == 0,
+                                          normalize=normalize)
+        combined = method.apply_rule(grads, params, step == 0, row_sparse=[bool(table_rows) and i == 0 for i in range(len(shapes))])
+        torch.testing.assert_close(torch.cat([c.flatten() for c in combined]), expected, rtol=1e-12, atol=0)
+        torch.testing.assert_close(torch.cat([e.flatten(1) for e in method.ema], dim=1), flat_ema, rtol=1e-12, atol=0)
 
 
 def test_invalid_hyper_parameters_are_rejected_with_the_key_name():
@@ -126,29 +134,6 @@ def test_bf16_ema_with_stochastic_rounding_tracks_the_float32_ema():
 def test_invalid_ema_dtype_is_rejected():
     with pytest.raises(ValueError, match="method.ema_dtype='float16'"):
         TACO(ema_dtype="float16")
-
-
-@pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("table_rows", [10, 40])  # untouched entries below / above half of all: median > 0 / = 0
-def test_row_sparse_tables_give_the_dense_rule(normalize, table_rows):
-    """An embedding table whose untouched rows are skipped still gives exactly taco_combine on the flat model."""
-    torch.manual_seed(1)
-    shapes = [(table_rows, 3), (3, 4), (5,)]
-    params = [torch.randn(s, dtype=torch.float64) for s in shapes]
-    method = TACO(beta=0.8, tau=2.0, normalize=normalize)
-    method.setup_state(params, num_tasks=3)
-    method.ema = [e.double() for e in method.ema]
-    flat_params = torch.cat([p.flatten() for p in params])
-    flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
-    for step in range(4):
-        grads = [torch.randn((3, *s), dtype=torch.float64) for s in shapes]
-        grads[0][:, 2 + step :] = 0.0  # rows no task touched this step (a different set each step)
-        grads[0][1, 0] = 0.0  # a row only some tasks touched
-        flat_grads = torch.cat([g.flatten(1) for g in grads], dim=1)
-        expected, flat_ema = taco_combine(flat_grads, flat_params, flat_ema, beta=0.8, tau=2.0, in_warmup=step == 0, normalize=normalize)
-        combined = method.apply_rule(grads, params, step == 0, row_sparse=[True, False, False])
-        torch.testing.assert_close(torch.cat([c.flatten() for c in combined]), expected, rtol=1e-12, atol=0)
-        torch.testing.assert_close(torch.cat([e.flatten(1) for e in method.ema], dim=1), flat_ema, rtol=1e-12, atol=0)
 
 
 class TableModule(torch.nn.Module):
