@@ -98,6 +98,17 @@ def blocks(size: int) -> range:
     return range(0, size, BLOCK)
 
 
+def table_segment(
+    theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A table's segment for the rule: its touched rows, or the whole table as one flat segment when
+    most rows are touched (then gathering and scattering rows would cost more than it saves)."""
+    index = touched_rows(grads)
+    if 2 * index.numel() > grads.shape[1]:
+        return theta.reshape(-1), grads.reshape(grads.shape[0], -1), ema.view(ema.shape[0], -1), None
+    return theta, grads, ema, index
+
+
 def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``values[:, index]`` flattened to ``(T, n)``, one task at a time (each task's table is contiguous, the stack is not)."""
     return torch.stack([task_values.index_select(0, index).reshape(-1) for task_values in values])
@@ -197,7 +208,7 @@ class TACO(GradientMethod):
         if size:
             theta = torch.cat([p.detach().reshape(-1) for p in dense])
             segments.append((theta, self._flat_task_grads[:, :size], self._flat_ema[:, :size], None))
-        tables = [(p.detach(), g, e, touched_rows(g)) for p, g, e, sparse in zip(params, task_grads, self.ema, self.row_sparse)
+        tables = [table_segment(p.detach(), g, e) for p, g, e, sparse in zip(params, task_grads, self.ema, self.row_sparse)
                   if sparse]
         outputs = self._rule(segments + tables, in_warmup)
         if outputs is None:
@@ -206,7 +217,7 @@ class TACO(GradientMethod):
         combined, offset = [], 0
         for param, sparse in zip(params, self.row_sparse):
             if sparse:
-                combined.append(next(table_outputs))
+                combined.append(next(table_outputs).view(param.shape))
             else:
                 combined.append(flat[offset : offset + param.numel()].view(param.shape))
                 offset += param.numel()
@@ -223,7 +234,7 @@ class TACO(GradientMethod):
         """
         num_tasks = task_grads[0].shape[0]
         segments = [
-            (p.detach(), g, e, touched_rows(g)) if sparse else
+            table_segment(p.detach(), g, e) if sparse else
             (p.detach().reshape(-1), g.reshape(num_tasks, -1), e.view(num_tasks, -1), None)
             for p, g, e, sparse in zip(params, task_grads, self.ema, row_sparse or [False] * len(params))
         ]
@@ -292,22 +303,23 @@ class TACO(GradientMethod):
         the middle position the median is 0 with no selection — MiniLM's word embeddings are half
         its parameters and most rows get no gradient. Otherwise the importances are written
         into one reused P-vector, zero-padded for the untouched rows, and ``torch.median`` runs.
-        Below ``COUNT_ZEROS_ABOVE`` parameters the median is always taken (it is cheap there,
-        and counting would cost about as much).
+        Below ``COUNT_ZEROS_ABOVE`` parameters the median is always taken, for all tasks at once
+        (:meth:`_small_model_weights`: cheap there, and counting would cost about as much).
         """
         num_tasks = parts[0][1].shape[0]
         dtype = self._compute_dtype()
         device = self.ema[0].device
         weights = torch.full((num_tasks,), 1.0 - self.beta, dtype=torch.float64)
+        if self.normalize and total <= COUNT_ZEROS_ABOVE:
+            return self._small_model_weights(parts, total, weights)
         middle = (total - 1) // 2  # torch.median's (lower) middle position
         zeros = torch.full((num_tasks,), total, dtype=torch.int64, device=device)
         checksum = torch.zeros((), dtype=torch.float64, device=device)
-        count_zeros = self.normalize and total > COUNT_ZEROS_ABOVE
         for theta, grads in parts:
             for start in blocks(theta.numel()):
                 importance = theta[start : start + BLOCK] * grads[:, start : start + BLOCK]
                 checksum += importance.sum()
-                if count_zeros:
+                if self.normalize:
                     zeros -= torch.count_nonzero(importance, dim=1)
         if not bool(torch.isfinite(checksum)):
             return None
@@ -315,7 +327,7 @@ class TACO(GradientMethod):
             return weights.to(device=device, dtype=dtype)
         buffer: torch.Tensor | None = None
         for task, task_zeros in enumerate(zeros.tolist()):
-            if count_zeros and middle < task_zeros:
+            if middle < task_zeros:
                 median, zero_share = 0.0, task_zeros / total
             else:
                 if buffer is None:
@@ -330,6 +342,23 @@ class TACO(GradientMethod):
                 self._warn_zero_median(task, zero_share)
             weights[task] /= median + EPS
         return weights.to(device=device, dtype=dtype)
+
+    def _small_model_weights(self, parts: list[tuple[torch.Tensor, torch.Tensor]], total: int,
+                             weights: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`_ema_weights` below ``COUNT_ZEROS_ABOVE`` parameters: every task's importances in one
+        ``(T, P)`` tensor (zero-padded for untouched rows), checked and reduced to medians in one call each."""
+        num_tasks = parts[0][1].shape[0]
+        importances = torch.zeros((num_tasks, total), dtype=self._compute_dtype(), device=self.ema[0].device)
+        offset = 0
+        for theta, grads in parts:
+            torch.mul(theta, grads, out=importances[:, offset : offset + theta.numel()])
+            offset += theta.numel()
+        if not bool(torch.isfinite(importances.abs_().sum())):
+            return None
+        medians = importances.median(dim=1).values.double().cpu()
+        for task in torch.nonzero(medians == 0).flatten().tolist():
+            self._warn_zero_median(task, 1.0 - float(torch.count_nonzero(importances[task])) / total)
+        return (weights / (medians + EPS)).to(device=importances.device, dtype=importances.dtype)
 
     def _update_block(self, theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor, weights: torch.Tensor,
                       decay: bool) -> torch.Tensor:
