@@ -12,7 +12,8 @@ def flat_model(state_dict, prefix="query_encoder.model."):
     return torch.cat([v.flatten().double() for k, v in sorted(state_dict.items()) if k.startswith(prefix)])
 
 
-@pytest.mark.parametrize("method", ["taco", pytest.param("naive", marks=pytest.mark.slow), pytest.param("gradnorm", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["taco", *(pytest.param(m, marks=pytest.mark.slow)
+                                              for m in ("naive", "gradnorm", "pcgrad", "cgd", "uncertainty"))])
 def test_two_processes_match_one_process(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, method):
     options = (f"method={method}", "stages=[train]", "trainer.max_steps=3")
     run(tiny_config(tmp_path / "one", tiny_t5_dir, kilt_dir, kilt_tasks, *options))

@@ -4,7 +4,8 @@ For every task i, in a fresh random order of the other tasks j: if ``pc_i · g_j
 ``pc_i ← pc_i − (pc_i · g_j) / ‖g_j‖² · g_j``; the update is ``Σ_i pc_i`` (the paper's sum).
 Each ``pc_i`` stays a combination of the task gradients, so the projections run on the T×T
 Gram matrix and only the final sum touches the parameters. The order's random generator is
-checkpointed. Not supported yet: several processes (DDP).
+checkpointed. Under DDP (task gradients all-reduced, losses averaged)
+it gives the update of one process on the global batch (slow test in tests/test_ddp_training.py).
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ class PCGrad(GradientMethod):
 
     def __init__(self, seed: int = 0, **base: Any) -> None:
         super().__init__(**base)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.generator: torch.Generator | None = None
         self.conflicts = 0
+
+    def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
+        # made here, not in __init__: ddp_spawn pickles callbacks, and a generator's state tensor does not travel
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     def task_coefficients(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         num_tasks = gram.shape[0]
