@@ -264,7 +264,7 @@ class TACO(GradientMethod):
         if weights is None:
             return None
         fused = self.normalize and not in_warmup
-        outputs = []
+        outputs, updated = [], []
         for (theta, grads, ema, index), (theta_rows, grads_rows) in zip(segments, parts):
             if index is None:
                 ema_rows = ema
@@ -283,16 +283,14 @@ class TACO(GradientMethod):
                     task_ema.index_copy_(0, index, task_rows.view(index.numel(), *ema.shape[2:]))
             if out is not None:
                 outputs.append(self._place(out.div_(num_tasks), theta, index))
+            updated.append(ema_rows)
         if in_warmup:
             return [grads.sum(0).div_(num_tasks) for _, grads, _, _ in segments]
         if fused:
             return outputs
         scale = self._ema_scale()
-        return [
-            self._place(self._weighted(ema if index is None else ema[:, index], grads if index is None else grads[:, index],
-                                       scale), theta, index)
-            for theta, grads, ema, index in segments
-        ]
+        return [self._place(self._weighted(ema_rows, grads_rows, scale), theta, index)
+                for (theta, _, _, index), (_, grads_rows), ema_rows in zip(segments, parts, updated)]
 
     def _ema_weights(self, parts: list[tuple[torch.Tensor, torch.Tensor]], total: int) -> torch.Tensor | None:
         """From flat ``(θ, g (T, n))`` pairs of ``total`` parameters in all: per task, the factor of its importance in the EMA update: ``(1 − β) / (median_j I_tj + eps)`` if normalising.
@@ -384,7 +382,7 @@ class TACO(GradientMethod):
         return out
 
     def _weighted(self, ema: torch.Tensor, grads: torch.Tensor, ema_scale: torch.Tensor) -> torch.Tensor:
-        """``Σ_t softmax_t(s_t) g_t / T`` with ``s_t = Ī_t / scale_t / τ`` (the un-normalised variant's scores)."""
+        """``Σ_t softmax_t(s_t) g_t / T`` on flat ``(T, n)`` rows, ``s_t = Ī_t / scale_t / τ`` (the un-normalised variant's scores)."""
         ema = ema.to(self._compute_dtype())
         scores = ema / ema_scale.view((-1,) + (1,) * (ema.dim() - 1)) / self.tau
         weights = torch.softmax(scores, dim=0).to(grads.dtype)
