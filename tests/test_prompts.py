@@ -191,7 +191,7 @@ def test_soft_prompt_with_taco_trains_resumes_bit_for_bit_and_evaluates(tmp_path
     assert not torch.equal(first["state_dict"][key], a["state_dict"][key])  # the vectors train
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
-    ema_a, ema_b = a["callbacks"]["GradientMethod"]["ema"], b["callbacks"]["GradientMethod"]["ema"]
+    ema_a, ema_b = a["callbacks"]["GradientMethod"]["ema_stored"], b["callbacks"]["GradientMethod"]["ema_stored"]
     assert len(ema_a) == len(ema_b) and all(torch.equal(x, y) for x, y in zip(ema_a, ema_b))
     assert set(scores) == {"qa", "el", "average"}
     again = run(tiny_config(tmp_path / "again", tiny_t5_dir, kilt_dir, kilt_tasks, "prompt=soft",

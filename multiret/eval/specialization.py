@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from multiret.data.jsonl import atomic_write_text
 from multiret.eval.figures import new_figure, save_figure
+from multiret.mtl.taco import importance_ema_from_state
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tupl
     if state is None:
         raise ValueError(f"{path}: not a multiret training checkpoint (no gradient-method state)")
     if state["method"] == "taco" and not measure:
-        return list(state["ema"]), list(state["task_names"]), "taco"
+        return importance_ema_from_state(state), list(state["task_names"]), "taco"
     config_path = path.parent.parent / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: the run's config is needed to measure importance for {state['method']}")

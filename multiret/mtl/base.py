@@ -80,7 +80,8 @@ class GradientMethod(Callback):
     ``parameters`` (regular expressions over parameter names, as the TACO reference's
     ``select_blocks``) restricts the method to the matching parameters: only they are buffered
     per task and combined by the rule; every other parameter gets the plain mean of its task
-    gradients ``Σ_t g_t / T``, with no per-task memory.
+    gradients ``Σ_t g_t / T``, with no per-task memory. ``reached[t][i]`` says whether a backward
+    of task t gave parameter i a gradient this step (if not, that task's buffer is all zeros).
     """
 
     name: str = "base"
@@ -105,6 +106,7 @@ class GradientMethod(Callback):
         self._task_grads: list[torch.Tensor] = []
         self._flat_task_grads: torch.Tensor | None = None
         self._unfilled: list[bool] = []
+        self.reached: list[list[bool]] = []
         self.row_sparse: list[bool] = []
         self._gram: torch.Tensor | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -124,6 +126,7 @@ class GradientMethod(Callback):
         if self.needs_task_gradients:
             self._flat_task_grads, self._task_grads = task_tensors(self._params, self.row_sparse, count)
             self._unfilled = [True] * count
+            self.reached = [[False] * len(self._params) for _ in range(count)]
         self.task_losses = torch.zeros(count, dtype=torch.float64)
         self._device_losses = torch.zeros(count, device=self._params[0].device if self._params else "cpu")
         self.setup_state(self._params, count)
@@ -159,15 +162,18 @@ class GradientMethod(Callback):
             return
         task = self._active_task(pl_module)
         first = self._unfilled[task]  # the step's first backward of this task overwrites its buffers: no zeroing pass
+        reached = self.reached[task]
         with torch.no_grad():
-            for buffer, param in zip(self._task_grads, self._params):
+            for i, (buffer, param) in enumerate(zip(self._task_grads, self._params)):
                 if param.grad is None:
                     if first:
                         buffer[task].zero_()
-                elif first:
+                    continue
+                if first:
                     buffer[task].copy_(param.grad)
                 else:
                     buffer[task].add_(param.grad)
+                reached[i] = True
                 param.grad = None
         self._unfilled[task] = False
 
@@ -192,7 +198,8 @@ class GradientMethod(Callback):
                         buffer[task].zero_()  # a task without a backward this step contributes zero
                 log_now = self.step % self.log_every_n_steps == 0
                 combined = self.combine(self._task_grads, self._params, trainer)
-                if combined is None:
+                combined_nonfinite = combined is None
+                if combined_nonfinite:
                     self.nonfinite_steps += 1
                     log.warning("step %d: non-finite task gradient; applying the naive mean for this step", self.step)
                     combined = [g.mean(0) for g in self._task_grads]
@@ -205,8 +212,10 @@ class GradientMethod(Callback):
                     if param.grad is not None:
                         param.grad.div_(len(self.task_names))
                 self._unfilled = [True] * len(self.task_names)
+                self.reached = [[False] * len(self._params) for _ in self.task_names]
                 self._gram = None
-            logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
+            if logged or combined_nonfinite:  # on logging steps, and whenever a step fell back
+                logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:
             pl_module.log_dict(logged, on_step=True, batch_size=1)
         self.step += 1

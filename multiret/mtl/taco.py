@@ -14,7 +14,9 @@ the lower middle value for an even count.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import lightning as L
@@ -56,30 +58,32 @@ def taco_combine(
     return (weights * task_grads).sum(0) / num_tasks, new_ema
 
 
-def touched_rows(grads: torch.Tensor) -> torch.Tensor:
-    """Indices of the rows (first dimension after the task one) where any task's gradient is non-zero."""
-    touched = torch.zeros(grads.shape[1], dtype=torch.bool, device=grads.device)
-    for task_rows in grads.reshape(grads.shape[0], grads.shape[1], -1):
-        touched |= (task_rows.amax(dim=1) > 0) | (task_rows.amin(dim=1) < 0)
-    return touched.nonzero().squeeze(1)
+def touched_rows(grads: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Of a table's ``(T, V, …)`` task gradients: the indices of the rows where any task's gradient is
+    non-zero, and per task the number of rows where its own gradient is zero."""
+    touched = torch.stack([(rows.amax(dim=1) > 0) | (rows.amin(dim=1) < 0)
+                           for rows in grads.reshape(grads.shape[0], grads.shape[1], -1)])
+    return touched.any(dim=0).nonzero().squeeze(1), (grads.shape[1] - touched.sum(dim=1)).tolist()
 
 
 MIN_EXPONENT = -40.0  # exp(-40) ≈ 4.2e-18
 
 
-def softmax_weighted_sum(ema: torch.Tensor, grads: torch.Tensor, tau: float, out: torch.Tensor) -> None:
-    """``out = Σ_t softmax_t(Ī_t / τ) g_t`` for one block, written as ``Σ_t e_t g_t / Σ_t e_t`` with
-    ``e_t = exp((Ī_t − max_u Ī_u) / τ)``: the same weights, with a few passes fewer than softmax then product.
+def softmax_weighted_sum(ema: torch.Tensor, grads: torch.Tensor, scale: float, out: torch.Tensor) -> None:
+    """``out = Σ_t softmax_t(scale · Ī_t) g_t`` for one block, written as ``Σ_t e_t g_t / Σ_t e_t`` with
+    ``e_t = exp(scale · (Ī_t − max_u Ī_u))``: the same weights, with a few passes fewer than softmax then product.
+    (Scaling after the subtraction matters: ``scale·Ī_t − scale·max`` loses the difference of
+    two large, close values to rounding, and the exponent of the largest may come out above 0.)
 
     Exponents below ``MIN_EXPONENT`` are raised to it: such a weight is below 5e-18 of the
     largest one either way (far under float32 resolution), while on a CPU the exp of very
     negative inputs, and products that fall into denormal numbers, are tens of times slower
     (median-normalised scores reach thousands when a task's median importance is 0).
     """
-    top = ema[0] if len(ema) == 1 else torch.maximum(ema[0], ema[1])
+    top = ema[0].clone() if len(ema) == 1 else torch.maximum(ema[0], ema[1])
     for row in ema[2:]:
         torch.maximum(top, row, out=top)
-    exps = torch.sub(ema, top).mul_(1.0 / tau).clamp_(min=MIN_EXPONENT).exp_()
+    exps = torch.sub(ema, top).mul_(scale).clamp_(min=MIN_EXPONENT).exp_()
     torch.mul(exps[0], grads[0], out=out)
     total = exps[0] if len(exps) == 1 else torch.add(exps[0], exps[1])
     for task in range(1, len(exps)):
@@ -89,37 +93,109 @@ def softmax_weighted_sum(ema: torch.Tensor, grads: torch.Tensor, tau: float, out
     out.div_(total)
 
 
-COUNT_ZEROS_ABOVE = 1 << 22  # parameters from which counting zeros (to skip a median of 0) pays for itself
+BATCHED_MEDIANS_UP_TO = 1 << 22  # parameters up to which every task's importances go into one (T, P) tensor
 BLOCK = 1 << 16  # elements per fused block: a block's T-row temporaries stay in the CPU cache
+LAG_LIMIT = 2.0**24  # the largest β^-lag by which the stored EMA may run ahead of the real one
 
 
-def blocks(size: int) -> range:
-    """Start offsets of the fused blocks of a flat tensor."""
-    return range(0, size, BLOCK)
+class ParameterBlocks:
+    """Parameters read as one flat vector, block by block, without concatenating them each step.
+
+    A parameter of at least half a block is cut into blocks that are views of it; smaller ones
+    (biases, norms) are grouped into blocks that are copied together.
+    """
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = params
+        self.plan: list[tuple[int, int, list[tuple[int, int, int]]]] = []  # (start, end, [(param, from, to)])
+        group: list[tuple[int, int, int]] = []
+        offset = group_start = 0
+        for i, param in enumerate(params):
+            size = param.numel()
+            if size >= BLOCK // 2:
+                if group:
+                    self.plan.append((group_start, offset, group))
+                    group = []
+                self.plan += [(offset + a, offset + min(a + BLOCK, size), [(i, a, min(a + BLOCK, size))])
+                              for a in range(0, size, BLOCK)]
+            else:
+                if not group:
+                    group_start = offset
+                group.append((i, 0, size))
+                if offset + size - group_start >= BLOCK:
+                    self.plan.append((group_start, offset + size, group))
+                    group = []
+            offset += size
+        if group:
+            self.plan.append((group_start, offset, group))
+        self.numel = offset
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        for start, end, pieces in self.plan:
+            views = [self.params[i].detach().reshape(-1)[a:b] for i, a, b in pieces]
+            yield start, end, views[0] if len(views) == 1 else torch.cat(views)
 
 
-def table_segment(
-    theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A table's segment for the rule: its touched rows, or the whole table as one flat segment when
-    most rows are touched (then gathering and scattering rows would cost more than it saves)."""
-    index = touched_rows(grads)
+def flat_blocks(theta: torch.Tensor | ParameterBlocks) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(start, end, θ[start:end])`` over a flat vector or a :class:`ParameterBlocks`."""
+    if isinstance(theta, ParameterBlocks):
+        yield from theta
+        return
+    for start in range(0, theta.numel(), BLOCK):
+        yield start, min(start + BLOCK, theta.numel()), theta[start : start + BLOCK]
+
+
+@dataclass
+class Segment:
+    """Part of the model the rule sweeps as flat columns: θ (``n``), task gradients and stored EMA ``(T, n)``.
+
+    For an embedding table worked on only at its touched rows, ``grads``/``ema`` are gathered
+    copies of those rows, ``table`` is the table's full ``(θ, g, Ī)`` and ``index`` its touched
+    rows; ``untouched[t]`` counts the entries where task t's gradient is known to be zero.
+    """
+
+    theta: torch.Tensor | ParameterBlocks
+    grads: torch.Tensor
+    ema: torch.Tensor
+    untouched: list[int]
+    table: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    index: torch.Tensor | None = None
+    importance: torch.Tensor | None = None  # |θ ⊙ g| (T, n) when the medians already computed it
+
+    @property
+    def numel(self) -> int:
+        return self.grads.shape[1]
+
+    @cached_property
+    def blocks(self) -> list[tuple[int, int, torch.Tensor]]:
+        """``(start, end, θ block)`` for this step (grouped small parameters are copied once, not per pass)."""
+        return list(flat_blocks(self.theta))
+
+
+def table_segment(theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor) -> Segment:
+    """A table's segment: its touched rows, or the whole table as one flat segment when most rows are
+    touched (then gathering and scattering rows would cost more than it saves)."""
+    index, untouched = touched_rows(grads)
+    row_size = theta[0].numel()
+    untouched = [rows * row_size for rows in untouched]
+    num_tasks = grads.shape[0]
     if 2 * index.numel() > grads.shape[1]:
-        return theta.reshape(-1), grads.reshape(grads.shape[0], -1), ema.view(ema.shape[0], -1), None
-    return theta, grads, ema, index
+        return Segment(theta.reshape(-1), grads.reshape(num_tasks, -1), ema.view(num_tasks, -1), untouched)
+    return Segment(theta.index_select(0, index).reshape(-1), gather_rows(grads, index), gather_rows(ema, index),
+                   untouched, table=(theta, grads, ema), index=index)
 
 
 def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values[:, index]`` flattened to ``(T, n)``, one task at a time (each task's table is contiguous, the stack is not)."""
-    return torch.stack([task_values.index_select(0, index).reshape(-1) for task_values in values])
+    """``values[:, index]`` flattened to ``(T, n)``."""
+    return values[:, index].reshape(values.shape[0], -1)
 
 
-def decay_(ema: torch.Tensor, beta: float, generator: torch.Generator | None) -> None:
-    """``Ī ← β Ī`` in place (stochastically rounded for a bf16 EMA)."""
+def decay_(ema: torch.Tensor, factor: float, generator: torch.Generator | None) -> None:
+    """``Ī ← factor · Ī`` in place (stochastically rounded for a bf16 EMA)."""
     if ema.dtype == torch.bfloat16:
-        ema.copy_(stochastic_round_bf16(ema.float().mul_(beta), generator))
+        ema.copy_(stochastic_round_bf16(ema.float().mul_(factor), generator))
     else:
-        ema.mul_(beta)
+        ema.mul_(factor)
 
 
 EMA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -135,7 +211,7 @@ def stochastic_round_bf16(values: torch.Tensor, generator: torch.Generator | Non
     return ((values.view(torch.int32) + noise) & -65536).view(torch.float32).to(torch.bfloat16)
 
 
-def task_medians(rows: Callable[[int, torch.Tensor, torch.Tensor], None], sizes: list[int], num_tasks: int,
+def task_medians(rows: Callable[[int, int, torch.Tensor], None], sizes: list[int], num_tasks: int,
                  like: torch.Tensor) -> torch.Tensor:
     """Median over all parameters of each task's row; ``rows(task, index, out)`` fills one tensor's slice.
 
@@ -153,7 +229,15 @@ def task_medians(rows: Callable[[int, torch.Tensor, torch.Tensor], None], sizes:
 
 
 class TACO(GradientMethod):
-    """The TACO rule applied per parameter tensor; equals :func:`taco_combine` on the flattened model."""
+    """The TACO rule applied per parameter tensor; equals :func:`taco_combine` on the flattened model.
+
+    The EMA is stored as ``Ī · β^-lag`` (``self.ema``; :meth:`importance_ema` gives ``Ī``):
+    then the update ``Ī ← β Ī + (1 − β) I`` is ``stored += (1 − β) β^-lag I`` with ``lag``
+    one more than the step before, so the entries a step does not touch (the unused rows of an
+    embedding table) cost nothing, and no step makes a separate decay pass. When ``β^-lag``
+    would pass ``LAG_LIMIT`` (every ~16,600 steps at β = 0.999) the stored values are decayed
+    for real and ``lag`` starts again from 0.
+    """
 
     name = "taco"
 
@@ -184,16 +268,27 @@ class TACO(GradientMethod):
         self.normalize = normalize
         self.warmup_ratio = warmup_ratio
         self.ema: list[torch.Tensor] = []
+        self.lag = 0
         self._flat_ema: torch.Tensor | None = None
+        self._dense: ParameterBlocks | None = None
+        self._outputs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._zero_median_warned: set[str] = set()
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
         self._flat_ema, self.ema = task_tensors(params, self.row_sparse, num_tasks, self.ema_dtype)
+        self.lag = 0
+        self._dense = ParameterBlocks([p for p, sparse in zip(params, self.row_sparse) if not sparse])
+        self._outputs = {}
         device = params[0].device if params else torch.device("cpu")
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
 
     def warmup_steps(self, max_steps: int) -> int:
         return int(self.warmup_ratio * max_steps)
+
+    def importance_ema(self) -> list[torch.Tensor]:
+        """The importance EMA ``Ī`` per parameter tensor (``(T, *shape)``, in the compute dtype)."""
+        factor = self.beta**self.lag
+        return [e.to(self._compute_dtype()) * factor for e in self.ema]
 
     def combine(
         self, task_grads: list[torch.Tensor], params: list[torch.nn.Parameter], trainer: L.Trainer
@@ -202,15 +297,18 @@ class TACO(GradientMethod):
         in_warmup = self.step < self.warmup_steps(trainer.max_steps)
         if self._flat_ema is None or self._flat_task_grads is None or task_grads is not self._task_grads:
             return self.apply_rule(task_grads, params, in_warmup, self.row_sparse)
-        dense = [p for p, sparse in zip(params, self.row_sparse) if not sparse]
-        size = sum(p.numel() for p in dense)
-        segments = []
+        size = self._dense.numel
+        segments, keys = [], []
         if size:
-            theta = torch.cat([p.detach().reshape(-1) for p in dense])
-            segments.append((theta, self._flat_task_grads[:, :size], self._flat_ema[:, :size], None))
-        tables = [table_segment(p.detach(), g, e) for p, g, e, sparse in zip(params, task_grads, self.ema, self.row_sparse)
-                  if sparse]
-        outputs = self._rule(segments + tables, in_warmup)
+            unreached = [sum(p.numel() for p, sparse, hit in zip(params, self.row_sparse, reached)
+                             if not sparse and not hit) for reached in self.reached]
+            segments.append(Segment(self._dense, self._flat_task_grads[:, :size], self._flat_ema[:, :size], unreached))
+            keys.append(-1)
+        for i, (p, g, e, sparse) in enumerate(zip(params, task_grads, self.ema, self.row_sparse)):
+            if sparse:
+                segments.append(table_segment(p.detach(), g, e))
+                keys.append(i)
+        outputs = self._rule(segments, in_warmup, keys)
         if outputs is None:
             return None
         flat, table_outputs = (outputs[0], iter(outputs[1:])) if size else (None, iter(outputs))
@@ -235,155 +333,190 @@ class TACO(GradientMethod):
         num_tasks = task_grads[0].shape[0]
         segments = [
             table_segment(p.detach(), g, e) if sparse else
-            (p.detach().reshape(-1), g.reshape(num_tasks, -1), e.view(num_tasks, -1), None)
+            Segment(p.detach().reshape(-1), g.reshape(num_tasks, -1), e.view(num_tasks, -1), [0] * num_tasks)
             for p, g, e, sparse in zip(params, task_grads, self.ema, row_sparse or [False] * len(params))
         ]
         outputs = self._rule(segments, in_warmup)
         return None if outputs is None else [out.view(p.shape) for out, p in zip(outputs, params)]
 
-    def _rule(self, segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
-              in_warmup: bool) -> list[torch.Tensor] | None:
-        """The TACO step over ``(θ, g, Ī, rows)`` segments: flat ``θ (n)``, ``g``/``Ī (T, n)`` with ``rows`` None,
-        or a table ``θ (V, …)``, ``g``/``Ī (T, V, …)`` and the indices of its touched rows.
+    def _rule(self, segments: list[Segment], in_warmup: bool, keys: list[int] | None = None) -> list[torch.Tensor] | None:
+        """The TACO step over flat segments; returns one combined gradient per segment (a table's in its shape).
 
-        Two passes. The first finds each task's median importance (it needs every parameter).
-        The second works block by block, so that importance, EMA update, softmax and weighted
-        sum of a block are computed while it is in cache: memory traffic is what the rule
-        costs on a CPU. Of a table only the touched rows are worked on: elsewhere every task
-        gradient is exactly zero, so the importance is zero (counted into the median, never
-        written), the EMA only decays, and the combined gradient is zero — the dense rule's
-        result at the cost of the touched rows.
+        First the factor of each task's importance in the EMA update (:meth:`_ema_weights`: the
+        medians need every parameter). Then block by block, so that importance, EMA update,
+        softmax and weighted sum of a block are computed while it is in cache: memory traffic
+        is what the rule costs on a CPU. Of a table only the touched rows are worked on:
+        elsewhere every task gradient is exactly zero, so the importance is zero (counted into
+        the median, never written), the EMA only decays (free in the lagged storage) and the
+        combined gradient is zero. ``keys`` name segments whose output buffers are kept from
+        step to step (fresh large allocations cost page faults on every step).
         """
-        num_tasks = segments[0][1].shape[0]
-        parts = [
-            (theta, grads) if index is None else
-            (theta.index_select(0, index).reshape(-1), gather_rows(grads, index))
-            for theta, grads, _, index in segments
-        ]
-        weights = self._ema_weights(parts, sum(theta.numel() for theta, _, _, _ in segments))
+        num_tasks = segments[0].grads.shape[0]
+        weights = self._ema_weights(segments, sum(self._size(segment) for segment in segments))
         if weights is None:
             return None
+        weights *= self._advance_lag(segments)
         fused = self.normalize and not in_warmup
-        outputs, updated = [], []
-        for (theta, grads, ema, index), (theta_rows, grads_rows) in zip(segments, parts):
-            if index is None:
-                ema_rows = ema
-            else:
-                decay_(ema, self.beta, self.generator)  # untouched rows only decay; touched ones are updated below
-                ema_rows = gather_rows(ema, index)
-            out = torch.empty_like(theta_rows) if fused else None
-            for start in blocks(theta_rows.numel()):
-                end = start + BLOCK
-                block = self._update_block(theta_rows[start:end], grads_rows[:, start:end], ema_rows[:, start:end],
-                                           weights, decay=index is None)
+        score_scale = self.beta**self.lag / self.tau
+        outputs = []
+        for position, segment in enumerate(segments):
+            out = self._output_rows(segment, keys[position] if keys else None) if fused else None
+            for start, end, theta in segment.blocks:
+                importance = None if segment.importance is None else segment.importance[:, start:end]
+                block = self._update_block(theta, segment.grads[:, start:end], segment.ema[:, start:end], weights,
+                                           importance)
                 if out is not None:
-                    softmax_weighted_sum(block, grads_rows[:, start:end], self.tau, out[start:end])
-            if index is not None:
-                for task_ema, task_rows in zip(ema, ema_rows):
-                    task_ema.index_copy_(0, index, task_rows.view(index.numel(), *ema.shape[2:]))
+                    softmax_weighted_sum(block, segment.grads[:, start:end], score_scale, out[start:end])
+            if segment.index is not None:
+                _, _, table_ema = segment.table
+                for task_ema, task_rows in zip(table_ema, segment.ema):
+                    task_ema.index_copy_(0, segment.index, task_rows.view(segment.index.numel(), *table_ema.shape[2:]))
             if out is not None:
-                outputs.append(self._place(out.div_(num_tasks), theta, index))
-            updated.append(ema_rows)
+                outputs.append(self._place(out.div_(num_tasks), segment, keys[position] if keys else None))
         if in_warmup:
-            return [grads.sum(0).div_(num_tasks) for _, grads, _, _ in segments]
+            return [(s.table[1] if s.table else s.grads).sum(0).div_(num_tasks) for s in segments]
         if fused:
             return outputs
         scale = self._ema_scale()
-        return [self._place(self._weighted(ema_rows, grads_rows, scale), theta, index)
-                for (theta, _, _, index), (_, grads_rows), ema_rows in zip(segments, parts, updated)]
-
-    def _ema_weights(self, parts: list[tuple[torch.Tensor, torch.Tensor]], total: int) -> torch.Tensor | None:
-        """From flat ``(θ, g (T, n))`` pairs of ``total`` parameters in all: per task, the factor of its importance in the EMA update: ``(1 − β) / (median_j I_tj + eps)`` if normalising.
-
-        None if any importance is not finite (checked on the same pass that counts zeros).
-
-        Importances are ≥ 0, so zeros sort first: when the zeros (untouched rows included) fill
-        the middle position the median is 0 with no selection — MiniLM's word embeddings are half
-        its parameters and most rows get no gradient. Otherwise the importances are written
-        into one reused P-vector, zero-padded for the untouched rows, and ``torch.median`` runs.
-        Below ``COUNT_ZEROS_ABOVE`` parameters the median is always taken, for all tasks at once
-        (:meth:`_small_model_weights`: cheap there, and counting would cost about as much).
-        """
-        num_tasks = parts[0][1].shape[0]
-        dtype = self._compute_dtype()
-        device = self.ema[0].device
-        weights = torch.full((num_tasks,), 1.0 - self.beta, dtype=torch.float64)
-        if self.normalize and total <= COUNT_ZEROS_ABOVE:
-            return self._small_model_weights(parts, total, weights)
-        middle = (total - 1) // 2  # torch.median's (lower) middle position
-        zeros = torch.full((num_tasks,), total, dtype=torch.int64, device=device)
-        checksum = torch.zeros((), dtype=torch.float64, device=device)
-        for theta, grads in parts:
-            for start in blocks(theta.numel()):
-                importance = theta[start : start + BLOCK] * grads[:, start : start + BLOCK]
-                checksum += importance.sum()
-                if self.normalize:
-                    zeros -= torch.count_nonzero(importance, dim=1)
-        if not bool(torch.isfinite(checksum)):
-            return None
-        if not self.normalize:
-            return weights.to(device=device, dtype=dtype)
-        buffer: torch.Tensor | None = None
-        for task, task_zeros in enumerate(zeros.tolist()):
-            if middle < task_zeros:
-                median, zero_share = 0.0, task_zeros / total
-            else:
-                if buffer is None:
-                    buffer = torch.zeros(total, dtype=dtype, device=device)
-                offset = 0
-                for theta, grads in parts:
-                    torch.mul(theta, grads[task], out=buffer[offset : offset + theta.numel()]).abs_()
-                    offset += theta.numel()
-                median = float(buffer.median())
-                zero_share = 1.0 - float(torch.count_nonzero(buffer)) / total if median == 0.0 else 0.0
-            if median == 0.0:
-                self._warn_zero_median(task, zero_share)
-            weights[task] /= median + EPS
-        return weights.to(device=device, dtype=dtype)
-
-    def _small_model_weights(self, parts: list[tuple[torch.Tensor, torch.Tensor]], total: int,
-                             weights: torch.Tensor) -> torch.Tensor | None:
-        """:meth:`_ema_weights` below ``COUNT_ZEROS_ABOVE`` parameters: every task's importances in one
-        ``(T, P)`` tensor (zero-padded for untouched rows), checked and reduced to medians in one call each."""
-        num_tasks = parts[0][1].shape[0]
-        importances = torch.zeros((num_tasks, total), dtype=self._compute_dtype(), device=self.ema[0].device)
-        offset = 0
-        for theta, grads in parts:
-            torch.mul(theta, grads, out=importances[:, offset : offset + theta.numel()])
-            offset += theta.numel()
-        if not bool(torch.isfinite(importances.abs_().sum())):
-            return None
-        medians = importances.median(dim=1).values.double().cpu()
-        for task in torch.nonzero(medians == 0).flatten().tolist():
-            self._warn_zero_median(task, 1.0 - float(torch.count_nonzero(importances[task])) / total)
-        return (weights / (medians + EPS)).to(device=importances.device, dtype=importances.dtype)
-
-    def _update_block(self, theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor, weights: torch.Tensor,
-                      decay: bool) -> torch.Tensor:
-        """``Ī ← β Ī + w_t |θ ⊙ g_t|`` on one block (in place); returns the block's new EMA in the compute dtype."""
-        importance = (theta * grads).abs_()
-        if ema.dtype == torch.bfloat16:
-            exact = ema.float()
-            if decay:
-                exact.mul_(self.beta)
-            ema.copy_(stochastic_round_bf16(exact.addcmul_(importance, weights.view(-1, 1)), self.generator))
-            return ema.float()
-        if decay:
-            ema.mul_(self.beta)
-        return ema.addcmul_(importance, weights.view(-1, 1))
+        return [self._place(self._weighted(s.ema, s.grads, scale), s, keys[i] if keys else None)
+                for i, s in enumerate(segments)]
 
     @staticmethod
-    def _place(rows_value: torch.Tensor, theta: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        """A segment's combined gradient from the values of its rows: all of them, or only the touched ones (zero elsewhere)."""
-        if index is None:
-            return rows_value.view(theta.shape)
-        out = torch.zeros_like(theta)
-        out.index_copy_(0, index, rows_value.view(index.numel(), *theta.shape[1:]))
+    def _size(segment: Segment) -> int:
+        """Parameters a segment stands for (a table's untouched rows included)."""
+        return segment.table[0].numel() if segment.table else segment.numel
+
+    def _advance_lag(self, segments: list[Segment]) -> float:
+        """``β^-lag`` for this step's update, with ``lag`` one step further; when that would pass
+        ``LAG_LIMIT`` the stored EMA (and the table rows gathered from it) is first multiplied by
+        ``β^(lag + 1)`` (the real decay) and lag restarts at 0."""
+        if self.beta > 0 and self.beta ** -(self.lag + 1) <= LAG_LIMIT:
+            self.lag += 1
+            return self.beta**-self.lag
+        factor = self.beta ** (self.lag + 1)
+        for ema in self.ema + [segment.ema for segment in segments if segment.index is not None]:
+            decay_(ema, factor, self.generator)
+        self.lag = 0
+        return 1.0
+
+    def _output_rows(self, segment: Segment, key: int | None) -> torch.Tensor:
+        """Where a segment's combined gradient is written: a kept buffer for the flat parameters, else a new one."""
+        if key == -1:
+            out, _ = self._outputs.get(key, (None, None))
+            if out is None or out.shape[0] != segment.numel:
+                out = torch.empty(segment.numel, dtype=segment.grads.dtype, device=segment.grads.device)
+                self._outputs[key] = (out, None)
+            return out
+        return torch.empty(segment.numel, dtype=segment.grads.dtype, device=segment.grads.device)
+
+    def _place(self, rows_value: torch.Tensor, segment: Segment, key: int | None) -> torch.Tensor:
+        """A segment's combined gradient from the values of its rows: all of them, or only the touched ones.
+
+        A table's gradient is zero off the touched rows. Its kept buffer is zero except at the
+        rows written the step before (only in-place scaling, e.g. clipping, touches a gradient
+        after it is handed over), so only those rows are cleared.
+        """
+        if segment.index is None:
+            return rows_value.view(segment.theta.shape) if isinstance(segment.theta, torch.Tensor) else rows_value
+        theta = segment.table[0]
+        out, previous = self._outputs.get(key, (None, None)) if key is not None else (None, None)
+        if out is None:
+            out = torch.zeros_like(theta)
+        elif previous is None:
+            out.zero_()
+        else:
+            out.index_fill_(0, previous, 0.0)
+        out.index_copy_(0, segment.index, rows_value.view(segment.index.numel(), *theta.shape[1:]))
+        if key is not None:
+            self._outputs[key] = (out, segment.index)
         return out
 
+    def _ema_weights(self, segments: list[Segment], total: int) -> torch.Tensor | None:
+        """Per task, the factor of its importance in the EMA update: ``(1 − β) / (median_j I_tj + eps)`` if
+        normalising; None if any importance is not finite.
+
+        Finiteness: a non-finite ``θ_j g_tj`` makes ``Σ_j θ_j g_tj`` non-finite, and that sum is
+        one matrix-vector product per block (a finite sum that overflows float range also counts).
+        Medians: importances are ≥ 0, so when the entries known to be zero (untouched table
+        rows, parameters the task's backward did not reach) fill the middle position the median
+        is 0 with no selection (MiniLM: its word embeddings are half its parameters and most
+        rows get no gradient). Otherwise the importances go into a zero-padded buffer for
+        ``torch.median``: one ``(T, P)`` tensor up to ``BATCHED_MEDIANS_UP_TO`` parameters, one
+        reused P-vector per task above.
+        """
+        num_tasks = segments[0].grads.shape[0]
+        device = segments[0].grads.device
+        checksum = torch.zeros((), dtype=torch.float64, device=device)
+        for segment in segments:
+            for start, end, theta in segment.blocks:
+                checksum += torch.mv(segment.grads[:, start:end], theta).sum()
+        if not bool(torch.isfinite(checksum)):
+            return None
+        dtype = self._compute_dtype()
+        weights = torch.full((num_tasks,), 1.0 - self.beta, dtype=torch.float64)
+        if not self.normalize:
+            return weights.to(device=device, dtype=dtype)
+        middle = (total - 1) // 2  # torch.median's (lower) middle position
+        known_zeros = [sum(segment.untouched[task] for segment in segments) for task in range(num_tasks)]
+        pending = [task for task in range(num_tasks) if known_zeros[task] <= middle]
+        for task in range(num_tasks):
+            if task not in pending:
+                self._warn_zero_median(task, known_zeros[task] / total)
+                weights[task] /= EPS
+        if pending:
+            medians, zero_shares = self._median_importance(segments, total, pending)
+            for task, median, zero_share in zip(pending, medians, zero_shares):
+                if median == 0.0:
+                    self._warn_zero_median(task, zero_share)
+                weights[task] /= median + EPS
+        return weights.to(device=device, dtype=dtype)
+
+    def _median_importance(self, segments: list[Segment], total: int, tasks: list[int]
+                           ) -> tuple[list[float], list[float]]:
+        """Each listed task's median importance over all ``total`` parameters (untouched rows as zeros), and
+        where it is 0, the share of zeros."""
+        dtype, device = self._compute_dtype(), segments[0].grads.device
+        batched = total <= BATCHED_MEDIANS_UP_TO
+        groups = [tasks] if batched else [[task] for task in tasks]
+        buffer = torch.zeros((len(groups[0]), total), dtype=dtype, device=device)
+        medians, zero_shares = [], []
+        for group in groups:
+            rows = torch.tensor(group, device=device)
+            offset = 0
+            for segment in segments:
+                if len(group) == segment.grads.shape[0]:
+                    grads = segment.grads
+                elif len(group) == 1:
+                    grads = segment.grads[group[0] : group[0] + 1]
+                else:
+                    grads = segment.grads.index_select(0, rows)
+                for start, end, theta in segment.blocks:
+                    torch.mul(theta, grads[:, start:end], out=buffer[:, offset + start : offset + end])
+                if batched and len(group) == segment.grads.shape[0]:
+                    segment.importance = buffer[:, offset : offset + segment.numel]
+                offset += segment.numel
+            values = buffer.abs_().median(dim=1).values.double().cpu().tolist()
+            medians += values
+            zero_shares += [1.0 - float(torch.count_nonzero(row)) / total if value == 0.0 else 0.0
+                            for row, value in zip(buffer, values)]
+        return medians, zero_shares
+
+    def _update_block(self, theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor, weights: torch.Tensor,
+                      importance: torch.Tensor | None) -> torch.Tensor:
+        """``stored += w_t |θ ⊙ g_t|`` on one block (in place; the importance given or computed); returns the block's
+        stored EMA in the compute dtype."""
+        if importance is None:
+            importance = (theta * grads).abs_()
+        if ema.dtype == torch.bfloat16:
+            exact = ema.float().addcmul_(importance, weights.view(-1, 1))
+            ema.copy_(stochastic_round_bf16(exact, self.generator))
+            return ema.float()
+        return ema.addcmul_(importance, weights.view(-1, 1))
+
     def _weighted(self, ema: torch.Tensor, grads: torch.Tensor, ema_scale: torch.Tensor) -> torch.Tensor:
-        """``Σ_t softmax_t(s_t) g_t / T`` on flat ``(T, n)`` rows, ``s_t = Ī_t / scale_t / τ`` (the un-normalised variant's scores)."""
-        ema = ema.to(self._compute_dtype())
+        """``Σ_t softmax_t(s_t) g_t / T`` on flat ``(T, n)`` rows of the stored EMA, ``s_t = Ī_t / scale_t / τ``
+        (the un-normalised variant's scores)."""
+        ema = ema.to(self._compute_dtype()) * self.beta**self.lag
         scores = ema / ema_scale.view((-1,) + (1,) * (ema.dim() - 1)) / self.tau
         weights = torch.softmax(scores, dim=0).to(grads.dtype)
         return weights.mul_(grads).sum(0).div_(grads.shape[0])
@@ -395,10 +528,10 @@ class TACO(GradientMethod):
             return
         self._zero_median_warned.add(name)
         log.warning(
-            "TACO: the median importance of task %s is 0 (%.0f%% of the parameters got no gradient from it, e.g. "
-            "embedding rows its batch did not use), so its importance is divided by eps=1e-12 and the task weights "
-            "of most parameters become nearly 0 or 1 (the rule as published, in a regime it was not tuned for). "
-            "method.parameters can restrict the rule to parameters every task reaches, e.g. ['^(?!.*embeddings)']",
+            "TACO: the median importance of task %s is 0 (at least %.0f%% of the parameters got no gradient from it, "
+            "e.g. embedding rows its batch did not use), so its importance is divided by eps=1e-12 and the task "
+            "weights of most parameters become nearly 0 or 1 (the rule as published, in a regime it was not tuned "
+            "for). method.parameters can restrict the rule to parameters every task reaches, e.g. ['^(?!.*embeddings)']",
             name, 100 * zero_share,
         )
 
@@ -408,8 +541,7 @@ class TACO(GradientMethod):
         scale = None if self.normalize else self._ema_scale()
         counts = torch.zeros(num_tasks, dtype=torch.float64)
         total = 0
-        for ema in self.ema:
-            ema = ema.to(self._compute_dtype())
+        for ema in self.importance_ema():
             scores = ema / self.tau if scale is None else ema / scale.view((-1,) + (1,) * (ema.dim() - 1)) / self.tau
             best, owner = torch.softmax(scores, dim=0).reshape(num_tasks, -1).max(dim=0)
             counts += torch.bincount(owner[best > 0.5].cpu(), minlength=num_tasks).double()
@@ -426,15 +558,24 @@ class TACO(GradientMethod):
             out.copy_(self.ema[index][task].flatten())
 
         like = torch.empty(0, dtype=self._compute_dtype(), device=self.ema[0].device)
-        return task_medians(ema_row, [e[0].numel() for e in self.ema], self.ema[0].shape[0], like) + EPS
+        stored = task_medians(ema_row, [e[0].numel() for e in self.ema], self.ema[0].shape[0], like)
+        return stored * self.beta**self.lag + EPS
 
     def extra_state(self) -> dict[str, Any]:
-        return {"ema": [e.detach().cpu().clone() for e in self.ema], "generator": self.generator.get_state()}
+        return {"ema_stored": [e.detach().cpu().clone() for e in self.ema], "ema_lag": self.lag, "beta": self.beta,
+                "generator": self.generator.get_state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        saved = state["ema"]
+        saved = state["ema_stored"]
         if len(saved) != len(self.ema) or any(s.shape != e.shape for s, e in zip(saved, self.ema)):
             raise ValueError("checkpoint's TACO importance EMA does not match this model's parameters")
         for ema, value in zip(self.ema, saved):
             ema.copy_(value)
+        self.lag = int(state["ema_lag"])
         self.generator.set_state(state["generator"])
+
+
+def importance_ema_from_state(state: dict[str, Any]) -> list[torch.Tensor]:
+    """The importance EMA ``Ī`` (float32) from a checkpoint's TACO state (stored as ``Ī · β^-lag``)."""
+    factor = state["beta"] ** state["ema_lag"]
+    return [stored.float() * factor for stored in state["ema_stored"]]
