@@ -176,11 +176,18 @@ def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(nor
     for step, touched in enumerate([3, 12, 20, 5, 8]):
         grads = [torch.randn((3, *p.shape), dtype=torch.float64) for p in params]
         grads[1][:, torch.randperm(30)[touched:]] = 0.0  # table rows no task touched
-        for task in range(3):
+        backwards = [0, 0, 1, 2] if step == 2 else [0, 1, 2]  # at step 2 task 0 accumulates two micro-batches
+        for task in backwards:
             module.active_task = task
             method.on_before_backward(trainer, module, torch.tensor(1.0))
             for param, grad in zip(params, grads):
-                param.grad = grad[task].clone()
+                param.grad = grad[task].clone() / backwards.count(task)
+            if step == 2 and task == 0:  # of the table, the first micro-batch touches rows 0-14, the second the rest
+                params[1].grad = grads[1][0].clone()
+                if method._unfilled[0]:
+                    params[1].grad[15:] = 0.0
+                else:
+                    params[1].grad[:15] = 0.0
             if task == 2 and step % 2:  # this task's backward does not reach the linear layer's weight
                 params[2].grad = None
                 grads[2][task] = 0.0

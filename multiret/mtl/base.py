@@ -81,7 +81,9 @@ class GradientMethod(Callback):
     ``select_blocks``) restricts the method to the matching parameters: only they are buffered
     per task and combined by the rule; every other parameter gets the plain mean of its task
     gradients ``Σ_t g_t / T``, with no per-task memory. ``reached[t][i]`` says whether a backward
-    of task t gave parameter i a gradient this step (if not, that task's buffer is all zeros).
+    of task t gave parameter i a gradient this step (if not, that task's buffer is all zeros);
+    for an embedding table, ``filled_rows[t][i]`` holds the rows where task t's buffer may be
+    non-zero (its other rows are zero).
     """
 
     name: str = "base"
@@ -107,6 +109,7 @@ class GradientMethod(Callback):
         self._flat_task_grads: torch.Tensor | None = None
         self._unfilled: list[bool] = []
         self.reached: list[list[bool]] = []
+        self.filled_rows: list[list[torch.Tensor | None]] = []
         self.row_sparse: list[bool] = []
         self._gram: torch.Tensor | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -127,6 +130,7 @@ class GradientMethod(Callback):
             self._flat_task_grads, self._task_grads = task_tensors(self._params, self.row_sparse, count)
             self._unfilled = [True] * count
             self.reached = [[False] * len(self._params) for _ in range(count)]
+            self.filled_rows = [[None] * len(self._params) for _ in range(count)]
         self.task_losses = torch.zeros(count, dtype=torch.float64)
         self._device_losses = torch.zeros(count, device=self._params[0].device if self._params else "cpu")
         self.setup_state(self._params, count)
@@ -167,15 +171,46 @@ class GradientMethod(Callback):
             for i, (buffer, param) in enumerate(zip(self._task_grads, self._params)):
                 if param.grad is None:
                     if first:
-                        buffer[task].zero_()
+                        self._clear(task, i)
                     continue
-                if first:
+                if self.row_sparse[i]:
+                    self._fill_rows(task, i, param.grad, first)
+                elif first:
                     buffer[task].copy_(param.grad)
                 else:
                     buffer[task].add_(param.grad)
                 reached[i] = True
                 param.grad = None
         self._unfilled[task] = False
+
+    def _fill_rows(self, task: int, i: int, grad: torch.Tensor, first: bool) -> None:
+        """Write (or add) an embedding table's gradient into the task's buffer at the rows where it is non-zero.
+
+        A batch touches a few thousand of a vocabulary's rows: copying those, and clearing the
+        ones the buffer held from the step before, replaces a pass over the whole table, and
+        ``filled_rows[task][i]`` tells the method which rows hold the gradient.
+        """
+        flat = grad.reshape(grad.shape[0], -1)
+        rows = ((flat.amax(dim=1) > 0) | (flat.amin(dim=1) < 0)).nonzero().squeeze(1)
+        buffer = self._task_grads[i][task]
+        if first:
+            self._clear(task, i)
+            buffer.index_copy_(0, rows, grad.index_select(0, rows))
+        else:
+            buffer.index_add_(0, rows, grad.index_select(0, rows))
+            rows = torch.cat([self.filled_rows[task][i], rows]).unique()
+        self.filled_rows[task][i] = rows
+
+    def _clear(self, task: int, i: int) -> None:
+        """Zero a task's buffer of parameter i (for a table, only the rows it holds, when they are known)."""
+        rows = self.filled_rows[task][i] if self.filled_rows else None
+        if rows is None:
+            self._task_grads[i][task].zero_()
+        else:
+            self._task_grads[i][task].index_fill_(0, rows, 0.0)
+        if self.row_sparse[i]:
+            self.filled_rows[task][i] = rows[:0] if rows is not None else torch.empty(0, dtype=torch.long,
+                                                                                      device=self._task_grads[i].device)
 
     def _active_task(self, pl_module: L.LightningModule) -> int:
         task = getattr(pl_module, "active_task", None)
@@ -194,8 +229,8 @@ class GradientMethod(Callback):
         if self.needs_task_gradients:
             with torch.no_grad():
                 for task in (t for t, unfilled in enumerate(self._unfilled) if unfilled):
-                    for buffer in self._task_grads:
-                        buffer[task].zero_()  # a task without a backward this step contributes zero
+                    for i in range(len(self._task_grads)):
+                        self._clear(task, i)  # a task without a backward this step contributes zero
                 log_now = self.step % self.log_every_n_steps == 0
                 combined = self.combine(self._task_grads, self._params, trainer)
                 combined_nonfinite = combined is None

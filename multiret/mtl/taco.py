@@ -172,10 +172,16 @@ class Segment:
         return list(flat_blocks(self.theta))
 
 
-def table_segment(theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor) -> Segment:
+def table_segment(theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor,
+                  task_rows: list[torch.Tensor | None] | None = None) -> Segment:
     """A table's segment: its touched rows, or the whole table as one flat segment when most rows are
-    touched (then gathering and scattering rows would cost more than it saves)."""
-    index, untouched = touched_rows(grads)
+    touched (then gathering and scattering rows would cost more than it saves). ``task_rows``: per task,
+    the rows outside which its gradient is known to be zero (else the gradients are scanned)."""
+    if task_rows is None or any(rows is None for rows in task_rows):
+        index, untouched = touched_rows(grads)
+    else:
+        index = torch.cat(task_rows).unique()
+        untouched = [grads.shape[1] - rows.numel() for rows in task_rows]
     row_size = theta[0].numel()
     untouched = [rows * row_size for rows in untouched]
     num_tasks = grads.shape[0]
@@ -306,7 +312,7 @@ class TACO(GradientMethod):
             keys.append(-1)
         for i, (p, g, e, sparse) in enumerate(zip(params, task_grads, self.ema, self.row_sparse)):
             if sparse:
-                segments.append(table_segment(p.detach(), g, e))
+                segments.append(table_segment(p.detach(), g, e, [rows[i] for rows in self.filled_rows]))
                 keys.append(i)
         outputs = self._rule(segments, in_warmup, keys)
         if outputs is None:
