@@ -260,3 +260,22 @@ def test_softmax_weighted_sum_of_large_close_float32_scores_matches_float64():
     taco_module.softmax_weighted_sum(ema, grads, 0.999 / 2, out)
     weights = torch.softmax(ema.double() * (0.999 / 2), dim=0)
     torch.testing.assert_close(out.double(), (weights * grads.double()).sum(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_specialisation_share_matches_a_plain_softmax(normalize, monkeypatch):
+    monkeypatch.setattr(taco_module, "BLOCK", 64)  # several blocks per tensor
+    torch.manual_seed(4)
+    params = [torch.zeros(30, 7), torch.zeros(50)]
+    method = TACO(beta=0.9, tau=0.5, normalize=normalize)
+    method.task_names = ["a", "b", "c"]
+    method.setup_state(params, num_tasks=3)
+    for ema in method.ema:
+        ema.copy_(torch.rand(ema.shape) * 3)
+    method.lag = 2
+    ema = torch.cat([e.flatten(1) for e in method.importance_ema()], dim=1)
+    scale = 1.0 if normalize else ema.median(dim=1, keepdim=True).values + 1e-12
+    best, owner = torch.softmax(ema / scale / 0.5, dim=0).max(dim=0)
+    expected = {f"mtl/taco/specialised/{n}": float(((owner == t) & (best > 0.5)).sum()) / ema.shape[1]
+                for t, n in enumerate("abc")}
+    assert method.log_values() == pytest.approx(expected)

@@ -542,17 +542,30 @@ class TACO(GradientMethod):
         )
 
     def log_values(self) -> dict[str, float]:
-        """Per task, the share of parameters whose largest task weight (> 0.5) is that task's: specialisation."""
+        """Per task, the share of parameters whose largest task weight (> 0.5) is that task's: specialisation.
+
+        Block by block with the rule's clamped exponents: the largest weight of a parameter is
+        ``1 / Σ_t e_t`` (its own ``e`` is 1), so it exceeds 0.5 exactly when ``Σ_t e_t < 2``.
+        """
         num_tasks = len(self.task_names)
-        scale = None if self.normalize else self._ema_scale()
-        counts = torch.zeros(num_tasks, dtype=torch.float64)
+        factor = self.beta**self.lag / self.tau
+        per_task = None if self.normalize else (factor / self._ema_scale()).view(-1, 1)
+        counts = torch.zeros(num_tasks, dtype=torch.long, device=self.ema[0].device)
         total = 0
-        for ema in self.importance_ema():
-            scores = ema / self.tau if scale is None else ema / scale.view((-1,) + (1,) * (ema.dim() - 1)) / self.tau
-            best, owner = torch.softmax(scores, dim=0).reshape(num_tasks, -1).max(dim=0)
-            counts += torch.bincount(owner[best > 0.5].cpu(), minlength=num_tasks).double()
-            total += best.numel()
-        return {f"mtl/taco/specialised/{n}": float(c / total) for n, c in zip(self.task_names, counts)}
+        for ema in self.ema:
+            flat = ema.view(num_tasks, -1)
+            for start in range(0, flat.shape[1], BLOCK):
+                block = flat[:, start : start + BLOCK].to(self._compute_dtype())
+                if per_task is not None:
+                    block = block * per_task
+                top, owner = block.max(dim=0)
+                exponents = torch.sub(block, top)
+                if per_task is None:
+                    exponents.mul_(factor)  # scaled after the subtraction, as in the rule
+                mass = exponents.clamp_(min=MIN_EXPONENT).exp_().sum(dim=0)
+                counts += torch.bincount(owner[mass < 2.0], minlength=num_tasks)
+            total += flat.shape[1]
+        return {f"mtl/taco/specialised/{n}": float(c) / total for n, c in zip(self.task_names, counts.tolist())}
 
     def _compute_dtype(self) -> torch.dtype:
         """Arithmetic runs in the EMA's dtype, or float32 for a bf16 EMA."""
