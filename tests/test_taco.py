@@ -279,3 +279,24 @@ def test_specialisation_share_matches_a_plain_softmax(normalize, monkeypatch):
     expected = {f"mtl/taco/specialised/{n}": float(((owner == t) & (best > 0.5)).sum()) / ema.shape[1]
                 for t, n in enumerate("abc")}
     assert method.log_values() == pytest.approx(expected)
+
+
+def test_checkpoint_state_round_trips_the_lagged_ema_and_reads_the_earlier_layout():
+    params = [torch.randn(6, 2), torch.randn(3)]
+    grads = [torch.randn(2, 6, 2), torch.randn(2, 3)]
+    method = TACO(beta=0.9)
+    method.setup_state(params, num_tasks=2)
+    for _ in range(3):
+        method.apply_rule(grads, params, in_warmup=False)
+    state = method.extra_state()
+    assert state["ema_lag"] == 3
+    restored = TACO(beta=0.9)
+    restored.setup_state(params, num_tasks=2)
+    restored.load_extra_state(state)
+    assert restored.lag == 3 and all(torch.equal(a, b) for a, b in zip(restored.ema, method.ema))
+    ema = method.importance_ema()
+    for a, b in zip(taco_module.importance_ema_from_state(state), ema):
+        torch.testing.assert_close(a, b)
+    earlier = {"ema": [e.clone() for e in ema], "generator": state["generator"], "beta": 0.9}  # Ī itself, no lag
+    restored.load_extra_state(earlier)
+    assert restored.lag == 0 and all(torch.equal(a, b) for a, b in zip(restored.importance_ema(), ema))

@@ -585,16 +585,25 @@ class TACO(GradientMethod):
                 "generator": self.generator.get_state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        saved = state["ema_stored"]
+        saved, lag = stored_ema(state)
         if len(saved) != len(self.ema) or any(s.shape != e.shape for s, e in zip(saved, self.ema)):
             raise ValueError("checkpoint's TACO importance EMA does not match this model's parameters")
         for ema, value in zip(self.ema, saved):
             ema.copy_(value)
-        self.lag = int(state["ema_lag"])
+        self.lag = lag
         self.generator.set_state(state["generator"])
+
+
+def stored_ema(state: dict[str, Any]) -> tuple[list[torch.Tensor], int]:
+    """A checkpoint's stored EMA and its lag; checkpoints written before the lagged storage hold ``Ī`` as
+    ``ema`` (lag 0), so they resume exactly too."""
+    if "ema_stored" in state:
+        return list(state["ema_stored"]), int(state["ema_lag"])
+    return list(state["ema"]), 0
 
 
 def importance_ema_from_state(state: dict[str, Any]) -> list[torch.Tensor]:
     """The importance EMA ``Ī`` (float32) from a checkpoint's TACO state (stored as ``Ī · β^-lag``)."""
-    factor = state["beta"] ** state["ema_lag"]
-    return [stored.float() * factor for stored in state["ema_stored"]]
+    saved, lag = stored_ema(state)
+    factor = state["beta"] ** lag if lag else 1.0
+    return [stored.float() * factor for stored in saved]
