@@ -277,14 +277,16 @@ class TACO(GradientMethod):
         self.lag = 0
         self._flat_ema: torch.Tensor | None = None
         self._dense: ParameterBlocks | None = None
-        self._outputs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # buffers kept from step to step: -1 the non-table parameters' combined gradient, -2 the importances for
+        # the medians, i ≥ 0 table i's combined gradient (with the rows written into it last)
+        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._zero_median_warned: set[str] = set()
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
         self._flat_ema, self.ema = task_tensors(params, self.row_sparse, num_tasks, self.ema_dtype)
         self.lag = 0
         self._dense = ParameterBlocks([p for p, sparse in zip(params, self.row_sparse) if not sparse])
-        self._outputs = {}
+        self._kept = {}
         device = params[0].device if params else torch.device("cpu")
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
 
@@ -408,10 +410,10 @@ class TACO(GradientMethod):
     def _output_rows(self, segment: Segment, key: int | None) -> torch.Tensor:
         """Where a segment's combined gradient is written: a kept buffer for the flat parameters, else a new one."""
         if key == -1:
-            out, _ = self._outputs.get(key, (None, None))
+            out, _ = self._kept.get(key, (None, None))
             if out is None or out.shape[0] != segment.numel:
                 out = torch.empty(segment.numel, dtype=segment.grads.dtype, device=segment.grads.device)
-                self._outputs[key] = (out, None)
+                self._kept[key] = (out, None)
             return out
         return torch.empty(segment.numel, dtype=segment.grads.dtype, device=segment.grads.device)
 
@@ -425,7 +427,7 @@ class TACO(GradientMethod):
         if segment.index is None:
             return rows_value.view(segment.theta.shape) if isinstance(segment.theta, torch.Tensor) else rows_value
         theta = segment.table[0]
-        out, previous = self._outputs.get(key, (None, None)) if key is not None else (None, None)
+        out, previous = self._kept.get(key, (None, None)) if key is not None else (None, None)
         if out is None:
             out = torch.zeros_like(theta)
         elif previous is None:
@@ -434,7 +436,7 @@ class TACO(GradientMethod):
             out.index_fill_(0, previous, 0.0)
         out.index_copy_(0, segment.index, rows_value.view(segment.index.numel(), *theta.shape[1:]))
         if key is not None:
-            self._outputs[key] = (out, segment.index)
+            self._kept[key] = (out, segment.index)
         return out
 
     def _ema_weights(self, segments: list[Segment], total: int) -> torch.Tensor | None:
@@ -481,31 +483,36 @@ class TACO(GradientMethod):
                            ) -> tuple[list[float], list[float]]:
         """Each listed task's median importance over all ``total`` parameters (untouched rows as zeros), and
         where it is 0, the share of zeros."""
-        dtype, device = self._compute_dtype(), segments[0].grads.device
         batched = total <= BATCHED_MEDIANS_UP_TO
         groups = [tasks] if batched else [[task] for task in tasks]
-        buffer = torch.zeros((len(groups[0]), total), dtype=dtype, device=device)
+        buffer = self._median_buffer(len(groups[0]), total, segments[0].grads.device)
         medians, zero_shares = [], []
         for group in groups:
-            rows = torch.tensor(group, device=device)
             offset = 0
             for segment in segments:
                 if len(group) == segment.grads.shape[0]:
                     grads = segment.grads
-                elif len(group) == 1:
-                    grads = segment.grads[group[0] : group[0] + 1]
                 else:
-                    grads = segment.grads.index_select(0, rows)
+                    grads = segment.grads[group[0] : group[0] + 1] if len(group) == 1 else segment.grads[group]
                 for start, end, theta in segment.blocks:
                     torch.mul(theta, grads[:, start:end], out=buffer[:, offset + start : offset + end])
                 if batched and len(group) == segment.grads.shape[0]:
                     segment.importance = buffer[:, offset : offset + segment.numel]
                 offset += segment.numel
+            buffer[:, offset:].zero_()  # the untouched table rows: zeros
             values = buffer.abs_().median(dim=1).values.double().cpu().tolist()
             medians += values
             zero_shares += [1.0 - float(torch.count_nonzero(row)) / total if value == 0.0 else 0.0
                             for row, value in zip(buffer, values)]
         return medians, zero_shares
+
+    def _median_buffer(self, rows: int, total: int, device: torch.device) -> torch.Tensor:
+        """A ``(rows, total)`` buffer for importances, kept from step to step (a fresh one costs page faults)."""
+        buffer = self._kept.get(-2, (None, None))[0]
+        if buffer is None or buffer.shape != (rows, total):
+            buffer = torch.empty((rows, total), dtype=self._compute_dtype(), device=device)
+            self._kept[-2] = (buffer, None)
+        return buffer
 
     def _update_block(self, theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor, weights: torch.Tensor,
                       importance: torch.Tensor | None) -> torch.Tensor:
