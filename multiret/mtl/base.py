@@ -41,6 +41,12 @@ def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
     return gram
 
 
+def nonzero_rows(values: torch.Tensor) -> torch.Tensor:
+    """Which rows (first dimension) of ``values`` hold a non-zero entry, as a bool vector (two reductions, no temporary)."""
+    flat = values.reshape(values.shape[0], -1)
+    return (flat.amax(dim=1) > 0) | (flat.amin(dim=1) < 0)
+
+
 def weighted_sum(task_grads: list[torch.Tensor], coefficients: torch.Tensor) -> list[torch.Tensor]:
     """``Σ_t c_t g_t`` for every parameter tensor."""
     coefficients = coefficients.to(device=task_grads[0].device, dtype=task_grads[0].dtype)
@@ -190,8 +196,7 @@ class GradientMethod(Callback):
         ones the buffer held from the step before, replaces a pass over the whole table, and
         ``filled_rows[task][i]`` tells the method which rows hold the gradient.
         """
-        flat = grad.reshape(grad.shape[0], -1)
-        rows = ((flat.amax(dim=1) > 0) | (flat.amin(dim=1) < 0)).nonzero().squeeze(1)
+        rows = nonzero_rows(grad).nonzero().squeeze(1)
         buffer = self._task_grads[i][task]
         if first:
             self._clear(task, i)
@@ -209,8 +214,7 @@ class GradientMethod(Callback):
         else:
             self._task_grads[i][task].index_fill_(0, rows, 0.0)
         if self.row_sparse[i]:
-            self.filled_rows[task][i] = rows[:0] if rows is not None else torch.empty(0, dtype=torch.long,
-                                                                                      device=self._task_grads[i].device)
+            self.filled_rows[task][i] = torch.empty(0, dtype=torch.long, device=self._task_grads[i].device)
 
     def _active_task(self, pl_module: L.LightningModule) -> int:
         task = getattr(pl_module, "active_task", None)

@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from multiret.mtl.base import GradientMethod, task_tensors
+from multiret.mtl.base import GradientMethod, nonzero_rows, task_tensors
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ def taco_combine(
 def touched_rows(grads: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Of a table's ``(T, V, …)`` task gradients: the indices of the rows where any task's gradient is
     non-zero, and per task the number of rows where its own gradient is zero."""
-    touched = torch.stack([(rows.amax(dim=1) > 0) | (rows.amin(dim=1) < 0)
-                           for rows in grads.reshape(grads.shape[0], grads.shape[1], -1)])
+    touched = torch.stack([nonzero_rows(task_grads) for task_grads in grads])
     return touched.any(dim=0).nonzero().squeeze(1), (grads.shape[1] - touched.sum(dim=1)).tolist()
 
 
