@@ -1,0 +1,61 @@
+"""Medians (milliseconds) of the parts of TACO's step that docs/benchmarks.md quotes, on synthetic tensors.
+
+    python benchmarks/taco_parts.py
+
+Prints one JSON object:
+- ``median_3x392k_ms``: ``torch.median(dim=1)`` over three rows of 392k importances (the tiny T5's medians);
+- ``median_one_row_ms``: the same for one row;
+- ``fresh_zeros_47mb_ms`` / ``kept_zero_47mb_ms``: a new zeroed 47 MB tensor against refilling a kept one
+  (the page-fault cost that made TACO keep its output buffers);
+- ``specialisation_share_ms``: ``TACO.log_values`` on MiniLM-sized state (3 tasks, a 30,522×384 table and
+  10.8M other parameters), the work of a logging step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from multiret.mtl.taco import TACO
+
+
+def median_ms(work: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``work`` in milliseconds, after one untimed call."""
+    work()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    logging.disable(logging.WARNING)
+    generator = torch.Generator().manual_seed(0)
+    importances = (torch.randn(3, 392_000, generator=generator) * torch.rand(3, 392_000, generator=generator)).abs_()
+    kept = torch.empty(11_700_000)
+    params = [torch.randn(30_522, 384, generator=generator), torch.randn(10_800_000, generator=generator)]
+    taco = TACO()
+    taco.task_names = ["a", "b", "c"]
+    taco.row_sparse = [True, False]
+    taco.setup_state(params, num_tasks=3)
+    for ema in taco.ema:
+        ema.copy_(torch.rand(ema.shape, generator=generator) * 1e9)
+    results = {
+        "median_3x392k_ms": median_ms(lambda: importances.median(dim=1), 21),
+        "median_one_row_ms": median_ms(lambda: importances[0].median(), 21),
+        "fresh_zeros_47mb_ms": median_ms(lambda: torch.zeros(11_700_000), 15),
+        "kept_zero_47mb_ms": median_ms(kept.zero_, 15),
+        "specialisation_share_ms": median_ms(taco.log_values, 5),
+    }
+    print(json.dumps({name: round(value, 2) for name, value in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
