@@ -113,7 +113,7 @@ def peak_memory_mib(method: str, args: argparse.Namespace) -> float:
     """Peak resident memory of a short run of one method in a fresh process (the OS's own accounting)."""
     command = [sys.executable, __file__, "--json", "--methods", method, "--model", args.model, "--tasks", str(args.tasks),
                "--queries", str(args.queries), "--passages", str(args.passages), "--query-length", str(args.query_length),
-               "--passage-length", str(args.passage_length), "--steps", "3", "--warmup", "1"]
+               "--passage-length", str(args.passage_length), "--steps", "3", "--warmup", "1", "--rounds", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
@@ -132,10 +132,11 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=3, help="passages per query (1 positive + negatives)")
     parser.add_argument("--query-length", type=int, default=32)
     parser.add_argument("--passage-length", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per method")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per method and round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="times every method is run, taking turns; the median is over all rounds' steps")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="times every method is run, taking turns (so a slow spell of the machine hits them "
+                             "alike); the median is over all rounds' steps")
     parser.add_argument("--memory", action="store_true",
                         help="instead of times, print {method: peak resident MiB}, each method in its own process")
     args = parser.parse_args()

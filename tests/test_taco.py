@@ -155,11 +155,17 @@ class TableModule(torch.nn.Module):
         pass
 
 
+@pytest.mark.parametrize("tracked", [True, False], ids=["table-by-rows", "table-whole"])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(normalize):
-    """The training path (task buffers and EMA as views of one (T, P) tensor, tables by touched rows)."""
+def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(normalize, tracked, monkeypatch):
+    """The training path (task buffers and EMA as views of one (T, P) tensor, tables by touched rows or, below
+    ROW_TRACKED_TABLES_FROM entries, whole)."""
     from types import SimpleNamespace
 
+    from multiret.mtl import base
+
+    if tracked:
+        monkeypatch.setattr(base, "ROW_TRACKED_TABLES_FROM", 0)
     torch.manual_seed(2)
     module = TableModule()
     trainer = SimpleNamespace(datamodule=SimpleNamespace(tasks=[SimpleNamespace(name=t) for t in "abc"]), world_size=1,
@@ -167,7 +173,7 @@ def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(nor
     method = TACO(beta=0.8, tau=2.0, normalize=normalize, warmup_ratio=0.1, log_every_n_steps=1)
     method.ema_dtype = torch.float64  # float64 throughout, to compare at 1e-12
     method.on_fit_start(trainer, module)
-    assert method.row_sparse == [False, True, False, False] and method._flat_ema is not None
+    assert method.row_sparse == [False, tracked, False, False] and method._flat_ema is not None
     params = list(module.parameters())
     flat_params = torch.cat([p.detach().flatten() for p in params])
     flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
@@ -221,13 +227,15 @@ def test_a_zero_median_is_reported_once_per_task(caplog):
     assert "method.parameters" in caplog.text
 
 
+@pytest.mark.parametrize("path", ["medians selected", "zero medians proven", "normalize off"])
 @pytest.mark.parametrize("case", ["nan where θ is 0", "inf", "product overflows"])
-def test_a_non_finite_importance_returns_none_and_leaves_the_ema_untouched(case):
+def test_a_non_finite_importance_returns_none_and_leaves_the_ema_untouched(case, path):
+    """Checked on the medians' buffer (every task's median selected) and by matrix-vector products (otherwise)."""
     params = [torch.tensor([0.0, 1.0, 2.0, 1e30]), torch.randn(20, 2)]
-    method = TACO(beta=0.9)
+    method = TACO(beta=0.9, normalize=path != "normalize off")
     method.setup_state(params, num_tasks=2)
     grads = [torch.randn(2, 4), torch.zeros(2, 20, 2)]
-    grads[1][:, :3] = 1.0
+    grads[1][:, : 3 if path == "zero medians proven" else 15] = 1.0  # 3 touched rows: 34 of 44 entries known zero
     assert method.apply_rule(grads, params, in_warmup=False, row_sparse=[False, True]) is not None
     stored, lag = [e.clone() for e in method.ema], method.lag
     grads[0][1, 3] = 1e-10  # a finite product: θ·g = 1e20
@@ -235,6 +243,18 @@ def test_a_non_finite_importance_returns_none_and_leaves_the_ema_untouched(case)
     grads[0][1, bad[0]] = bad[1]
     assert method.apply_rule(grads, params, in_warmup=False, row_sparse=[False, True]) is None
     assert method.lag == lag and all(torch.equal(a, b) for a, b in zip(method.ema, stored))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("length", [1, 2, 7, 10, 1001])
+def test_lower_medians_equal_torch_median(length, dtype):
+    """The numpy selection picks torch.median's value: the lower middle for an even count, ties and zeros included."""
+    torch.manual_seed(length)
+    rows = torch.randn(3, length, dtype=dtype).abs()
+    rows[1] = rows[1].round()  # many ties
+    rows[2, : length // 2 + 1] = 0.0  # zeros at and past the middle
+    expected = rows.median(dim=1).values.tolist()
+    assert taco_module.lower_medians_(rows.clone()) == expected
 
 
 def test_parameter_blocks_read_every_parameter_in_flat_order(monkeypatch):
