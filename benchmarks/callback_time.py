@@ -17,16 +17,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
-from step_time import model_path, random_batches, time_method
+from step_time import step_seconds
 
-from multiret.data.tasks import TaskSpec
-from multiret.model.encoder import TextEncoder
 from multiret.mtl.base import GradientMethod
 from multiret.mtl.taco import TACO
 
@@ -62,14 +58,9 @@ def main() -> None:
     for (owner, name), part in PARTS.items():
         setattr(owner, name, timed(getattr(owner, name), part, seconds))
     methods = args.methods.split(",")
-    with tempfile.TemporaryDirectory() as workdir:
-        path, pooling = model_path(args.model, Path(workdir))
-        vocab = TextEncoder(path, pooling=pooling).model.config.vocab_size
-        batches = random_batches(vocab, 3, 8, 3, 32, 64, args.steps + args.warmup)
-        tasks = [TaskSpec(name=f"task{t}", train=None, dev=None) for t in range(3)]
-        for _ in range(args.rounds):
-            for method in methods:
-                seconds[(method, "step")] += time_method(method, path, pooling, batches, tasks, args.warmup)
+    steps = step_seconds(args.model, methods, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    for method, values in steps.items():
+        seconds[(method, "step")] = values
     result: dict[str, dict[str, float]] = {method: {} for method in methods}
     for (method, part), values in sorted(seconds.items()):
         if method in result:

@@ -109,6 +109,23 @@ def time_method(method: str, path: str, pooling: str, batches: list[dict], tasks
     return timer.seconds[warmup:]
 
 
+def step_seconds(model: str, methods: list[str], *, tasks: int = 3, queries: int = 8, passages: int = 3,
+                 query_length: int = 32, passage_length: int = 64, steps: int = 10, warmup: int = 3,
+                 rounds: int = 5) -> dict[str, list[float]]:
+    """Each method's timed step seconds on the same random batches, the methods taking turns ``rounds`` times
+    (so a slow spell of the machine hits them alike)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        path, pooling = model_path(model, Path(workdir))
+        vocab = TextEncoder(path, pooling=pooling).model.config.vocab_size
+        batches = random_batches(vocab, tasks, queries, passages, query_length, passage_length, steps + warmup)
+        specs = [TaskSpec(name=f"task{t}", train=None, dev=None) for t in range(tasks)]
+        seconds: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(rounds):
+            for method in seconds:
+                seconds[method] += time_method(method, path, pooling, batches, specs, warmup)
+    return seconds
+
+
 def peak_memory_mib(method: str, args: argparse.Namespace) -> float:
     """Peak resident memory of a short run of one method in a fresh process (the OS's own accounting)."""
     command = [sys.executable, __file__, "--json", "--methods", method, "--model", args.model, "--tasks", str(args.tasks),
@@ -143,21 +160,15 @@ def main() -> None:
     if args.memory:
         print(json.dumps({m: peak_memory_mib(m, args) for m in args.methods.split(",")}))
         return
-    with tempfile.TemporaryDirectory() as workdir:
-        path, pooling = model_path(args.model, Path(workdir))
-        vocab = TextEncoder(path, pooling=pooling).model.config.vocab_size
-        batches = random_batches(vocab, args.tasks, args.queries, args.passages, args.query_length,
-                                 args.passage_length, args.steps + args.warmup)
-        tasks = [TaskSpec(name=f"task{t}", train=None, dev=None) for t in range(args.tasks)]
-        seconds: dict[str, list[float]] = {m: [] for m in args.methods.split(",")}
-        for _ in range(args.rounds):  # methods take turns, so a slow spell of the machine hits them alike
-            for method in seconds:
-                seconds[method] += time_method(method, path, pooling, batches, tasks, args.warmup)
-        medians = {}
-        for method, times in seconds.items():
-            medians[method] = statistics.median(times)
-            print(f"{method}: median {medians[method]:.4f} s/step, min {min(times):.4f}, max {max(times):.4f} "
-                  f"over {len(times)} steps", file=sys.stderr)
+    seconds = step_seconds(args.model, args.methods.split(","), tasks=args.tasks, queries=args.queries,
+                           passages=args.passages, query_length=args.query_length,
+                           passage_length=args.passage_length, steps=args.steps, warmup=args.warmup,
+                           rounds=args.rounds)
+    medians = {}
+    for method, times in seconds.items():
+        medians[method] = statistics.median(times)
+        print(f"{method}: median {medians[method]:.4f} s/step, min {min(times):.4f}, max {max(times):.4f} "
+              f"over {len(times)} steps", file=sys.stderr)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"model {args.model}, device {device}", file=sys.stderr)
     print(json.dumps(medians) if args.json else json.dumps(medians, indent=2))
