@@ -24,6 +24,7 @@ from multiret.data.jsonl import atomic_write_text
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.manifest import write_manifest
+from multiret.experiment.spawned import CloseSpawnedProcessGroup
 from multiret.index.bm25 import BM25Retriever
 from multiret.index.dense import index_corpus, model_device, search_tasks
 from multiret.index.faiss_index import (
@@ -89,7 +90,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     step = 0
     trainer: L.Trainer | None = None
     if "train" in cfg.stages:
-        callbacks = [*instantiate_named(cfg.callbacks), instantiate(cfg.method)]
+        callbacks = [*instantiate_named(cfg.callbacks), instantiate(cfg.method), CloseSpawnedProcessGroup()]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if cfg.get("init_from"):
             load_weights(model, cfg.init_from, "init_from")  # weights only: the optimizer and schedule start afresh
@@ -135,7 +136,7 @@ def build_index(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) ->
     encodes a contiguous shard through ``trainer.predict`` and the first builds the index from
     the shards; with one process the corpus is encoded in this process.
     """
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[ShardWriter()], logger=False, enable_checkpointing=False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(), CloseSpawnedProcessGroup()], logger=False, enable_checkpointing=False)
     if trainer.world_size == 1:
         model.to(model_device())
         index_corpus(model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
