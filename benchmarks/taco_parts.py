@@ -7,7 +7,7 @@ Prints one JSON object:
 - ``numpy_median_3x392k_ms``: the same medians as TACO takes them, by ``lower_medians_`` (numpy's partition),
   on a copy refilled each time (the copy's cost included);
 - ``fresh_zeros_47mb_ms`` / ``kept_zero_47mb_ms``: a new zeroed 47 MB tensor against refilling a kept one
-  (the page-fault cost that made TACO keep its output buffers);
+  (the page-fault cost that makes TACO keep its buffers from step to step);
 - ``specialisation_share_ms``: ``TACO.log_values`` on MiniLM-sized state (3 tasks, a 30,522×384 table and
   10.8M other parameters), the work of a logging step.
 """

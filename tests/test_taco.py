@@ -150,9 +150,10 @@ class TableModule(torch.nn.Module):
         self.table = torch.nn.Embedding(30, 3).double()
         self.linear = torch.nn.Linear(3, 2).double()
         self.active_task = None
+        self.logged = {}
 
     def log_dict(self, values, **kwargs):
-        pass
+        self.logged = values
 
 
 @pytest.mark.parametrize("tracked", [True, False], ids=["table-by-rows", "table-whole"])
@@ -177,8 +178,9 @@ def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(nor
     params = list(module.parameters())
     flat_params = torch.cat([p.detach().flatten() for p in params])
     flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
-    # touched table rows per step: fewer, then most (the whole table is swept), then fewer again, so the kept output
-    # buffer must clear the rows of the step before; with ≤ 13 of 30 rows the zeros alone fix the median at 0
+    # touched table rows per step: fewer, then most (the whole table is swept), then fewer again, so task 0's table
+    # buffer, which receives the combined rows, must be cleared at the rows written the step before; with ≤ 13 of
+    # 30 rows the zeros alone fix the median at 0
     for step, touched in enumerate([3, 12, 20, 5, 8]):
         grads = [torch.randn((3, *p.shape), dtype=torch.float64) for p in params]
         grads[1][:, torch.randperm(30)[touched:]] = 0.0  # table rows no task touched
@@ -203,6 +205,9 @@ def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(nor
         expected, flat_ema = taco_combine(flat_grads, flat_params, flat_ema, beta=0.8, tau=2.0, in_warmup=step == 0,
                                           normalize=normalize)
         torch.testing.assert_close(torch.cat([p.grad.flatten() for p in params]), expected, rtol=1e-12, atol=0)
+        # the logged statistics are of the task gradients, although the combined one was written over task 0's buffers
+        logged_norms = [module.logged[f"mtl/grad_norm/{task}"] for task in "abc"]
+        torch.testing.assert_close(torch.tensor(logged_norms, dtype=torch.float64), flat_grads.norm(dim=1), rtol=1e-12, atol=0)
         ema = method.importance_ema()
         torch.testing.assert_close(torch.cat([e.flatten(1) for e in ema], dim=1), flat_ema, rtol=1e-12, atol=0)
         for param in params:

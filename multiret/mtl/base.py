@@ -249,6 +249,8 @@ class GradientMethod(Callback):
                     for i in range(len(self._task_grads)):
                         self._clear(task, i)  # a task without a backward this step contributes zero
                 log_now = self.step % self.log_every_n_steps == 0
+                if log_now:
+                    self.gram()  # before combine, which may write its result over the task buffers
                 combined = self.combine(self._task_grads, self._params, trainer)
                 combined_nonfinite = combined is None
                 if combined_nonfinite:
@@ -320,7 +322,9 @@ class GradientMethod(Callback):
 
         Returns None, changing no state, when the task gradients are not finite; the caller then
         applies their plain mean for this step. (A non-finite entry makes the Gram matrix
-        non-finite, so the check costs no extra pass.)
+        non-finite, so the check costs no extra pass.) A method may write its result over the
+        task buffers (TACO does, to save a P-sized output): they are refilled every step, and
+        nothing reads them after ``combine`` in the same step.
         """
         gram = self.gram() if task_grads is self._task_grads else gram_matrix(task_grads).cpu()
         if not bool(torch.isfinite(gram).all()):

@@ -292,16 +292,14 @@ class TACO(GradientMethod):
         self.lag = 0
         self._flat_ema: torch.Tensor | None = None
         self._dense: ParameterBlocks | None = None
-        # buffers kept from step to step: -1 the non-table parameters' combined gradient, -2 the importances for
-        # the medians, i ≥ 0 table i's combined gradient (with the rows written into it last)
-        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._median_values: torch.Tensor | None = None  # the importances for the medians, kept from step to step
         self._zero_median_warned: set[str] = set()
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
         self._flat_ema, self.ema = task_tensors(params, self.row_sparse, num_tasks, self.ema_dtype)
         self.lag = 0
         self._dense = ParameterBlocks([p for p, sparse in zip(params, self.row_sparse) if not sparse])
-        self._kept = {}
+        self._median_values = None
         device = params[0].device if params else torch.device("cpu")
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
 
@@ -371,8 +369,8 @@ class TACO(GradientMethod):
         is what the rule costs on a CPU. Of a table only the touched rows are worked on:
         elsewhere every task gradient is exactly zero, so the importance is zero (counted into
         the median, never written), the EMA only decays (free in the lagged storage) and the
-        combined gradient is zero. ``keys`` name segments whose output buffers are kept from
-        step to step (fresh large allocations cost page faults on every step).
+        combined gradient is zero. ``keys`` (the callback's segments: -1 the non-table parameters,
+        i a table) let the output go into task 0's buffers instead of fresh P-sized tensors.
         """
         num_tasks = segments[0].grads.shape[0]
         weights = self._ema_weights(segments, sum(self._size(segment) for segment in segments))
@@ -420,36 +418,33 @@ class TACO(GradientMethod):
         self.lag = 0
         return 1.0
 
-    def _output_rows(self, segment: Segment, key: int | None) -> torch.Tensor:
-        """Where a segment's combined gradient is written: a kept buffer for the flat parameters, else a new one."""
-        if key == -1:
-            out, _ = self._kept.get(key, (None, None))
-            if out is None or out.shape[0] != segment.numel:
-                out = torch.empty(segment.numel, dtype=segment.grads.dtype, device=segment.grads.device)
-                self._kept[key] = (out, None)
-            return out
+    @staticmethod
+    def _output_rows(segment: Segment, key: int | None) -> torch.Tensor:
+        """Where a segment's combined gradient is written. In the callback (``key`` given): over task 0's
+        gradient (its buffer, or its gathered table rows), which each block has used by the time its
+        output is written, so no P-sized output buffer is needed. Else (direct calls) a new tensor."""
+        if key is not None:
+            return segment.grads[0]
         return torch.empty(segment.numel, dtype=segment.grads.dtype, device=segment.grads.device)
 
     def _place(self, rows_value: torch.Tensor, segment: Segment, key: int | None) -> torch.Tensor:
         """A segment's combined gradient from the values of its rows: all of them, or only the touched ones.
 
-        A table's gradient is zero off the touched rows. Its kept buffer is zero except at the
-        rows written the step before (only in-place scaling, e.g. clipping, touches a gradient
-        after it is handed over), so only those rows are cleared.
+        A table's gradient is zero off the touched rows. In the callback it goes into task 0's
+        buffer of the table, which is zero off the rows task 0 filled (a subset of the touched
+        rows); ``filled_rows`` then names the rows written, so the next step clears just those.
         """
         if segment.index is None:
+            if key is not None and key >= 0:
+                self.filled_rows[0][key] = None  # the whole table buffer may hold the combined gradient
             return rows_value.view(segment.theta.shape) if isinstance(segment.theta, torch.Tensor) else rows_value
         theta = segment.table[0]
-        out, previous = self._kept.get(key, (None, None)) if key is not None else (None, None)
-        if out is None:
+        if key is None:
             out = torch.zeros_like(theta)
-        elif previous is None:
-            out.zero_()
         else:
-            out.index_fill_(0, previous, 0.0)
+            out = self._task_grads[key][0]
+            self.filled_rows[0][key] = segment.index
         out.index_copy_(0, segment.index, rows_value.view(segment.index.numel(), *theta.shape[1:]))
-        if key is not None:
-            self._kept[key] = (out, segment.index)
         return out
 
     def _ema_weights(self, segments: list[Segment], total: int) -> torch.Tensor | None:
@@ -530,11 +525,9 @@ class TACO(GradientMethod):
 
     def _median_buffer(self, rows: int, total: int, device: torch.device) -> torch.Tensor:
         """A ``(rows, total)`` buffer for importances, kept from step to step (a fresh one costs page faults)."""
-        buffer = self._kept.get(-2, (None, None))[0]
-        if buffer is None or buffer.shape != (rows, total):
-            buffer = torch.empty((rows, total), dtype=self._compute_dtype(), device=device)
-            self._kept[-2] = (buffer, None)
-        return buffer
+        if self._median_values is None or self._median_values.shape != (rows, total):
+            self._median_values = torch.empty((rows, total), dtype=self._compute_dtype(), device=device)
+        return self._median_values
 
     def _update_block(self, theta: torch.Tensor, grads: torch.Tensor, ema: torch.Tensor, weights: torch.Tensor
                       ) -> torch.Tensor:
