@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import multiprocessing
-
 import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from typing_extensions import override
 
 
 class CloseSpawnedProcessGroup(Callback):
-    """In a worker process started by ``trainer.strategy=ddp_spawn``, wait for the other workers and
-    destroy the process group when the trainer tears down.
+    """In a worker process started by ``trainer.strategy=ddp_spawn`` (or another multiprocessing launch), wait
+    for the other workers and destroy the process group when the trainer tears down.
 
     Lightning leaves a gloo group open in such a worker. A worker that then exits while its
     group's threads are still up can abort ("terminate called without an active exception",
     SIGABRT), which fails the whole run after its work is done. The worker runs nothing
-    collective after the trainer returns, so closing the group here is safe. Processes that
-    are not multiprocessing children (``trainer=ddp`` starts one script per device and keeps
-    one group across several trainers) are left alone.
+    collective after the trainer returns, so closing the group here is safe. Under
+    ``trainer=ddp`` (one script per device, one group kept across several trainers) nothing
+    is done.
     """
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if multiprocessing.parent_process() is None or not dist.is_available() or not dist.is_initialized():
+        if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
             return
-        dist.barrier()
-        dist.destroy_process_group()
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
