@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from test_end_to_end import tiny_config
 
 from multiret.cli import main as cli
+from multiret.data import datamodule
 from multiret.data.corpus import Corpus, read_corpus
 from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
 from multiret.data.kilt import attach_positives, read_queries
@@ -218,18 +220,22 @@ def test_down_sampling_is_seeded_sized_and_keeps_file_order(prepared, raw, tmp_p
     assert {tuple(sample(s)) for s in range(5)} != {tuple(ids)}
 
 
-def test_negatives_are_top_bm25_passages_outside_the_gold_pages(prepared):
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_negatives_are_top_bm25_passages_outside_the_gold_pages(prepared, split):
     out, report = prepared
     store = PassageStore(out / "passages")
     for task in KILT_TASKS:
-        queries = read_queries(out / f"{task}-train.jsonl")
-        pools = {r["id"]: r["negatives"] for r in read_jsonl(out / "negatives" / f"{task}.jsonl")}
+        queries = read_queries(out / f"{task}-{split}.jsonl")
+        name = f"{task}.jsonl" if split == "train" else f"{task}.{split}.jsonl"
+        pools = {r["id"]: r["negatives"] for r in read_jsonl(out / "negatives" / name)}
         assert set(pools) == {q.qid for q in queries}
         for query in queries:
             assert 0 < len(pools[query.qid]) <= 8
             assert not {store.page_ids[store.row(p)] for p in pools[query.qid]} & set(query.gold_pages)
-        read_negatives(out / "negatives", task, queries, store)
-        assert report["negatives"][task]["queries"] == len(queries)
+        read_negatives(out / "negatives", task, queries, store, split)
+        assert report["negatives"][task][split]["queries"] == len(queries)
+    if split == "dev":
+        return
     nq0 = next(q for q in read_queries(out / "nq-train.jsonl") if q.qid == "nq0")
     ranked = search(load_bm25_index(out / "bm25"), [nq0.text], 8)[0]
     expected = [store.ids[r] for r in ranked if store.page_ids[r] != "10"]
@@ -247,7 +253,7 @@ def test_a_rerun_skips_finished_steps_and_redoes_what_changed(prepared, raw):
     assert deeper["steps"]["ran"] == [f"negatives:{t}" for t in KILT_TASKS]
     reseeded = _prepare(raw, out, seed=14, bm25_top_k=9)  # the seed only matters to the down-sampled tasks
     assert reseeded["steps"]["ran"] == ["task:trex", "task:structured_zeroshot", "negatives:trex", "negatives:structured_zeroshot"]
-    (out / "negatives" / "fever.jsonl").unlink()
+    (out / "negatives" / "fever.dev.jsonl").unlink()
     assert _prepare(raw, out, seed=14, bm25_top_k=9)["steps"]["ran"] == ["negatives:fever"]
     _prepare(raw, out)  # back to the fixture's settings for the other tests
 
@@ -315,3 +321,25 @@ def test_prepared_folder_trains_indexes_and_evaluates(prepared, tmp_path, tiny_t
     assert set(metrics) == set(KILT_TASKS) and all(0 <= m["Rprec"] <= 1 for m in metrics.values())
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert any(path.endswith("store.json") for path in manifest["data_sha256"])
+
+
+def test_held_out_batches_read_the_prepared_dev_negatives_without_an_in_memory_bm25(prepared, tmp_path, tiny_t5_dir,
+                                                                                     monkeypatch):
+    """What `analyze specialization` measures non-TACO runs on: at KILT scale no BM25 index fits in memory."""
+    out, report = prepared
+    tasks = {name: {"train": s["train"], "dev": s["dev"], "prompt": s["prompt"], "max_query_length": 16}
+             for name, s in report["settings"]["tasks"].items()}
+    cfg = tiny_config(tmp_path / "run", tiny_t5_dir, out, tasks, "data.corpus=passages",
+                      f"data.task_names=[{','.join(KILT_TASKS)}]", f"data.negatives_dir={out / 'negatives'}")
+    model = instantiate(cfg.model)
+    data = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
+
+    def no_bm25(*args, **kwargs):
+        raise AssertionError("an in-memory BM25 index was built")
+
+    monkeypatch.setattr(datamodule, "BM25Retriever", no_bm25)
+    batches = data.heldout_batches()
+    for stream in batches.streams:
+        pools = {r["id"]: r["negatives"] for r in read_jsonl(out / "negatives" / f"{stream.task.name}.dev.jsonl")}
+        assert stream.queries and all([data.corpus.ids[row] for row in q.negatives] == pools[q.qid] for q in stream.queries)
+    assert set(batches.batch(0)) == set(KILT_TASKS)

@@ -16,7 +16,11 @@ from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus, read_corpus, subsample_pages
 from multiret.data.kilt import Query, attach_positives, read_queries
 from multiret.data.mixing import task_batch_sizes
-from multiret.data.negatives import attach_bm25_negatives, read_negatives
+from multiret.data.negatives import (
+    attach_bm25_negatives,
+    negatives_file,
+    read_negatives,
+)
 from multiret.data.tasks import TaskSpec, select_tasks
 from multiret.index.bm25 import BM25Retriever
 
@@ -129,10 +133,17 @@ class MultitaskDataModule(L.LightningDataModule):
         )
 
     def _mine_negatives(self, queries_by_task: Mapping[str, list[Query]], heldout: bool = False) -> None:
-        """Negative pools: read from ``negatives_dir`` for training when given (mined by a model), else BM25."""
-        if self.negatives_dir is not None and not heldout:
+        """Negative pools: read from ``negatives_dir`` when given, else BM25 over the corpus, in memory.
+
+        Training queries read ``<task>.jsonl``; held-out (eval split) queries read
+        ``<task>.<eval_split>.jsonl`` when every task has one (``multiret prepare kilt`` writes
+        them: at KILT's 36M passages an in-memory BM25 index is out of reach).
+        """
+        split = self.eval_split if heldout else "train"
+        if self.negatives_dir is not None and (not heldout or all(
+                negatives_file(self.negatives_dir, task, split).is_file() for task in queries_by_task)):
             for task, queries in queries_by_task.items():
-                read_negatives(self.negatives_dir, task, queries, self.corpus)
+                read_negatives(self.negatives_dir, task, queries, self.corpus, split)
         elif self.n_negatives > 0 and self.bm25_top_k > 0:
             retriever = BM25Retriever(self.corpus)
             for queries in queries_by_task.values():

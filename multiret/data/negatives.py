@@ -32,9 +32,10 @@ def attach_bm25_negatives(retriever: BM25Retriever, queries: list[Query], corpus
         log.info("%d of %d queries have no BM25 negative; they get random negatives", empty, len(queries))
 
 
-def negatives_file(folder: str | os.PathLike[str], task: str) -> Path:
-    """Where a task's mined negatives live: ``<folder>/<task>.jsonl``, one ``{"id", "negatives": [passage ids]}`` per query."""
-    return Path(folder) / f"{task}.jsonl"
+def negatives_file(folder: str | os.PathLike[str], task: str, split: str = "train") -> Path:
+    """Where a task's mined negatives live, one ``{"id", "negatives": [passage ids]}`` per query:
+    ``<folder>/<task>.jsonl`` for its training queries, ``<folder>/<task>.<split>.jsonl`` for another split's."""
+    return Path(folder) / (f"{task}.jsonl" if split == "train" else f"{task}.{split}.jsonl")
 
 
 def write_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Corpus) -> Path:
@@ -44,14 +45,16 @@ def write_negatives(folder: str | os.PathLike[str], task: str, queries: list[Que
     return path
 
 
-def read_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Corpus) -> None:
-    """Set each query's negative pool from its task's file; passages absent from the corpus are dropped and counted.
+def read_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Corpus,
+                   split: str = "train") -> None:
+    """Set each query's negative pool from its task's file for ``split``; passages absent from the corpus are
+    dropped and counted.
 
     Every query must have an entry: a file mined for other queries fails naming the first missing id.
     """
-    path = negatives_file(folder, task)
+    path = negatives_file(folder, task, split)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no negatives for task {task!r} (expected <data.negatives_dir>/<task>.jsonl)")
+        raise FileNotFoundError(f"{path}: no {split} negatives for task {task!r} (expected <data.negatives_dir>/{path.name})")
     pools: dict[str, list[str]] = {}
     for line_number, record in iter_jsonl(path):
         if not isinstance(record.get("negatives"), list) or "id" not in record:

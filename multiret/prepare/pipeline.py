@@ -20,6 +20,7 @@ from typing import Any
 
 from multiret.data.jsonl import atomic_write_text
 from multiret.data.kilt import read_queries
+from multiret.data.negatives import negatives_file
 from multiret.prepare.bm25_index import (
     build_bm25_index,
     load_bm25_index,
@@ -145,16 +146,20 @@ def prepare_kilt(
     bm25_identity = _file_identity(out / BM25_DIR / BM25_PARAMS)
     index = None
     for task in specs:
-        queries_file, negatives_file = out / task.prepared_file("train"), out / NEGATIVES_DIR / f"{task.name}.jsonl"
+        queries_files = {split: out / task.prepared_file(split) for split in SPLITS}
+        pools = {split: negatives_file(out / NEGATIVES_DIR, task.name, split) for split in SPLITS}
 
-        def negatives(task: KiltTask = task, queries_file: Path = queries_file, negatives_file: Path = negatives_file) -> dict[str, Any]:
+        def negatives(task: KiltTask = task, queries_files: dict[str, Path] = queries_files,
+                      pools: dict[str, Path] = pools) -> dict[str, Any]:
             nonlocal index
             index = index if index is not None else load_bm25_index(out / BM25_DIR)
-            return mine_negatives(index, store, task.name, read_queries(queries_file), bm25_top_k, negatives_file,
-                                  show_progress=show_progress)
+            return {split: mine_negatives(index, store, f"{task.name} {split}", read_queries(queries_files[split]),
+                                          bm25_top_k, pools[split], show_progress=show_progress)
+                    for split in SPLITS}
 
-        params = {"top_k": bm25_top_k, "queries": _file_identity(queries_file), "bm25": bm25_identity}
-        report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, [negatives_file], negatives)
+        params = {"top_k": bm25_top_k, "bm25": bm25_identity,
+                  "queries": {split: _file_identity(path) for split, path in queries_files.items()}}
+        report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, list(pools.values()), negatives)
 
     report["settings"] = {
         "tasks": {t.name: {"train": t.prepared_file("train"), "dev": t.prepared_file("dev"), "prompt": t.prompt,
