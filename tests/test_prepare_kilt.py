@@ -17,7 +17,7 @@ from multiret.data import datamodule
 from multiret.data.corpus import Corpus, read_corpus
 from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
 from multiret.data.kilt import attach_positives, read_queries
-from multiret.data.negatives import read_negatives
+from multiret.data.negatives import negatives_file, read_negatives
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.index.bm25 import BM25Retriever
 from multiret.prepare import pipeline
@@ -226,16 +226,18 @@ def test_negatives_are_top_bm25_passages_outside_the_gold_pages(prepared, split)
     store = PassageStore(out / "passages")
     for task in KILT_TASKS:
         queries = read_queries(out / f"{task}-{split}.jsonl")
-        name = f"{task}.jsonl" if split == "train" else f"{task}.{split}.jsonl"
-        pools = {r["id"]: r["negatives"] for r in read_jsonl(out / "negatives" / name)}
+        pools = {r["id"]: r["negatives"] for r in read_jsonl(negatives_file(out / "negatives", task, split))}
         assert set(pools) == {q.qid for q in queries}
         for query in queries:
             assert 0 < len(pools[query.qid]) <= 8
             assert not {store.page_ids[store.row(p)] for p in pools[query.qid]} & set(query.gold_pages)
         read_negatives(out / "negatives", task, queries, store, split)
         assert report["negatives"][task][split]["queries"] == len(queries)
-    if split == "dev":
-        return
+
+
+def test_negatives_follow_the_bm25_ranking(prepared):
+    out, _ = prepared
+    store = PassageStore(out / "passages")
     nq0 = next(q for q in read_queries(out / "nq-train.jsonl") if q.qid == "nq0")
     ranked = search(load_bm25_index(out / "bm25"), [nq0.text], 8)[0]
     expected = [store.ids[r] for r in ranked if store.page_ids[r] != "10"]
