@@ -5,7 +5,9 @@ Reads the run folders that ``multiret train`` writes (``config.yaml`` and
 ones included) or the W&B API (the same numbers, as ``{split}/{task}/{metric}``), groups
 multitask runs by experiment and method (seeds averaged), builds the task-specific column
 from the task-specific runs, and writes a markdown table (per task and average; mean ± std over seeds;
-each multitask column's change against task-specific) and a bar chart.
+each multitask column's change against task-specific) and a bar chart; ``--paired A B`` adds
+paired significance tests between two columns over their runs' per-query scores
+(:mod:`multiret.eval.significance`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from omegaconf import OmegaConf
 from multiret.data.jsonl import atomic_write_text
 from multiret.eval import wandb_store
 from multiret.eval.figures import new_figure, save_figure
+from multiret.eval.significance import mean_over_seeds, paired_test, run_query_scores
 
 TASK_SPECIFIC = "task-specific"
 log = logging.getLogger(__name__)
@@ -188,6 +191,41 @@ def plot(rows: list[str], values: dict[str, dict[str, list[float]]], metric: str
     save_figure(figure, path)
 
 
+def paired_section(runs: Sequence[RunResult], pairs: Sequence[Sequence[str]], metric: str, ks: Sequence[int]) -> str:
+    """Markdown rows of paired tests A − B per task and on the average, from the runs' own guess and gold files."""
+    rows, _ = table(runs, metric)
+    tasks = rows[:-1]
+    labels = {r.label for r in runs}
+    lines = [
+        f"### paired tests, {metric} (A − B over queries, each query averaged over seeds; "
+        "95% bootstrap interval, two-sided sign-flip permutation p)",
+        "",
+        "| A − B | task | Δ | 95% interval | p | queries |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a_label, b_label in pairs:
+        arms = []
+        for label in (a_label, b_label):
+            if label not in labels:
+                raise ValueError(f"--paired: no column {label!r}; the columns are {sorted(labels)}")
+            arm_runs = [r for r in runs if r.label == label]
+            if not all(Path(r.source, "eval").is_dir() for r in arm_runs):
+                raise ValueError(f"--paired: column {label!r} has runs without an eval/ folder (W&B runs); give their run folders")
+            arms.append(mean_over_seeds([run_query_scores(r.source, r.tasks, metric, ks) for r in arm_runs], label))
+        for row, row_tasks in [*((t, [t]) for t in tasks), ("average", tasks)]:
+            result = paired_test(arms[0], arms[1], row_tasks)
+            lines.append(
+                f"| {a_label} − {b_label} | {row} | {result.difference:+.3f} | [{result.low:+.3f}, {result.high:+.3f}] "
+                f"| {result.p_value:.4f} | {result.queries} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def metric_ks(metrics: Sequence[str]) -> list[int]:
+    """The cut-offs KILT's metrics need for these names (``recall@5`` needs 5); 1 when none has one."""
+    return sorted({int(m.split("@")[1]) for m in metrics if "@" in m} | {1})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multiret compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="*", type=Path, help="run folders, multirun folders, W&B run folders, or folders above them")
@@ -195,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", action="append", default=[], help="only the runs of this W&B group (the config's `group`); repeatable")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="folder for comparison.md and the charts")
     parser.add_argument("--metrics", default="Rprec,recall@5", help="comma-separated KILT metric names")
+    parser.add_argument(
+        "--paired", nargs=2, action="append", default=[], metavar=("A", "B"),
+        help="add a paired significance test of column A against column B (labels as in the table, e.g. "
+        "'vital_methods: TACO' task-specific); repeatable; needs run folders (their eval/ guess and gold files)",
+    )
     args = parser.parse_args(argv)
     if not args.roots and not args.wandb:
         parser.error("give run or sweep folders, or --wandb ENTITY/PROJECT")
@@ -207,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     for metric in args.metrics.split(","):
         rows, values = table(runs, metric)
         sections.append(markdown(rows, values, metric))
+        if args.paired:
+            sections.append(paired_section(runs, args.paired, metric, metric_ks(args.metrics.split(","))))
         plot(rows, values, metric, args.out / f"comparison-{metric.replace('@', '_at_')}.png")
     text = f"{len(runs)} runs\n\n" + "\n".join(sections)
     atomic_write_text(args.out / "comparison.md", text)

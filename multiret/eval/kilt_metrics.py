@@ -216,16 +216,33 @@ def evaluate_kilt(
     every gold id must have a guess; ``gold_side``/``guess_side`` name the inputs in errors.
     """
     ks = _check_ks(ks)
+    names = metric_names(ks)
+    items = item_scores(gold_records, guess_records, ks, gold_side=gold_side, guess_side=guess_side)
+    return {name: sum(s[name] for s in items.values()) / len(items) if items else 0.0 for name in names}
+
+
+def item_scores(
+    gold_records: Iterable[Mapping[str, Any]],
+    guess_records: Iterable[Mapping[str, Any]],
+    ks: Iterable[int],
+    *,
+    gold_side: str = "gold",
+    guess_side: str = "guess",
+) -> dict[str, dict[str, float]]:
+    """Every guess item's KILT metrics, by (stripped) id: what :func:`evaluate_kilt` averages.
+
+    Paired significance tests (``multiret compare --paired``) need the per-item scores, not
+    only their mean; ids are matched exactly as in :func:`evaluate_kilt`.
+    """
+    ks = _check_ks(ks)
     gold = _index_by_id(gold_records, gold_side)
     guess = _index_by_id(guess_records, guess_side)
     _match_ids(gold, guess, gold_side, guess_side)
-    totals = dict.fromkeys(metric_names(ks), 0.0)
+    scores: dict[str, dict[str, float]] = {}
     for item_id, guess_record in guess.items():
         pages = guess_pages(guess_record)
-        totals["Rprec"] += rprecision(pages, gold[item_id])
-        for name, value in ranking_metrics(pages, gold[item_id], ks).items():
-            totals[name] += value
-    return {name: total / len(guess) if guess else 0.0 for name, total in totals.items()}
+        scores[item_id] = {"Rprec": rprecision(pages, gold[item_id]), **ranking_metrics(pages, gold[item_id], ks)}
+    return scores
 
 
 def evaluate_kilt_files(
