@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from multiret.data.jsonl import atomic_write_text
 from multiret.eval.figures import new_figure, save_figure
+from multiret.model.loading import load_checkpoint
 from multiret.mtl.taco import importance_ema_from_state
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ def measure_importance(model: Any, batches: Any, steps: int) -> list[torch.Tenso
 
 def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tuple[list[torch.Tensor], list[str], str]:
     """TACO's EMA from a TACO checkpoint (unless ``measure``); otherwise measured on the run's held-out batches."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path, "checkpoint")
     state = checkpoint.get("callbacks", {}).get("GradientMethod")
     if state is None:
         raise ValueError(f"{path}: not a multiret training checkpoint (no gradient-method state)")

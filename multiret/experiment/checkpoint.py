@@ -1,13 +1,22 @@
-"""Checkpointing that never loses the final step."""
+"""Checkpointing that never loses the final step, never leaves a half-written file, and never runs code on load."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
+
+from multiret.model.loading import load_checkpoint
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class FinalStepCheckpoint(ModelCheckpoint):
@@ -16,11 +25,19 @@ class FinalStepCheckpoint(ModelCheckpoint):
     Lightning writes ``last.ckpt`` at the end of training only if no ``last.ckpt`` was written
     before, so with ``every_n_train_steps=1000`` a 2,500-step run would end with step 2,000 in
     ``last.ckpt``. Here the final step is saved whenever it was not a periodic save step.
+    The trainer's default checkpoint I/O is replaced by :class:`SafeCheckpointIO` (a
+    ``plugins`` entry of another kind is left as it is).
     """
 
     def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, every_n_train_steps=every_n_train_steps, **kwargs)
         self.periodic_steps = every_n_train_steps or 0
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()  # before fit(ckpt_path=...) restores: the setup hook runs first
+        super().setup(trainer, pl_module, stage)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -29,3 +46,45 @@ class FinalStepCheckpoint(ModelCheckpoint):
             trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
             return
         super().on_train_end(trainer, pl_module)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O for local folders, written atomically and read with ``weights_only=True``.
+
+    Lightning stages a checkpoint in ``$TMPDIR`` and moves it into place; across filesystems the
+    move truncates the old ``last.ckpt`` and copies, so a kill during the copy leaves a short or
+    empty file. Here a checkpoint is written beside its final name, synced and renamed, so a
+    kill at any point leaves the old checkpoint or the new one. Resuming (``fit(ckpt_path=...)``)
+    reads through :func:`multiret.model.loading.load_checkpoint`, which runs no code from the file.
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options (checkpoints go to a local folder)")
+        save_atomically(checkpoint, Path(path))
+
+    @override
+    def load_checkpoint(self, path: str | os.PathLike[str], map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path)
+
+
+def save_atomically(checkpoint: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file in ``path``'s folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)

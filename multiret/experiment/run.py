@@ -24,6 +24,7 @@ from multiret.data.jsonl import atomic_write_text
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.manifest import write_manifest
+from multiret.experiment.run_folders import register_resolver
 from multiret.experiment.spawned import CloseSpawnedProcessGroup
 from multiret.index.bm25 import BM25Retriever
 from multiret.index.dense import index_corpus, model_device, search_tasks
@@ -34,12 +35,15 @@ from multiret.index.faiss_index import (
     require_gpu_faiss,
 )
 from multiret.index.sharded import ShardWriter, build_from_shards, encode_shards
+from multiret.model.loading import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 STAGES = ("train", "index", "evaluate")
 RETRIEVERS = ("dense", "bm25")
+
+register_resolver()  # conf/hydra/default.yaml names run folders with it
 
 # Checkpoints are meant to hold the state after the optimizer step; Lightning warns about that under manual optimisation.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
@@ -74,6 +78,9 @@ def validate(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run the configured stages; returns per-task metrics plus their average (empty if not evaluated)."""
     validate(cfg)
+    for key in ("ckpt_path", "init_from"):
+        if cfg.get(key):
+            load_checkpoint(cfg[key], key, lazy=True)  # a missing, truncated or unsafe checkpoint fails before any work
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     model = instantiate(cfg.model) if cfg.retriever == "dense" else None
@@ -174,11 +181,7 @@ def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> di
 
 def load_weights(model: torch.nn.Module, ckpt_path: str, key: str = "ckpt_path") -> None:
     """Load a training checkpoint's weights into a freshly built model (for index/evaluate, or ``init_from``)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}={ckpt_path!r} does not exist; point it at a run's checkpoints/last.ckpt")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["state_dict"])
+    model.load_state_dict(load_checkpoint(ckpt_path, key, lazy=True)["state_dict"])
 
 
 def log_results(loggers: list[Any], results: dict[str, dict[str, float]], split: str, step: int) -> None:
