@@ -204,7 +204,7 @@ def test_consecutive_non_finite_steps_stop_training_and_leave_loss_driven_state_
     assert (restored.nonfinite_steps, restored.nonfinite_streak) == (3, 2)  # the counters are checkpointed
     with pytest.raises(NonFiniteTrainingError, match=(
         r"training stopped at step 4: 3 steps in a row had a non-finite loss of task\(s\) \['b'\]; "
-        r"their updates were skipped, so the weights have not changed since step 2"
+        r"their updates were skipped, so the weights are still finite \(those after step 1\)\. Lower optimizer\.lr"
     )):
         one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
     assert module.weight.grad is None

@@ -266,7 +266,6 @@ class GradientMethod(Callback):
         """
         self._collect_losses()
         self._device_losses.zero_()
-        logged: dict[str, float] = {}
         log_now = self.step % self.log_every_n_steps == 0
         device = self._params[0].device.type if self._params else "cpu"
         # the optimizer steps inside training_step, so under bf16-mixed autocast is on here: the rules run in the
@@ -277,20 +276,11 @@ class GradientMethod(Callback):
                     for i in range(len(self._task_grads)):
                         self._clear(task, i)  # a task without a backward this step contributes zero
             finite = bool(torch.isfinite(self.task_losses).all()) and self._summed_gradients_finite()
+            logged: dict[str, float] = {}
             if finite and self.needs_task_gradients:
-                if log_now:
-                    self.gram()  # before combine, which may write its result over the task buffers
-                combined = self.combine(self._task_grads, self._params, trainer)
-                finite = combined is not None
-                if finite:
-                    for param, grad in zip(self._params, combined):
-                        param.grad = grad
-                    for param in self._plain_params:
-                        if param.grad is not None:
-                            param.grad.div_(len(self.task_names))
-                    if log_now:
-                        logged.update(self._gradient_statistics(self.gram()))
-                        logged.update(self.log_values())
+                statistics = self._write_combined(trainer, log_now)
+                finite = statistics is not None
+                logged = statistics or {}
             if finite:
                 self.nonfinite_streak = 0
             else:
@@ -306,13 +296,31 @@ class GradientMethod(Callback):
             pl_module.log_dict(logged, on_step=True, batch_size=1)
         self.step += 1
         if self.nonfinite_streak >= self.max_nonfinite_steps:
+            last_update = self.step - self.nonfinite_streak - 1
+            weights = f"those after step {last_update}" if last_update >= 0 else "the initial ones"
             raise NonFiniteTrainingError(
                 f"training stopped at step {self.step - 1}: {self.nonfinite_streak} steps in a row had a non-finite "
-                f"{self._nonfinite_culprit}; their updates were skipped, so the weights have not changed since step "
-                f"{self.step - self.nonfinite_streak} and are finite. Lower optimizer.lr, check the data, or train in "
-                f"fp32 (trainer.precision=32-true); method.max_nonfinite_steps={self.max_nonfinite_steps} sets how many "
-                "skipped steps in a row are tolerated"
+                f"{self._nonfinite_culprit}; their updates were skipped, so the weights are still finite ({weights}). "
+                "Lower optimizer.lr, check the data, or train in fp32 (trainer.precision=32-true); "
+                f"method.max_nonfinite_steps={self.max_nonfinite_steps} sets how many skipped steps in a row are tolerated"
             )
+
+    def _write_combined(self, trainer: L.Trainer, log_now: bool) -> dict[str, float] | None:
+        """Put the combined task gradients into ``p.grad`` (the plain mean for parameters the method leaves out);
+        returns what to log, or None, having changed nothing, if the task gradients are not finite."""
+        if log_now:
+            self.gram()  # before combine, which may write its result over the task buffers
+        combined = self.combine(self._task_grads, self._params, trainer)
+        if combined is None:
+            return None
+        for param, grad in zip(self._params, combined):
+            param.grad = grad
+        for param in self._plain_params:
+            if param.grad is not None:
+                param.grad.div_(len(self.task_names))
+        if not log_now:
+            return {}
+        return {**self._gradient_statistics(self.gram()), **self.log_values()}
 
     def _summed_gradients_finite(self) -> bool:
         """Whether the gradients the backwards left in ``p.grad`` are finite: every gradient for a method without
