@@ -324,10 +324,14 @@ class GradientMethod(Callback):
 
     def _summed_gradients_finite(self) -> bool:
         """Whether the gradients the backwards left in ``p.grad`` are finite: every gradient for a method without
-        task buffers (naive), the parameters outside ``method.parameters`` for the others (one max-norm pass)."""
+        task buffers (naive), the parameters outside ``method.parameters`` for the others.
+
+        One fused pass of per-tensor 2-norms; a norm that overflows (entries above ~1e19) counts
+        as non-finite too, as the Gram matrix's check of the task gradients does.
+        """
         params = self._plain_params if self.needs_task_gradients else self._params
         grads = [p.grad for p in params if p.grad is not None]
-        return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf"))).max()))
+        return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).max()))
 
     def _skip_update(self) -> None:
         """Drop every gradient of this step, so the optimizer moves nothing; count the step and say why."""
