@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from multiret.mtl.base import gram_matrix, weighted_sum
+from multiret.mtl.base import NonFiniteTrainingError, gram_matrix, weighted_sum
 from multiret.mtl.cgd import CGD
 from multiret.mtl.gradnorm import GradNorm
+from multiret.mtl.naive import Naive
 from multiret.mtl.pcgrad import pcgrad_coefficients
 from multiret.mtl.uncertainty import UncertaintyWeighting
 
@@ -172,31 +173,54 @@ def one_step(method, module, trainer, losses, grads):
     method.on_before_optimizer_step(trainer, module, None)
 
 
-def test_non_finite_task_gradient_falls_back_to_the_mean_and_is_counted():
+def test_a_non_finite_task_gradient_skips_the_whole_update_and_is_counted():
     from multiret.mtl.taco import TACO
 
     method, module, trainer = TACO(), FakeModule(), fake_trainer()
     method.on_fit_start(trainer, module)
     one_step(method, module, trainer, [1.0, 2.0], [[1.0, 2.0, 3.0], [float("inf"), 0.0, 1.0]])
-    assert module.weight.grad.tolist()[1:] == [1.0, 2.0]
+    assert module.weight.grad is None and module.update_skipped  # the optimizer gets nothing to apply
     assert method.nonfinite_steps == 1 and module.logged["mtl/nonfinite_steps"] == 1.0
     finite = [[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]]
     one_step(method, module, trainer, [1.0, 2.0], finite)  # nothing of the bad step leaks into the next
+    assert not module.update_skipped
     fresh, fresh_module = TACO(), FakeModule()
     fresh.on_fit_start(trainer, fresh_module)
     one_step(fresh, fresh_module, trainer, [1.0, 2.0], finite)
     assert module.weight.grad.tolist() == fresh_module.weight.grad.tolist()
 
 
-def test_training_stops_after_consecutive_non_finite_losses():
-    method, module, trainer = CGD(max_nonfinite_losses=3), FakeModule(), fake_trainer()
+def test_consecutive_non_finite_steps_stop_training_and_leave_loss_driven_state_alone():
+    method, module, trainer = CGD(max_nonfinite_steps=3), FakeModule(), fake_trainer()
     method.on_fit_start(trainer, module)
     one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
+    assert module.weight.grad is None and method.weights.tolist() == [0.5, 0.5]  # finite gradients, bad loss: skipped
     one_step(method, module, trainer, [1.0, 1.0], [[1.0, 0, 0], [0, 1.0, 0]])  # a finite step resets the count
     one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
     one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
-    with pytest.raises(RuntimeError, match=r"loss of task\(s\) \['b'\] was not finite for 3 consecutive steps"):
+    restored = CGD(max_nonfinite_steps=3)
+    restored.on_fit_start(trainer, FakeModule())
+    restored.load_state_dict(method.state_dict())
+    assert (restored.nonfinite_steps, restored.nonfinite_streak) == (3, 2)  # the counters are checkpointed
+    with pytest.raises(NonFiniteTrainingError, match=(
+        r"training stopped at step 4: 3 steps in a row had a non-finite loss of task\(s\) \['b'\]; "
+        r"their updates were skipped, so the weights are still finite \(those after step 1\)\. Lower optimizer\.lr"
+    )):
         one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0, 0], [0, 1.0, 0]])
+    assert module.weight.grad is None
+
+
+def test_naive_skips_a_step_whose_summed_gradient_is_not_finite():
+    method, module, trainer = Naive(), FakeModule(), fake_trainer()
+    method.on_fit_start(trainer, module)
+    for task, grad in enumerate([[1.0, 0, 0], [0, float("nan"), 0]]):
+        module.active_task = task
+        method.on_before_backward(trainer, module, torch.tensor(1.0))
+        module.weight.grad = torch.tensor(grad) if module.weight.grad is None else module.weight.grad + torch.tensor(grad)
+        method.on_after_backward(trainer, module)
+    method.on_before_optimizer_step(trainer, module, None)
+    assert module.weight.grad is None and method.nonfinite_steps == 1
+    assert module.logged["mtl/nonfinite_steps"] == 1.0
 
 
 def test_gradient_statistics_are_logged_with_task_names():

@@ -3,7 +3,8 @@
 Training is manual: one forward and one backward per task sub-batch, so a gradient-method
 callback (``multiret.mtl``) can see each task's gradient before the optimizer steps. For the
 naive method the per-task backwards simply accumulate, which equals one backward of the
-summed loss while holding only one task's graph at a time.
+summed loss while holding only one task's graph at a time. The method callback also guards
+every step: one whose losses or gradients are not finite updates nothing (``update_skipped``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class BiEncoder(L.LightningModule):
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         self.active_task: int | None = None
+        self.update_skipped = False  # set by the gradient method when it drops a non-finite step's update
         self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler", "prompt"])
         self.hparams["prompt"] = asdict(self.prompt)  # plain values: checkpoints load with weights_only=True
 
@@ -107,10 +109,11 @@ class BiEncoder(L.LightningModule):
         losses = list(task_losses.values())
         for task, loss in task_losses.items():
             self.log(f"train/loss/{task}", loss, on_step=True, batch_size=1)
+        self.update_skipped = False
         optimizer.step()
         scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
+        if scheduler is not None and not self.update_skipped:
+            scheduler.step()  # a skipped step leaves the schedule where it is, as in the reference's AMP trainer
         total = torch.stack(losses).sum()
         self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=1)
         return total

@@ -9,13 +9,15 @@ Most methods only decide one coefficient per task from the tasks' Gram matrix
 ``G_ij = g_i · g_j`` (over all parameters) and their losses: they implement
 :meth:`GradientMethod.task_coefficients` and the base forms ``Σ_t c_t g_t`` per parameter
 tensor, so nothing is ever flattened. A method with per-parameter weights (TACO) overrides
-:meth:`GradientMethod.combine`. The base owns the buffers, the non-finite fallback, the
-NaN-loss stop, checkpoint state and logging.
+:meth:`GradientMethod.combine`. The base owns the buffers, checkpoint state, logging and the
+one guard against non-finite steps, for every method (naive included): a step whose task
+losses or gradients are not finite is skipped whole (see :meth:`GradientMethod.on_before_optimizer_step`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -47,9 +49,14 @@ def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def nonzero_rows(values: torch.Tensor) -> torch.Tensor:
-    """Which rows (first dimension) of ``values`` hold a non-zero entry, as a bool vector (two reductions, no temporary)."""
+    """Which rows (first dimension) of ``values`` hold a non-zero entry, as a bool vector (two reductions, no temporary).
+
+    A row holding a NaN counts as non-zero (its maximum is NaN), so a NaN gradient row is
+    buffered like any other and the step's finiteness check sees it.
+    """
     flat = values.reshape(values.shape[0], -1)
-    return (flat.amax(dim=1) > 0) | (flat.amin(dim=1) < 0)
+    top = flat.amax(dim=1)
+    return (top > 0) | (flat.amin(dim=1) < 0) | top.isnan()
 
 
 def weighted_sum(task_grads: list[torch.Tensor], coefficients: torch.Tensor) -> list[torch.Tensor]:
@@ -83,11 +90,16 @@ def task_tensors(
     return flat, views
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Training stopped: too many steps in a row had a non-finite loss or gradient (every one of them was skipped)."""
+
+
 class GradientMethod(Callback):
     """Base class of every multitask gradient method (see ``multiret/mtl/*.py``).
 
     ``log_every_n_steps`` sets how often per-task gradient norms and pairwise cosines are
-    logged; ``max_nonfinite_losses`` consecutive steps with a non-finite task loss stop training.
+    logged. A step whose task losses or gradients are not finite is skipped (no update at all);
+    ``max_nonfinite_steps`` such steps in a row stop training.
     ``parameters`` (regular expressions over parameter names, as the TACO reference's
     ``select_blocks``) restricts the method to the matching parameters: only they are buffered
     per task and combined by the rule; every other parameter gets the plain mean of its task
@@ -101,18 +113,19 @@ class GradientMethod(Callback):
     needs_task_gradients: bool = True
 
     def __init__(
-        self, log_every_n_steps: int = 10, max_nonfinite_losses: int = 5, parameters: Sequence[str] | None = None
+        self, log_every_n_steps: int = 10, max_nonfinite_steps: int = 5, parameters: Sequence[str] | None = None
     ) -> None:
         super().__init__()
-        if log_every_n_steps < 1 or max_nonfinite_losses < 1:
-            raise ValueError("method.log_every_n_steps and method.max_nonfinite_losses must be ≥ 1")
+        if log_every_n_steps < 1 or max_nonfinite_steps < 1:
+            raise ValueError("method.log_every_n_steps and method.max_nonfinite_steps must be ≥ 1")
         self.parameter_patterns = [re.compile(p) for p in parameters] if parameters else None
         self.log_every_n_steps = log_every_n_steps
-        self.max_nonfinite_losses = max_nonfinite_losses
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.task_names: list[str] = []
         self.step = 0
-        self.nonfinite_steps = 0
-        self.nonfinite_loss_streak = 0
+        self.nonfinite_steps = 0  # steps skipped so far (checkpointed, logged as mtl/nonfinite_steps)
+        self.nonfinite_streak = 0  # of them, how many in a row up to this step
+        self._nonfinite_culprit = ""  # what the last skipped step found not finite, for the stop message
         self.task_losses = torch.zeros(0)
         self._params: list[torch.nn.Parameter] = []
         self._plain_params: list[torch.nn.Parameter] = []
@@ -239,40 +252,111 @@ class GradientMethod(Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        """Write the combined gradient into ``p.grad``; or, if the step is not finite, skip its update whole.
+
+        A step is skipped when a task loss, a task gradient, or a gradient summed in ``p.grad``
+        (naive's, and the parameters outside ``method.parameters``) is not finite. Then every
+        ``p.grad`` is dropped, so the optimizer's step changes neither the weights nor its own
+        state (AdamW's moments and step count); no method state moves (the check comes before
+        :meth:`task_coefficients`, and :meth:`combine` changes nothing when it returns None); the
+        module leaves the learning-rate schedule where it was (``update_skipped``); the step is
+        counted and logged (``mtl/nonfinite_steps``), and ``max_nonfinite_steps`` in a row stop
+        training. Under DDP every process sees the same averaged losses and gradients, so all
+        decide alike.
+        """
         self._collect_losses()
         self._device_losses.zero_()
-        self._check_losses()
-        logged: dict[str, float] = {}
-        if self.needs_task_gradients:
-            with torch.no_grad():
+        log_now = self.step % self.log_every_n_steps == 0
+        device = self._params[0].device.type if self._params else "cpu"
+        # the optimizer steps inside training_step, so under bf16-mixed autocast is on here: the rules run in the
+        # buffers' precision, not in bf16 (nor may a bf16 result become the float32 parameters' gradient)
+        with torch.no_grad(), torch.autocast(device, enabled=False):
+            if self.needs_task_gradients:
                 for task in (t for t, unfilled in enumerate(self._unfilled) if unfilled):
                     for i in range(len(self._task_grads)):
                         self._clear(task, i)  # a task without a backward this step contributes zero
-                log_now = self.step % self.log_every_n_steps == 0
-                if log_now:
-                    self.gram()  # before combine, which may write its result over the task buffers
-                combined = self.combine(self._task_grads, self._params, trainer)
-                combined_nonfinite = combined is None
-                if combined_nonfinite:
-                    self.nonfinite_steps += 1
-                    log.warning("step %d: non-finite task gradient; applying the naive mean for this step", self.step)
-                    combined = [g.mean(0) for g in self._task_grads]
-                elif log_now:
-                    logged.update(self._gradient_statistics(self.gram()))
-                    logged.update(self.log_values())
-                for param, grad in zip(self._params, combined):
-                    param.grad = grad
-                for param in self._plain_params:
-                    if param.grad is not None:
-                        param.grad.div_(len(self.task_names))
+            finite = bool(torch.isfinite(self.task_losses).all()) and self._summed_gradients_finite()
+            logged: dict[str, float] = {}
+            if finite and self.needs_task_gradients:
+                statistics = self._write_combined(trainer, log_now)
+                finite = statistics is not None
+                logged = statistics or {}
+            if finite:
+                self.nonfinite_streak = 0
+            else:
+                self._skip_update()
+            if self.needs_task_gradients:
                 self._unfilled = [True] * len(self.task_names)
                 self.reached = [[False] * len(self._params) for _ in self.task_names]
                 self._gram = None
-            if logged or combined_nonfinite:  # on logging steps, and whenever a step fell back
-                logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
+        pl_module.update_skipped = not finite
+        if log_now or not finite:
+            logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:
             pl_module.log_dict(logged, on_step=True, batch_size=1)
         self.step += 1
+        if self.nonfinite_streak >= self.max_nonfinite_steps:
+            last_update = self.step - self.nonfinite_streak - 1
+            weights = f"those after step {last_update}" if last_update >= 0 else "the initial ones"
+            raise NonFiniteTrainingError(
+                f"training stopped at step {self.step - 1}: {self.nonfinite_streak} steps in a row had a non-finite "
+                f"{self._nonfinite_culprit}; their updates were skipped, so the weights are still finite ({weights}). "
+                "Lower optimizer.lr, check the data, or train in fp32 (trainer.precision=32-true); "
+                f"method.max_nonfinite_steps={self.max_nonfinite_steps} sets how many skipped steps in a row are tolerated"
+            )
+
+    def _write_combined(self, trainer: L.Trainer, log_now: bool) -> dict[str, float] | None:
+        """Put the combined task gradients into ``p.grad`` (the plain mean for parameters the method leaves out);
+        returns what to log, or None, having changed nothing, if the task gradients are not finite."""
+        if log_now:
+            self.gram()  # before combine, which may write its result over the task buffers
+        combined = self.combine(self._task_grads, self._params, trainer)
+        if combined is None:
+            return None
+        for param, grad in zip(self._params, combined):
+            param.grad = grad
+        for param in self._plain_params:
+            if param.grad is not None:
+                param.grad.div_(len(self.task_names))
+        if not log_now:
+            return {}
+        return {**self._gradient_statistics(self.gram()), **self.log_values()}
+
+    def _summed_gradients_finite(self) -> bool:
+        """Whether the gradients the backwards left in ``p.grad`` are finite: every gradient for a method without
+        task buffers (naive), the parameters outside ``method.parameters`` for the others.
+
+        One fused pass of per-tensor 2-norms; a norm that overflows (entries above ~1e19) counts
+        as non-finite too, as the Gram matrix's check of the task gradients does.
+        """
+        params = self._plain_params if self.needs_task_gradients else self._params
+        grads = [p.grad for p in params if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).max()))
+
+    def _skip_update(self) -> None:
+        """Drop every gradient of this step, so the optimizer moves nothing; count the step and say why."""
+        self._nonfinite_culprit = self._describe_nonfinite()
+        for param in (*self._params, *self._plain_params):
+            param.grad = None
+        self.nonfinite_steps += 1
+        self.nonfinite_streak += 1
+        log.warning(
+            "step %d: non-finite %s; the step's update is skipped (%d skipped so far, %d in a row; %d in a row stop "
+            "training)", self.step, self._nonfinite_culprit, self.nonfinite_steps, self.nonfinite_streak,
+            self.max_nonfinite_steps,
+        )
+
+    def _describe_nonfinite(self) -> str:
+        """What was not finite this step, naming the tasks where that can be told (runs only on a skipped step)."""
+        losses = [name for name, v in zip(self.task_names, self.task_losses.tolist()) if not math.isfinite(v)]
+        if losses:
+            return f"loss of task(s) {losses}"
+        if self.needs_task_gradients:
+            grads = [name for task, name in enumerate(self.task_names)
+                     if not all(bool(torch.isfinite(buffer[task]).all()) for buffer in self._task_grads)]
+            if grads:
+                return f"gradient of task(s) {grads}"
+        return "gradient (summed over the tasks)"
 
     def _collect_losses(self) -> None:
         """This step's task losses on the CPU; under DDP the mean over processes (loss-driven methods need it).
@@ -286,18 +370,6 @@ class GradientMethod(Callback):
             dist.all_reduce(losses)
             losses /= size
         self.task_losses = losses.double().cpu()
-
-    def _check_losses(self) -> None:
-        if bool(torch.isfinite(self.task_losses).all()):
-            self.nonfinite_loss_streak = 0
-            return
-        self.nonfinite_loss_streak += 1
-        if self.nonfinite_loss_streak >= self.max_nonfinite_losses:
-            bad = [n for n, v in zip(self.task_names, self.task_losses.tolist()) if not torch.isfinite(torch.tensor(v))]
-            raise RuntimeError(
-                f"training stopped at step {self.step}: the loss of task(s) {bad} was not finite for "
-                f"{self.nonfinite_loss_streak} consecutive steps; lower optimizer.lr, check the data, or use fp32"
-            )
 
     def _gradient_statistics(self, gram: torch.Tensor) -> dict[str, float]:
         """Per-task gradient norms and pairwise cosines: the conflicts multitask methods exist to resolve."""
@@ -321,8 +393,8 @@ class GradientMethod(Callback):
         """Turn per-parameter ``(T, *shape)`` task gradients into one gradient per parameter.
 
         Returns None, changing no state, when the task gradients are not finite; the caller then
-        applies their plain mean for this step. (A non-finite entry makes the Gram matrix
-        non-finite, so the check costs no extra pass.) A method may write its result over the
+        skips the step's update. (A non-finite entry makes the Gram matrix non-finite, so the
+        check costs no extra pass.) It is only called with finite task losses. A method may write its result over the
         task buffers (TACO does, to save a P-sized output): they are refilled every step, and
         nothing reads them after ``combine`` in the same step.
         """
@@ -353,6 +425,7 @@ class GradientMethod(Callback):
             "task_names": list(self.task_names),
             "step": self.step,
             "nonfinite_steps": self.nonfinite_steps,
+            "nonfinite_streak": self.nonfinite_streak,
             **self.extra_state(),
         }
 
@@ -374,4 +447,5 @@ class GradientMethod(Callback):
             )
         self.step = int(state["step"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))  # checkpoints from before the streak was saved
         self.load_extra_state(state)
