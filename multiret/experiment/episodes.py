@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import atomic_write_text
+from multiret.errors import hydra_task
 from multiret.eval.retrieval import with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.run import (
@@ -258,6 +259,7 @@ def collect_results(out: Path, count: int) -> dict[str, dict[str, dict[str, floa
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_task
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the last episode's average R-precision for sweepers to optimise."""
     results = run_episodes(cfg)

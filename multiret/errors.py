@@ -1,0 +1,65 @@
+"""Errors a user fixes (a setting, an input file, a folder), told apart from bugs.
+
+The command line prints a user error as one line (``multiret <command>: error: ...``) and
+exits 2; anything else is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows the
+traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+R = TypeVar("R")
+
+
+class UserError(ValueError):
+    """A setting or an input that cannot work; the message names the key, value or file:line and the fix.
+
+    A ``ValueError``, so that callers catching ``ValueError`` around validation keep working.
+    """
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
+"""What the command line reports as one line: our validation, and the file system's own errors (they name the path)."""
+
+
+def full_traceback_wanted() -> bool:
+    """True under ``HYDRA_FULL_ERROR=1``: user errors then raise with their traceback, as Hydra's own do."""
+    return os.environ.get("HYDRA_FULL_ERROR", "") == "1"
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (multi-line messages are joined); the exception type if it has none."""
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return text or type(error).__name__
+
+
+class UserErrorExit(SystemExit):
+    """A user error leaving a Hydra task function.
+
+    Hydra catches every ``Exception`` of a task function and prints a stripped traceback; a
+    ``SystemExit`` passes through, so the command line prints :attr:`message` as its one line.
+    Uncaught (a script run directly, a DDP worker), Python prints the message and exits 1.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        self.message = one_line(error)
+        super().__init__(f"multiret: error: {self.message}")
+
+
+def hydra_task(task: Callable[..., R]) -> Callable[..., R]:
+    """Wrap a Hydra task function so that its user errors reach the command line as :class:`UserErrorExit`."""
+
+    @functools.wraps(task)
+    def wrapper(*args: object, **kwargs: object) -> R:
+        try:
+            return task(*args, **kwargs)
+        except USER_ERRORS as error:
+            if full_traceback_wanted():
+                raise
+            raise UserErrorExit(error) from error
+
+    return wrapper
