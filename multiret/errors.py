@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 R = TypeVar("R")
@@ -63,3 +65,16 @@ def hydra_task(task: Callable[..., R]) -> Callable[..., R]:
             raise UserErrorExit(error) from error
 
     return wrapper
+
+
+def require_writable_folder(folder: str | os.PathLike[str], key: str) -> None:
+    """Create ``folder`` if needed and write a temporary file in it, so a read-only place fails before the work."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"{key}: cannot write into {os.fspath(folder)!r} ({error.strerror or error}); "
+            "choose a writable folder or fix its permissions"
+        ) from error

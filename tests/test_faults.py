@@ -10,6 +10,7 @@ tiny KILT fixture (``ws``) and a scratch folder (``tmp``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 
 import multiret.experiment.run  # noqa: F401  (imported here, so that its import-time warnings stay out of the captured stderr)
 from multiret.cli import main as cli
+from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError
 
 TASKS = ("data.tasks={qa: {train: qa-train.jsonl, dev: qa-dev.jsonl, prompt: QA, max_query_length: 8}, "
@@ -49,6 +51,16 @@ def kilt_eval(ws: Path, gold: str = "qa-dev.jsonl", guess: str = "guess.jsonl") 
     return ["kilt-eval", "--gold", str(ws / gold), "--guess", str(ws / guess)]
 
 
+def prepare(ws: Path, tmp: Path, out: Path | None = None) -> list[str]:
+    """`multiret prepare kilt` of one task (the fixture's `el` files as KILT's nq) over the fixture's passages."""
+    kilt = tmp / "kilt"
+    kilt.mkdir(exist_ok=True)
+    for split in ("train", "dev"):
+        shutil.copy(ws / f"el-{split}.jsonl", kilt / f"nq-{split}-kilt.jsonl")
+    return ["prepare", "kilt", "--kilt-dir", str(kilt), "--passages", str(ws / "corpus.tsv"),
+            "--out", str(out or tmp / "prepared"), "--tasks", "nq", "--no-progress"]
+
+
 def edit_line(path: Path, number: int, text: str | bytes) -> None:
     """Replace line ``number`` (1-based) of ``path`` with ``text``."""
     lines = path.read_bytes().splitlines(keepends=True)
@@ -66,6 +78,7 @@ class Fault:
     fault: str  # the class of fault (issue 13's table)
     argv: Callable[[Path, Path], list[str]]  # (ws, tmp) -> command line; may break files in ws first
     names: tuple[str, ...]  # what the one line must name (file:line, key=value, the fix); "{ws}"/"{tmp}" are filled in
+    after: Callable[[Path, Path], bool] = lambda ws, tmp: True  # what must hold afterwards (nothing marked done, ...)
 
 
 def _bad_json(ws: Path, tmp: Path) -> list[str]:
@@ -152,11 +165,22 @@ def _folder_under_a_file(ws: Path, tmp: Path) -> list[str]:
     return train(ws, tmp, "stages=[index,evaluate]", f"index.dir={ws / 'corpus.tsv' / 'index'}")
 
 
+def _bad_utf8_passage(ws: Path, tmp: Path) -> list[str]:
+    edit_line(ws / "corpus.tsv", 3, b"0_1\tcaf\xe9 w1\tPage 0\t0")
+    return prepare(ws, tmp)
+
+
+def _passages_not_marked_done(ws: Path, tmp: Path) -> bool:
+    return not (tmp / "prepared" / ".done" / "passages.json").exists()
+
+
 FAULTS = {
     "bad JSON: a dev file": Fault("bad JSON", _bad_json, ("{ws}/qa-dev.jsonl:2", "invalid JSON", "column")),
     "bad JSON: a guess file": Fault("bad JSON", _bad_json_guess, ("{ws}/guess.jsonl:3", "invalid JSON")),
     "bad UTF-8: a dev file": Fault("bad UTF-8", _bad_utf8, ("{ws}/el-dev.jsonl:3", "not UTF-8", "0xe9")),
     "bad UTF-8: a gold file": Fault("bad UTF-8", _bad_utf8_gold, ("{ws}/qa-dev.jsonl:4", "not UTF-8")),
+    "bad UTF-8: passage text": Fault("bad UTF-8", _bad_utf8_passage, ("{ws}/corpus.tsv", "'0_1'", "UTF-8"),
+                                     after=_passages_not_marked_done),
     "missing column: corpus": Fault("missing column", _missing_corpus_column, ("{ws}/corpus.tsv:1", "wikipedia_id")),
     "missing column: input": Fault("missing column", _missing_input, ("{ws}/qa-dev.jsonl:5", "'input'")),
     "duplicate ids: queries": Fault("duplicate ids", _duplicate_query_id, ("{ws}/qa-dev.jsonl:21", "duplicate id 'qa-dev-0'")),
@@ -186,7 +210,18 @@ FAULTS = {
                                           ("ckpt_path='{tmp}/last.ckpt'", "truncated")),
     "read-only folder: a file in the way": Fault("read-only folder", _folder_under_a_file,
                                                  ("index.dir", "{ws}/corpus.tsv/index", "writable")),
+    "read-only folder: prepare --out": Fault("read-only folder", lambda ws, tmp: prepare(ws, tmp, ws / "corpus.tsv" / "out"),
+                                             ("--out", "{ws}/corpus.tsv/out", "writable")),
 }
+
+
+@pytest.fixture(autouse=True)
+def own_logging():
+    """Hydra points the root logger at the stdout of the test that ran it; later tests get their own."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 @pytest.fixture()
@@ -210,6 +245,7 @@ def test_fault_is_one_line_naming_the_fix(case: str, ws: Path, tmp_path: Path, m
     for name in fault.names:
         assert name.format(ws=ws, tmp=tmp_path) in lines[0]
     assert "at at " not in lines[0]
+    assert fault.after(ws, tmp_path)
 
 
 def test_a_read_only_run_folder_fails_before_the_work(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -250,3 +286,17 @@ def test_the_process_exits_2_with_one_line(ws: Path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [f"multiret kilt-eval: error: guess file {ws}/guess.jsonl: no record "
                                         "(the file is empty or blank); nothing to score"]
+
+
+def test_a_cleanup_error_does_not_hide_the_error(tmp_path: Path, monkeypatch) -> None:
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(OSError, match="No space left on device") as error:
+        atomic_write_text(tmp_path / "out.json", "{}")
+    assert "could not be removed either" in " ".join(error.value.__notes__)

@@ -72,8 +72,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             handle.write(text)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError as cleanup:  # the write's own error is the one to report
+            error.add_note(f"the temporary file {tmp} could not be removed either: {cleanup}")
         raise
 
 

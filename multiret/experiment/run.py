@@ -7,7 +7,6 @@ and the tests call :func:`run` on composed configs.
 from __future__ import annotations
 
 import logging
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import atomic_write_text
-from multiret.errors import UserError, hydra_task
+from multiret.errors import UserError, hydra_task, require_writable_folder
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.manifest import write_manifest
@@ -79,7 +78,7 @@ def validate(cfg: DictConfig) -> None:
         if cfg.get(key) and cfg[key] not in LIGHTNING_CKPT_NAMES:
             check_checkpoint(Path(cfg[key]), key)
     for key, folder in output_folders(cfg).items():
-        check_writable(Path(folder), key)
+        require_writable_folder(folder, key)
 
 
 def validate_cutoffs(top_k: Any, ks: Any) -> None:
@@ -125,19 +124,6 @@ def output_folders(cfg: DictConfig) -> dict[str, str]:
     if "evaluate" in cfg.stages:
         folders["paths.output_dir (eval/)"] = str(Path(cfg.paths.output_dir) / "eval")
     return folders
-
-
-def check_writable(folder: Path, key: str) -> None:
-    """Create ``folder`` if needed and write a temporary file in it, so a read-only place fails before the work."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UserError(
-            f"{key}: cannot write into {str(folder)!r} ({error.strerror or error}); "
-            "choose a writable folder or fix its permissions"
-        ) from error
 
 
 def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
