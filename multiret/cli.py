@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from multiret.errors import USER_ERRORS, UserErrorExit, full_traceback_wanted, one_line
+from multiret.errors import UserErrorExit, full_traceback_wanted, one_line, user_error_in
 
 USAGE = """usage: multiret <command> [args]
 
@@ -35,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(command, rest)
     except UserErrorExit as exit_:  # raised out of a Hydra app, past Hydra's traceback printer
         message = exit_.message
-    except USER_ERRORS as error:
-        if full_traceback_wanted():
+    except Exception as error:
+        user_error = user_error_in(error)
+        if user_error is None or full_traceback_wanted():
             raise
-        message = one_line(error)
+        message = one_line(user_error)
     print(f"multiret {command}: error: {message}", file=sys.stderr)
     return 2
 

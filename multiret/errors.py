@@ -28,6 +28,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 """What the command line reports as one line: our validation, and the file system's own errors (they name the path)."""
 
 
+def user_error_in(error: BaseException | None) -> BaseException | None:
+    """The user error behind ``error``: itself, or the cause that Hydra's ``instantiate`` wrapped; None for a bug."""
+    from hydra.errors import InstantiationException  # here: kilt-eval and the usage text start without Hydra
+
+    while error is not None and not isinstance(error, USER_ERRORS):
+        error = error.__cause__ if isinstance(error, InstantiationException) else None
+    return error
+
+
 def full_traceback_wanted() -> bool:
     """True under ``HYDRA_FULL_ERROR=1``: user errors then raise with their traceback, as Hydra's own do."""
     return os.environ.get("HYDRA_FULL_ERROR", "") == "1"
@@ -59,10 +68,11 @@ def hydra_task(task: Callable[..., R]) -> Callable[..., R]:
     def wrapper(*args: object, **kwargs: object) -> R:
         try:
             return task(*args, **kwargs)
-        except USER_ERRORS as error:
-            if full_traceback_wanted():
+        except Exception as error:
+            user_error = user_error_in(error)
+            if user_error is None or full_traceback_wanted():
                 raise
-            raise UserErrorExit(error) from error
+            raise UserErrorExit(user_error) from error
 
     return wrapper
 

@@ -193,6 +193,8 @@ FAULTS = {
                                         ("index.ks=[]",)),
     "bad config value: retriever": Fault("bad config value", lambda ws, tmp: evaluate(ws, tmp, "retriever=sparse"),
                                          ("retriever='sparse'", "dense", "bm25")),
+    "bad config value: task name": Fault("bad config value", lambda ws, tmp: evaluate(ws, tmp, "data.task_names=[qa,nope]"),
+                                         ("unknown task(s) 'nope' in data.task_names", "known tasks: el, qa")),
     "missing path: data root": Fault("missing path", lambda ws, tmp: evaluate(ws / "nowhere", tmp),
                                      ("data file(s) not found: {ws}/nowhere/corpus.tsv, {ws}/nowhere/qa-train.jsonl", "data.root")),
     "missing path: ckpt_path": Fault("missing path", lambda ws, tmp: train(ws, tmp, f"ckpt_path={tmp / 'none.ckpt'}"),
