@@ -141,10 +141,18 @@ def _blank_guess(ws: Path, tmp: Path) -> list[str]:
     return argv
 
 
+def _both_empty(ws: Path, tmp: Path) -> list[str]:
+    argv = kilt_eval(ws)
+    (ws / "qa-dev.jsonl").write_text("")
+    (ws / "guess.jsonl").write_text("")
+    return argv
+
+
 def _gold_without_provenance(ws: Path, tmp: Path) -> list[str]:
     argv = kilt_eval(ws)
     records = [json.loads(line) for line in (ws / "qa-dev.jsonl").read_text().splitlines()]
-    (ws / "qa-dev.jsonl").write_text("".join(json.dumps({"id": r["id"], "input": r["input"]}) + "\n" for r in records))
+    answers_only = [{**r, "output": [{"answer": o["answer"]} for o in r["output"]]} for r in records]
+    (ws / "qa-dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in answers_only))
     return argv
 
 
@@ -204,6 +212,7 @@ FAULTS = {
     "empty input: dev file": Fault("empty input", _empty_dev_file, ("{ws}/el-dev.jsonl", "empty or blank")),
     "empty input: gold file": Fault("empty input", _empty_gold, ("gold file {ws}/qa-dev.jsonl", "empty or blank")),
     "empty input: guess file": Fault("empty input", _blank_guess, ("guess file {ws}/guess.jsonl", "empty or blank")),
+    "empty input: both kilt-eval files": Fault("empty input", _both_empty, ("gold file {ws}/qa-dev.jsonl", "empty or blank")),
     "empty input: gold without provenance": Fault("empty input", _gold_without_provenance,
                                                   ("gold file {ws}/qa-dev.jsonl", "no record has provenance", "swapped")),
     "broken checkpoint: empty": Fault("crafted checkpoint", _empty_checkpoint,
