@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from multiret.errors import UserErrorExit, full_traceback_wanted, one_line, user_error_in
+
 USAGE = """usage: multiret <command> [args]
 
 commands:
@@ -23,11 +25,27 @@ DEFAULT_STAGES = {"train": None, "index": "stages=[index]", "evaluate": "stages=
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error (see :mod:`multiret.errors`) prints one line to stderr and returns 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    try:
+        return dispatch(command, rest)
+    except UserErrorExit as exit_:  # raised out of a Hydra app, past Hydra's traceback printer
+        message = exit_.message
+    except Exception as error:
+        user_error = user_error_in(error)
+        if user_error is None or full_traceback_wanted():
+            raise
+        message = one_line(user_error)
+    print(f"multiret {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def dispatch(command: str, rest: list[str]) -> int:
+    """Run ``command`` with its arguments ``rest``; returns the exit status."""
     if command in DEFAULT_STAGES:
         from multiret.experiment import run
 

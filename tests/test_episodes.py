@@ -136,7 +136,7 @@ def test_more_episodes_continue_from_the_last_one(tmp_path, tiny_t5_dir, kilt_di
     ("ckpt_path=/some/last.ckpt", "use init_from"),
     ("episodes.mine_top_k=9", r"mine_top_k=9 must be > 0 and <= episodes.mine_depth=8"),
     ("episodes.evaluate=first", "choose one of"),
-    ("retriever=bm25", "retriever=bm25"),
+    ("retriever=bm25", "retriever='bm25': episodes train and mine with a dense model"),
 ])
 def test_settings_that_cannot_run_are_refused(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, override, message):
     with pytest.raises(ValueError, match=message):

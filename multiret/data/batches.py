@@ -19,6 +19,7 @@ from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.data.kilt import Query
 from multiret.data.tasks import TaskSpec
+from multiret.errors import UserError
 
 
 @dataclass
@@ -57,11 +58,11 @@ class MultitaskBatches(IterableDataset):
         self.seed = seed
         self.start_step = start_step
         if micro_batches < 1:
-            raise ValueError(f"data.micro_batches must be ≥ 1, got {micro_batches}")
+            raise UserError(f"data.micro_batches must be ≥ 1, got {micro_batches}")
         self.micro_batches = micro_batches
         uneven = {s.task.name: s.batch_size for s in streams if s.batch_size % world_size}
         if uneven:
-            raise ValueError(
+            raise UserError(
                 f"per-task batch shares {uneven} do not split evenly over {world_size} processes; "
                 "choose data.batch_size so that every task's share is a multiple of the number of processes"
             )

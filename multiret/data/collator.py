@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from multiret.data.tasks import TaskSpec
+from multiret.errors import UserError
 
 
 class PromptCollator:
@@ -25,7 +26,7 @@ class PromptCollator:
         max_passage_length: int,
     ) -> None:
         if prompt_template is not None and "{query}" not in prompt_template:
-            raise ValueError(f"model.prompt_template {prompt_template!r} must contain '{{query}}'")
+            raise UserError(f"model.prompt_template {prompt_template!r} must contain '{{query}}'")
         self.tokenizer = tokenizer
         self.prompt_template = prompt_template
         self.max_passage_length = max_passage_length

@@ -22,6 +22,7 @@ from multiret.data.negatives import (
     read_negatives,
 )
 from multiret.data.tasks import TaskSpec, select_tasks
+from multiret.errors import UserError
 from multiret.index.bm25 import BM25Retriever
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ class MultitaskDataModule(L.LightningDataModule):
         evaluation = {
             t.name: read_queries(t.split_path(self.eval_split), self.max_eval_queries, self.seed) for t in self.tasks
         }
+        empty = [t.split_path(self.eval_split) for t in self.tasks if not evaluation[t.name]]
+        if empty:
+            raise UserError(f"no item in the {self.eval_split} file(s) {', '.join(map(str, empty))} (empty or blank): "
+                            "every score would be 0; fill them, or choose data.eval_split or data.task_names")
         gold = {p for qs in (*train.values(), *evaluation.values()) for q in qs for p in q.gold_pages}
         self.corpus = subsample_pages(read_corpus(self.corpus_path), gold, self.corpus_max_pages, self.seed)
         self.train_queries = {
@@ -119,7 +124,7 @@ class MultitaskDataModule(L.LightningDataModule):
         assert self.corpus is not None
         empty = [name for name, qs in self.train_queries.items() if not qs]
         if empty:
-            raise ValueError(f"task(s) {empty} have no usable training item (see the warnings above)")
+            raise UserError(f"task(s) {empty} have no usable training item (see the warnings above)")
         self._mine_negatives(self.train_queries)
         sizes = [len(self.train_queries[t.name]) for t in self.tasks]
         self.task_batch_sizes = dict(

@@ -9,39 +9,52 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from multiret.errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
     """Raised when an input file does not have the expected format; the message names file:line."""
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for every non-blank line of a JSON-lines file.
 
-    Fails with :class:`DataFormatError` naming ``file:line`` on malformed JSON or on a line
-    that is not a JSON object, so a user can fix the exact record.
+    Fails with :class:`DataFormatError` naming ``file:line`` on malformed JSON, on bytes that
+    are not UTF-8 or on a line that is not a JSON object, so a user can fix the exact record.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected a JSON-lines file)")
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(
-                    f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno}); "
-                    "expected one JSON object per line"
-                ) from error
-            if not isinstance(record, dict):
-                raise DataFormatError(
-                    f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}"
-                )
-            yield line_number, record
+    with path.open("rb") as handle:
+        yield from parse_jsonl(handle, str(path))
+
+
+def parse_jsonl(lines: Iterable[bytes], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`iter_jsonl` over raw lines (a file, a pipe, stdin); ``name`` is the file named in errors."""
+    for line_number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataFormatError(
+                f"{name}:{line_number}: not UTF-8 (byte {raw[error.start]:#04x} at byte {error.start + 1} of the line); "
+                "save the file as UTF-8"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            reason = error.msg.removesuffix(" at")  # "Unterminated string starting at" would read "at at column"
+            raise DataFormatError(
+                f"{name}:{line_number}: invalid JSON ({reason} at column {error.colno}); "
+                "expected one JSON object per line"
+            ) from error
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{name}:{line_number}: expected a JSON object, got {type(record).__name__}")
+        yield line_number, record
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -59,8 +72,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             handle.write(text)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError as cleanup:  # the write's own error is the one to report
+            error.add_note(f"the temporary file {tmp} could not be removed either: {cleanup}")
         raise
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from multiret.errors import UserError
+
 
 def temperature_rates(sizes: Sequence[int], temperature: float) -> list[float]:
     """Mixing rates ``r_t ∝ (n_t / Σn)^(1/temperature)``; temperature 1 is proportional, ∞ uniform."""
     if temperature <= 0:
-        raise ValueError(f"mixing temperature must be > 0, got {temperature}")
+        raise UserError(f"mixing temperature must be > 0, got {temperature}")
     if not sizes or min(sizes) <= 0:
-        raise ValueError(f"every task needs at least one training example, got sizes {list(sizes)}")
+        raise UserError(f"every task needs at least one training example, got sizes {list(sizes)}")
     total = sum(sizes)
     powered = [(n / total) ** (1.0 / temperature) for n in sizes]
     norm = sum(powered)
@@ -24,7 +26,7 @@ def task_batch_sizes(batch_size: int, sizes: Sequence[int], temperature: float =
     minimum of one.
     """
     if batch_size < len(sizes):
-        raise ValueError(
+        raise UserError(
             f"data.batch_size={batch_size} is smaller than the number of tasks ({len(sizes)}); "
             "every batch must hold every task"
         )

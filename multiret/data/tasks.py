@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from multiret.errors import UserError
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -21,20 +23,20 @@ class TaskSpec:
     def split_path(self, split: str) -> str:
         path = {"train": self.train, "dev": self.dev, "test": self.test}.get(split)
         if path is None:
-            raise ValueError(f"task {self.name!r} has no {split!r} file configured (data.tasks.{self.name}.{split})")
+            raise UserError(f"task {self.name!r} has no {split!r} file configured (data.tasks.{self.name}.{split})")
         return path
 
 
 def select_tasks(known: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> list[TaskSpec]:
     """Build the specs of the named tasks, failing with the list of known task names."""
     if not names:
-        raise ValueError("data.task_names is empty; name at least one task")
+        raise UserError("data.task_names is empty; name at least one task")
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown task(s) {', '.join(map(repr, unknown))} in data.task_names; "
             f"known tasks: {', '.join(sorted(known))}"
         )
     if len(set(names)) != len(names):
-        raise ValueError(f"data.task_names lists a task twice: {list(names)}")
+        raise UserError(f"data.task_names lists a task twice: {list(names)}")
     return [TaskSpec(name=name, **dict(known[name])) for name in names]

@@ -74,6 +74,7 @@ from typing import Any
 from tqdm import tqdm
 
 from multiret.data.jsonl import atomic_write_text, write_jsonl
+from multiret.errors import UserError
 
 __all__ = [
     "BUILDER_VERSION",
@@ -364,14 +365,14 @@ def build_vital(out_dir: Path, *, force: bool = False, show_progress: bool = Tru
 
     raw = json.loads(source.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a JSON object mapping titles to articles")
+        raise UserError(f"{source}: expected a JSON object mapping titles to articles")
     articles: dict[str, dict[str, str]] = {}
     for key, entry in raw.items():
         title = _norm(str(entry.get("title") or key))
         if not title:
             continue
         if title in articles:
-            raise ValueError(f"{source}: duplicate title {title!r} after whitespace normalisation")
+            raise UserError(f"{source}: duplicate title {title!r} after whitespace normalisation")
         articles[title] = {
             "extract": _norm(str(entry.get("extract") or "")),
             "description": _norm(str(entry.get("description") or "")),

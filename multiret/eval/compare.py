@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from multiret.data.jsonl import atomic_write_text
+from multiret.errors import UserError
 from multiret.eval import wandb_store
 from multiret.eval.figures import new_figure, save_figure
 from multiret.eval.significance import mean_over_seeds, paired_test, run_query_scores
@@ -70,7 +71,7 @@ def summary_metrics(source: str, config: Mapping[str, Any], summary: Mapping[str
     if len(missing) == len(tasks):
         return None
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{source}: W&B summary has {split}/<task>/<metric> keys for some tasks but none for {missing}; "
             "was its evaluation cut off?"
         )
@@ -103,7 +104,7 @@ def load_runs(roots: Sequence[Path], groups: Sequence[str] = ()) -> list[RunResu
             if metrics is not None and (not groups or logged.group in groups):
                 runs.append(run_result(str(folder), logged.config, metrics, logged.job_type or "multitask"))
     if not runs:
-        raise ValueError(
+        raise UserError(
             f"no evaluated run (config.yaml + eval/metrics.json, or a W&B run folder with {{split}}/{{task}}/{{metric}} "
             f"in its summary){f' in groups {list(groups)}' if groups else ''} under {', '.join(map(str, roots))}"
         )
@@ -121,7 +122,7 @@ def load_wandb_api(project: str, groups: Sequence[str] = ()) -> list[RunResult]:
         if metrics is not None:
             runs.append(run_result(source, api_run.config, metrics, api_run.job_type or "multitask"))
     if not runs:
-        raise ValueError(f"no evaluated run in W&B project {project}{f' groups {list(groups)}' if groups else ''}")
+        raise UserError(f"no evaluated run in W&B project {project}{f' groups {list(groups)}' if groups else ''}")
     return runs
 
 
@@ -129,15 +130,15 @@ def check_task_sets(runs: Sequence[RunResult]) -> tuple[str, ...]:
     """The multitask runs must share one task list; task-specific runs must cover it."""
     multitask = [r for r in runs if r.job_type != TASK_SPECIFIC]
     if not multitask:
-        raise ValueError("no multitask run to compare")
+        raise UserError("no multitask run to compare")
     tasks = multitask[0].tasks
     odd = [f"{r.source} ({', '.join(r.tasks)})" for r in multitask if set(r.tasks) != set(tasks)]
     if odd:
-        raise ValueError(f"multitask runs with other tasks than {list(tasks)} (from {multitask[0].source}): {'; '.join(odd)}")
+        raise UserError(f"multitask runs with other tasks than {list(tasks)} (from {multitask[0].source}): {'; '.join(odd)}")
     specific = {t for r in runs if r.job_type == TASK_SPECIFIC for t in r.tasks}
     stray = sorted(specific - set(tasks))
     if stray:
-        raise ValueError(f"task-specific runs for tasks the multitask runs lack: {stray}")
+        raise UserError(f"task-specific runs for tasks the multitask runs lack: {stray}")
     return tasks
 
 

@@ -7,12 +7,17 @@ number. The rules are restated in ``docs/kilt-eval.md``.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from multiret.data.jsonl import DataFormatError, read_jsonl
+from multiret.data.jsonl import DataFormatError, parse_jsonl
+from multiret.errors import UserError
+
+log = logging.getLogger(__name__)
 
 PAGE_KEY = "wikipedia_id"
 
@@ -101,7 +106,7 @@ def guess_pages(guess_record: Mapping[str, Any]) -> list[str]:
     if len(with_provenance) != 1:
         raise DataFormatError(
             f"guess record {_item_id(guess_record)!r}: expected exactly one output with 'provenance', "
-            f"got {len(with_provenance)}"
+            f"got {len(with_provenance)}" + (" (a gold record? are --gold and --guess swapped?)" if with_provenance else "")
         )
     return page_ranking(_provenance_pages(guess_record, with_provenance[0], "guess"))
 
@@ -177,7 +182,7 @@ def ranking_metrics(guess_pages: Sequence[str], gold_record: Mapping[str, Any], 
 def _check_ks(ks: Iterable[int]) -> list[int]:
     ks = list(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty list of positive integers, got {ks}")
+        raise UserError(f"ks must be a non-empty list of positive integers, got {ks}")
     return sorted(set(ks))
 
 
@@ -196,10 +201,10 @@ def _index_by_id(records: Iterable[Mapping[str, Any]], side: str) -> dict[str, M
 def _match_ids(gold: Mapping[str, Any], guess: Mapping[str, Any], gold_side: str, guess_side: str) -> None:
     for item_id in guess:
         if item_id not in gold:
-            raise ValueError(f"id {item_id!r} of {guess_side} is not in {gold_side}")
+            raise UserError(f"id {item_id!r} of {guess_side} is not in {gold_side}")
     for item_id in gold:
         if item_id not in guess:
-            raise ValueError(f"id {item_id!r} of {gold_side} has no guess in {guess_side}")
+            raise UserError(f"id {item_id!r} of {gold_side} has no guess in {guess_side}")
 
 
 def evaluate_kilt(
@@ -245,17 +250,65 @@ def item_scores(
     return scores
 
 
+def read_kilt_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a KILT jsonl file in one pass: ``-`` is stdin, and pipes such as ``<(...)`` work (no seeking)."""
+    if str(path) == "-":
+        return [record for _, record in parse_jsonl(sys.stdin.buffer, "<stdin>")]
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file (expected a KILT JSON-lines file)")
+    with open(path, "rb") as handle:
+        return [record for _, record in parse_jsonl(handle, path)]
+
+
+def _has_provenance(record: Mapping[str, Any]) -> bool:
+    outputs = record.get("output")
+    return isinstance(outputs, list) and any(isinstance(o, dict) and "provenance" in o for o in outputs)
+
+
+def _looks_like_gold(record: Mapping[str, Any]) -> bool:
+    """A KILT gold record: the question (``input``) and answers beside their provenance."""
+    outputs = record.get("output") if isinstance(record.get("output"), list) else []
+    return "input" in record and any(isinstance(o, dict) and "answer" in o and "provenance" in o for o in outputs)
+
+
+def check_scorable(gold_records: Sequence[Mapping[str, Any]], guess_records: Sequence[Mapping[str, Any]],
+                   gold_side: str = "gold", guess_side: str = "guess") -> list[str]:
+    """Refuse inputs that cannot be scored; return warnings about inputs that look swapped.
+
+    An empty file, or a gold file without a single provenance, would score 0.0 for every
+    metric: those are errors. A guess file whose every record reads like KILT gold, beside a
+    gold file none of whose records does, gets a warning (``--gold`` and ``--guess`` swapped?).
+    """
+    for side, records in ((gold_side, gold_records), (guess_side, guess_records)):
+        if not records:
+            raise DataFormatError(f"{side}: no record (the file is empty or blank); nothing to score")
+    if not any(_has_provenance(r) for r in gold_records):
+        raise DataFormatError(
+            f"{gold_side}: no record has provenance, so every score would be 0 "
+            "(a split without gold, such as KILT's test files, or --gold and --guess swapped?)"
+        )
+    if all(_looks_like_gold(r) for r in guess_records) and not any(_looks_like_gold(r) for r in gold_records):
+        return [f"{guess_side} reads like a KILT gold file (every record has 'input' and answers with provenance) "
+                f"and {gold_side} does not: are --gold and --guess swapped?"]
+    return []
+
+
 def evaluate_kilt_files(
-    gold_path: str | os.PathLike[str], guess_path: str | os.PathLike[str], ks: Iterable[int]
+    gold_path: str | os.PathLike[str], guess_path: str | os.PathLike[str], ks: Iterable[int],
+    warn: Callable[[str], None] = log.warning,
 ) -> dict[str, float]:
-    """:func:`evaluate_kilt` on two KILT jsonl files; malformed lines fail with ``file:line``."""
-    return evaluate_kilt(
-        read_jsonl(gold_path),
-        read_jsonl(guess_path),
-        ks,
-        gold_side=f"gold file {gold_path}",
-        guess_side=f"guess file {guess_path}",
-    )
+    """:func:`evaluate_kilt` on two KILT jsonl files (``-`` is stdin), refused when unscorable (:func:`check_scorable`).
+
+    Malformed lines fail with ``file:line``; warnings about swapped-looking inputs go to ``warn``.
+    """
+    if str(gold_path) == str(guess_path) == "-":
+        raise UserError("--gold and --guess cannot both be '-' (stdin): give one of them as a file")
+    gold_side, guess_side = f"gold file {gold_path}", f"guess file {guess_path}"
+    gold, guess = read_kilt_file(gold_path), read_kilt_file(guess_path)
+    for message in check_scorable(gold, guess, gold_side, guess_side):
+        warn(message)
+    return evaluate_kilt(gold, guess, ks, gold_side=gold_side, guess_side=guess_side)
 
 
 def guess_record(query_id: str, page_ids: Iterable[str]) -> dict[str, Any]:

@@ -6,13 +6,16 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from multiret.data.corpus import Corpus
 from multiret.data.jsonl import atomic_write_text, read_jsonl, write_jsonl
 from multiret.data.tasks import TaskSpec
-from multiret.eval.kilt_metrics import evaluate_kilt, guess_record, page_ranking
+from multiret.eval.kilt_metrics import evaluate_kilt, gold_page_lists, guess_record, page_ranking
 
 log = logging.getLogger(__name__)
+
+COVERAGE = "gold_coverage.json"
 
 
 def evaluate_task_rankings(
@@ -28,10 +31,12 @@ def evaluate_task_rankings(
 
     Writes ``<task>-gold.jsonl`` (the evaluated gold items) and ``<task>-guess.jsonl`` into
     ``out_dir``, so ``multiret kilt-eval --gold ... --guess ...`` reproduces each number, and
-    ``metrics.json`` with every task's scores.
+    ``metrics.json`` with every task's scores. Items none of whose gold pages is in the corpus
+    are counted (``gold_coverage.json`` and a warning): they score 0, as in KILT.
     """
     out_dir = Path(out_dir)
     results: dict[str, dict[str, float]] = {}
+    coverage: dict[str, dict[str, int]] = {}
     for task in tasks:
         ids = list(query_ids[task.name])
         wanted = set(ids)
@@ -43,9 +48,21 @@ def evaluate_task_rankings(
         write_jsonl(out_dir / f"{task.name}-gold.jsonl", gold)
         write_jsonl(out_dir / f"{task.name}-guess.jsonl", guesses)
         results[task.name] = evaluate_kilt(gold, guesses, ks)
+        coverage[task.name] = gold_coverage(gold, corpus)
+        if coverage[task.name]["no_gold_page_in_corpus"]:
+            log.warning("%s (%s): %d of %d items have no gold page in the corpus; they are scored as misses, as KILT does",
+                        task.name, split, coverage[task.name]["no_gold_page_in_corpus"], coverage[task.name]["items"])
         log.info("%s (%s, %d queries): %s", task.name, split, len(ids), results[task.name])
     atomic_write_text(out_dir / "metrics.json", json.dumps(results, indent=2))
+    atomic_write_text(out_dir / COVERAGE, json.dumps(coverage, indent=2))
     return results
+
+
+def gold_coverage(gold: Sequence[Mapping[str, Any]], corpus: Corpus) -> dict[str, int]:
+    """How many evaluated items can score at all: those with no gold page in the corpus can only miss."""
+    pages = [{page for output in gold_page_lists(record) for page in output} for record in gold]
+    missing = sum(bool(item) and not any(corpus.has_page(page) for page in item) for item in pages)
+    return {"items": len(gold), "no_gold_page_in_corpus": missing}
 
 
 def with_average(results: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:

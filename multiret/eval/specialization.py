@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from multiret.data.jsonl import atomic_write_text
+from multiret.errors import UserError
 from multiret.eval.figures import new_figure, save_figure
 from multiret.model.loading import load_checkpoint
 from multiret.mtl.taco import importance_ema_from_state
@@ -73,7 +74,7 @@ def measure_importance(model: Any, batches: Any, steps: int) -> list[torch.Tenso
                 if param.grad is not None:
                     total[task] += (param.detach() * param.grad).abs().double().cpu() / steps
     if importance is None:
-        raise ValueError("no batch to measure task importance on (steps must be ≥ 1)")
+        raise UserError("no batch to measure task importance on (steps must be ≥ 1)")
     return importance
 
 
@@ -82,7 +83,7 @@ def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tupl
     checkpoint = load_checkpoint(path, "checkpoint")
     state = checkpoint.get("callbacks", {}).get("GradientMethod")
     if state is None:
-        raise ValueError(f"{path}: not a multiret training checkpoint (no gradient-method state)")
+        raise UserError(f"{path}: not a multiret training checkpoint (no gradient-method state)")
     if state["method"] == "taco" and not measure:
         return importance_ema_from_state(state), list(state["task_names"]), "taco"
     config_path = path.parent.parent / "config.yaml"

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import atomic_write_text
+from multiret.errors import UserError, hydra_task
 from multiret.eval.retrieval import with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.run import (
@@ -58,19 +59,19 @@ POLL_SECONDS = 10.0  # how often the other DDP processes look whether the first 
 
 def validate_episodes(cfg: DictConfig) -> None:
     """Fail before any work on episode settings that cannot run, naming the key and the fix."""
-    validate(cfg)
     settings = cfg.episodes
     if cfg.retriever != "dense":
-        raise ValueError(f"retriever={cfg.retriever!r}: episodes train and mine with a dense model; use retriever=dense")
+        raise UserError(f"retriever={cfg.retriever!r}: episodes train and mine with a dense model; use retriever=dense")
     if cfg.ckpt_path:
-        raise ValueError("ckpt_path is not used by `multiret episodes` (it resumes by itself from its run folder); "
+        raise UserError("ckpt_path is not used by `multiret episodes` (it resumes by itself from its run folder); "
                          "use init_from=<ckpt> to start episode 0 from a checkpoint's weights")
     if not isinstance(settings.count, int) or settings.count < 1:
-        raise ValueError(f"episodes.count={settings.count!r} must be an integer >= 1")
+        raise UserError(f"episodes.count={settings.count!r} must be an integer >= 1")
     if not 0 < settings.mine_top_k <= settings.mine_depth:
-        raise ValueError(f"episodes.mine_top_k={settings.mine_top_k} must be > 0 and <= episodes.mine_depth={settings.mine_depth}")
+        raise UserError(f"episodes.mine_top_k={settings.mine_top_k} must be > 0 and <= episodes.mine_depth={settings.mine_depth}")
     if settings.evaluate not in EVALUATE_CHOICES:
-        raise ValueError(f"episodes.evaluate={settings.evaluate!r}; choose one of {list(EVALUATE_CHOICES)}")
+        raise UserError(f"episodes.evaluate={settings.evaluate!r}; choose one of {list(EVALUATE_CHOICES)}")
+    validate(cfg)  # after the episode checks: ckpt_path's own message above is the useful one here
 
 
 def episode_stages(episode: int, count: int, evaluate_which: str) -> list[str]:
@@ -117,7 +118,7 @@ class EpisodeState:
         changed = sorted(k for k in old.keys() | new.keys() if k not in MAY_CHANGE and old.get(k) != new.get(k))
         if changed:
             shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in changed[:5])
-            raise ValueError(
+            raise UserError(
                 f"{path}: the config differs from the one these episodes were started with ({len(changed)} setting(s): "
                 f"{shown}); restore those settings to resume, or start a new run folder (task_name=... or hydra.run.dir=...)"
             )
@@ -258,6 +259,7 @@ def collect_results(out: Path, count: int) -> dict[str, dict[str, dict[str, floa
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_task
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the last episode's average R-precision for sweepers to optimise."""
     results = run_episodes(cfg)

@@ -12,6 +12,7 @@ from multiret.data.corpus import Corpus
 from multiret.data.kilt import Query
 from multiret.data.negatives import write_negatives
 from multiret.data.tasks import TaskSpec
+from multiret.errors import UserError
 from multiret.index.dense import search_tasks
 from multiret.index.faiss_index import DenseIndex
 from multiret.model.biencoder import BiEncoder
@@ -37,7 +38,7 @@ def mine_negatives(
     written atomically, one task at a time.
     """
     if not 0 < keep <= depth:
-        raise ValueError(f"keep={keep} negatives per query must be > 0 and <= the search depth {depth}")
+        raise UserError(f"keep={keep} negatives per query must be > 0 and <= the search depth {depth}")
     rankings = search_tasks(model, index, corpus, collator, tasks, queries, depth, batch_size)
     paths = []
     for task in tasks:

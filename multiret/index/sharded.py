@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.data.jsonl import atomic_write_text
+from multiret.errors import UserError
 from multiret.index.faiss_index import DenseIndex
 from multiret.model.biencoder import BiEncoder
 
@@ -34,7 +35,7 @@ SHARDS = "shards"
 def shard_bounds(size: int, world_size: int, rank: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of ``rank``: contiguous, no padding, the first ``size % world_size`` ranks get one more."""
     if size < world_size:
-        raise ValueError(f"the corpus has {size} passages, fewer than the {world_size} processes; index it with one process")
+        raise UserError(f"the corpus has {size} passages, fewer than the {world_size} processes; index it with one process")
     base, extra = divmod(size, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from multiret.errors import UserError
 from multiret.model.encoder import TextEncoder
 from multiret.model.gather import gather_with_grad, world
 from multiret.model.prompt import QueryPrompt, build_soft_prompt
@@ -52,7 +53,7 @@ class BiEncoder(L.LightningModule):
     ) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+            raise UserError(f"model.temperature must be > 0, got {temperature}")
         self.automatic_optimization = False
         self.query_encoder = encoder
         self.passage_encoder = encoder if shared_encoder else copy.deepcopy(encoder)
@@ -129,6 +130,6 @@ class BiEncoder(L.LightningModule):
             return optimizer
         total = self.trainer.max_steps
         if total is None or total <= 0:
-            raise ValueError("trainer.max_steps must be set (> 0): the learning-rate schedule needs the step count")
+            raise UserError("trainer.max_steps must be set (> 0): the learning-rate schedule needs the step count")
         scheduler = self._scheduler_factory(optimizer, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

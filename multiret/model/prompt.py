@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from multiret.errors import UserError
+
 PROMPT_KINDS = ("none", "text", "sentinel", "soft")
 SOFT_INITS = ("prompt_word", "vocab")
 SENTINEL = re.compile(r"<extra_id_\d+>")
@@ -48,7 +50,7 @@ class QueryPrompt:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"prompt has unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+            raise UserError(f"prompt has unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}")
         values = dict(config)
         values["tasks"] = tuple(values.get("tasks") or ())
         values["task_specs"] = {name: dict(spec) for name, spec in (values.get("task_specs") or {}).items()}
@@ -56,24 +58,24 @@ class QueryPrompt:
 
     def __post_init__(self) -> None:
         if self.kind not in PROMPT_KINDS:
-            raise ValueError(
+            raise UserError(
                 f"prompt.kind={self.kind!r} is unknown; choose one of {', '.join(PROMPT_KINDS)} (prompt=<kind>)"
             )
         if self.kind in ("none", "soft") and self.template is not None:
-            raise ValueError(f"prompt={self.kind} puts no text before the query; set prompt.template=null")
+            raise UserError(f"prompt={self.kind} puts no text before the query; set prompt.template=null")
         if self.kind in ("text", "sentinel") and (self.template is None or "{query}" not in self.template):
-            raise ValueError(
+            raise UserError(
                 f"prompt={self.kind} needs a prompt.template containing '{{query}}', got {self.template!r}"
             )
         if self.kind == "sentinel" and not SENTINEL.search(self.template or ""):
-            raise ValueError(f"prompt=sentinel: prompt.template {self.template!r} has no <extra_id_N> sentinel token")
+            raise UserError(f"prompt=sentinel: prompt.template {self.template!r} has no <extra_id_N> sentinel token")
         if self.kind == "soft":
             if self.length < 1:
-                raise ValueError(f"prompt.length must be ≥ 1 vector per task, got {self.length}")
+                raise UserError(f"prompt.length must be ≥ 1 vector per task, got {self.length}")
             if self.init not in SOFT_INITS:
-                raise ValueError(f"prompt.init={self.init!r}; choose one of {', '.join(SOFT_INITS)}")
+                raise UserError(f"prompt.init={self.init!r}; choose one of {', '.join(SOFT_INITS)}")
             if not self.tasks:
-                raise ValueError(
+                raise UserError(
                     "prompt=soft needs prompt.tasks (the trained tasks: ${data.task_names} in conf/prompt/soft.yaml)"
                 )
 
@@ -88,7 +90,7 @@ class QueryPrompt:
         vocabulary = tokenizer.get_vocab()
         missing = [token for token in SENTINEL.findall(self.template or "") if token not in vocabulary]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"prompt=sentinel needs the T5 sentinel token(s) {missing}, "
                 f"which the tokenizer of {where} does not have; "
                 "use prompt=text (or prompt=none, prompt=soft) with this model"
@@ -97,7 +99,7 @@ class QueryPrompt:
     def prompt_word(self, task: str) -> str:
         word = self.task_specs.get(task, {}).get("prompt")
         if not word:
-            raise ValueError(
+            raise UserError(
                 f"prompt.init=prompt_word: task {task!r} has no prompt word (data.tasks.{task}.prompt); "
                 "set one or use prompt.init=vocab"
             )
@@ -125,7 +127,7 @@ class SoftPrompt(nn.Module):
         """Name the likely cause when a checkpoint's soft prompts do not fit: another task list or length."""
         saved = state_dict.get(prefix + "vectors")
         if saved is not None and saved.shape != self.vectors.shape:
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint's soft prompts have shape {tuple(saved.shape)} (tasks, length, dim), but this model "
                 f"has {tuple(self.vectors.shape)} for tasks {self.tasks}; use the training run's data.task_names "
                 "(same order) and prompt.length"
@@ -137,7 +139,7 @@ class SoftPrompt(nn.Module):
         if task is None:
             raise ValueError("prompt=soft: queries must be encoded with their task (encode_queries(..., task=name))")
         if task not in self.row:
-            raise ValueError(
+            raise UserError(
                 f"prompt=soft: task {task!r} has no soft prompt; the model was built for tasks {self.tasks} "
                 "(soft prompts exist only for the tasks in data.task_names at training)"
             )
@@ -160,7 +162,7 @@ def build_soft_prompt(
         if prompt.init == "prompt_word":
             ids = tokenizer(prompt.prompt_word(task), add_special_tokens=False)["input_ids"]
             if not ids:
-                raise ValueError(f"prompt.init=prompt_word: the prompt word of task {task!r} tokenizes to nothing")
+                raise UserError(f"prompt.init=prompt_word: the prompt word of task {task!r} tokenizes to nothing")
             ids = [ids[i % len(ids)] for i in range(prompt.length)]
         else:
             special = set(tokenizer.all_special_ids)

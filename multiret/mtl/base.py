@@ -28,6 +28,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from multiret.errors import UserError
 from multiret.model.gather import world
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,11 @@ def task_tensors(
     return flat, views
 
 
-class NonFiniteTrainingError(RuntimeError):
-    """Training stopped: too many steps in a row had a non-finite loss or gradient (every one of them was skipped)."""
+class NonFiniteTrainingError(UserError, RuntimeError):
+    """Training stopped: too many steps in a row had a non-finite loss or gradient (every one of them was skipped).
+
+    A :class:`UserError`, so the command line prints its message (which names the fix) as one line.
+    """
 
 
 class GradientMethod(Callback):

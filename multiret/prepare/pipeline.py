@@ -10,6 +10,7 @@ markers record their upstream outputs' identity, so redoing a step redoes what d
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
 import os
@@ -18,9 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from multiret.data.jsonl import atomic_write_text
+import numpy as np
+
+from multiret.data.jsonl import DataFormatError, atomic_write_text
 from multiret.data.kilt import read_queries
 from multiret.data.negatives import negatives_file
+from multiret.errors import UserError, require_writable_folder
 from multiret.prepare.bm25_index import (
     build_bm25_index,
     load_bm25_index,
@@ -42,6 +46,7 @@ from multiret.prepare.passages import PassageStore, build_passage_store
 log = logging.getLogger(__name__)
 
 PASSAGES_DIR, BM25_DIR, NEGATIVES_DIR, DONE_DIR = "passages", "bm25", "negatives", ".done"
+UTF8_CHECK_BYTES = 1 << 24  # chunk size of the store's UTF-8 check
 REPORT = "prepare_report.json"
 BM25_PARAMS = "params.index.json"
 
@@ -81,6 +86,33 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _check_store_utf8(store: Path, source: Path) -> None:
+    """Every id, text and title of a built passage store decodes as UTF-8 (read in chunks, at disk speed)."""
+    for column in ("id", "text", "title"):
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        done = 0
+        with (store / f"{column}.bin").open("rb") as handle:
+            while True:
+                chunk = handle.read(UTF8_CHECK_BYTES)
+                pending = len(decoder.getstate()[0])
+                try:
+                    decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as error:
+                    offsets = np.fromfile(store / f"{column}.off", dtype=np.int64)
+                    row = int(np.searchsorted(offsets, done - pending + error.start, side="right")) - 1
+                    ids = np.fromfile(store / "id.off", dtype=np.int64)
+                    with (store / "id.bin").open("rb") as id_blob:
+                        id_blob.seek(int(ids[row]))
+                        passage_id = id_blob.read(int(ids[row + 1] - ids[row])).decode("utf-8", "replace")
+                    raise DataFormatError(
+                        f"{source}: the {column} of passage {passage_id!r} (passage {row + 1}) is not UTF-8; "
+                        "save the file as UTF-8 and run again"
+                    ) from None
+                if not chunk:
+                    break
+                done += len(chunk)
+
+
 def _remove_partial_outputs(out: Path) -> None:
     """Temporary files of an interrupted step (they are renamed into place only when complete)."""
     for folder in (out, out / NEGATIVES_DIR, out / DONE_DIR):
@@ -104,15 +136,17 @@ def prepare_kilt(
     kilt_dir, passages, out = Path(kilt_dir), Path(passages), Path(out)
     max_train = dict(DEFAULT_MAX_TRAIN if max_train is None else max_train)
     specs = _check_inputs(kilt_dir, passages, tasks, triviaqa_questions, max_train, bm25_top_k)
-    out.mkdir(parents=True, exist_ok=True)
+    require_writable_folder(out, "--out")
     _remove_partial_outputs(out)
     steps = Steps(out)
     question_files = [_file_identity(Path(p)) for p in triviaqa_questions]
 
-    store_meta = steps.run(
-        "passages", {"tsv": _file_identity(passages)}, [out / PASSAGES_DIR / STORE_META],
-        lambda: build_passage_store(passages, out / PASSAGES_DIR, show_progress),
-    )
+    def build_store() -> dict[str, Any]:
+        meta = build_passage_store(passages, out / PASSAGES_DIR, show_progress)
+        _check_store_utf8(out / PASSAGES_DIR, passages)  # before the step's marker: a bad store is rebuilt next time
+        return meta
+
+    store_meta = steps.run("passages", {"tsv": _file_identity(passages)}, [out / PASSAGES_DIR / STORE_META], build_store)
     store = PassageStore(out / PASSAGES_DIR)
     store_identity = _file_identity(out / PASSAGES_DIR / STORE_META)
     report: dict[str, Any] = {"passages": store_meta, "tasks": {}, "bm25": None, "negatives": {}}
@@ -181,11 +215,11 @@ def _check_inputs(
     """Fail before any long step: unknown tasks, missing files (all named at once), bad limits."""
     unknown = [t for t in (*tasks, *max_train) if t not in KILT_TASKS]
     if unknown:
-        raise ValueError(f"unknown KILT task(s) {unknown}; known: {', '.join(KILT_TASKS)}")
+        raise UserError(f"unknown KILT task(s) {unknown}; known: {', '.join(KILT_TASKS)}")
     if not tasks or len(set(tasks)) != len(tasks):
-        raise ValueError(f"--tasks must name each task once, got {list(tasks)}")
+        raise UserError(f"--tasks must name each task once, got {list(tasks)}")
     if bm25_top_k < 1 or any(v < 1 for v in max_train.values()):
-        raise ValueError("--bm25-top-k and every --max-train value must be positive")
+        raise UserError("--bm25-top-k and every --max-train value must be positive")
     specs = [KILT_TASKS[t] for t in tasks]
     missing = [str(kilt_dir / t.kilt_file(s)) for t in specs for s in SPLITS if not (kilt_dir / t.kilt_file(s)).is_file()]
     if not passages.is_file():
@@ -194,7 +228,7 @@ def _check_inputs(
     if missing:
         raise FileNotFoundError("missing input file(s):\n  " + "\n  ".join(missing))
     if "triviaqa" in tasks and not triviaqa_questions:
-        raise ValueError("task triviaqa needs --triviaqa-questions FILE ...: KILT's TriviaQA files hold ids only; "
+        raise UserError("task triviaqa needs --triviaqa-questions FILE ...: KILT's TriviaQA files hold ids only; "
                          "pass TriviaQA's question json files (e.g. the rc release's wikipedia-train.json and wikipedia-dev.json)")
     return specs
 
@@ -233,14 +267,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=13, help="seed of the down-sampling (default 13)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(list(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        report = prepare_kilt(
-            args.kilt_dir, args.passages, args.out, [t.strip() for t in args.tasks.split(",") if t.strip()],
-            args.triviaqa_questions, args.max_train, args.bm25_top_k, args.seed, not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"multiret prepare kilt: {error}", file=sys.stderr)
-        return 2
+    # progress on stdout, so that stderr holds the one line of an error
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    report = prepare_kilt(  # input errors are reported by the command line, as one line (multiret.errors)
+        args.kilt_dir, args.passages, args.out, [t.strip() for t in args.tasks.split(",") if t.strip()],
+        args.triviaqa_questions, args.max_train, args.bm25_top_k, args.seed, not args.no_progress,
+    )
     print(f"prepared {len(report['tasks'])} task(s) into {args.out}; report: {Path(args.out) / REPORT}")
     return 0

@@ -1,0 +1,313 @@
+"""Fault injection through the real command line: every user error is one line naming what to fix.
+
+Each row of ``FAULTS`` is a class of fault from issue 13 (bad JSON, bad UTF-8, a missing
+column, duplicate ids, a bad setting, a missing path, a broken checkpoint, an unwritable
+folder, an input that cannot be scored), a command that meets it, and the words its one
+line must hold. A new class is one more row: ``argv`` builds the command from a copy of the
+tiny KILT fixture (``ws``) and a scratch folder (``tmp``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import multiret.experiment.run  # noqa: F401  (imported here, so that its import-time warnings stay out of the captured stderr)
+from multiret.cli import main as cli
+from multiret.data.jsonl import atomic_write_text
+from multiret.errors import UserError
+
+TASKS = ("data.tasks={qa: {train: qa-train.jsonl, dev: qa-dev.jsonl, prompt: QA, max_query_length: 8}, "
+         "el: {train: el-train.jsonl, dev: el-dev.jsonl, prompt: EL, max_query_length: 8}}")
+
+
+def evaluate(ws: Path, tmp: Path, *overrides: str) -> list[str]:
+    """`multiret evaluate` with the BM25 retriever on the fixture: no model is built, data errors surface at once."""
+    return ["evaluate", f"hydra.run.dir={tmp / 'run'}", "logger=csv", "data=kilt_files", f"data.root={ws}",
+            "data.corpus=corpus.tsv", "data.task_names=[qa,el]", TASKS, "retriever=bm25", "stages=[evaluate]", *overrides]
+
+
+def train(ws: Path, tmp: Path, *overrides: str) -> list[str]:
+    """`multiret train` on the fixture; the cases below fail in validation, before the model is built."""
+    return ["train", f"hydra.run.dir={tmp / 'run'}", "logger=csv", "data=kilt_files", f"data.root={ws}",
+            "data.corpus=corpus.tsv", "data.task_names=[qa,el]", TASKS, *overrides]
+
+
+def kilt_eval(ws: Path, gold: str = "qa-dev.jsonl", guess: str = "guess.jsonl") -> list[str]:
+    """`multiret kilt-eval` of ``guess`` against ``gold``, both in ``ws``; ``guess.jsonl`` guesses every dev item right."""
+    if not (ws / "guess.jsonl").exists():
+        guesses = [{"id": r["id"], "output": [{"provenance": r["output"][0]["provenance"]}]}
+                   for r in map(json.loads, (ws / "qa-dev.jsonl").read_text().splitlines())]
+        (ws / "guess.jsonl").write_text("".join(json.dumps(g) + "\n" for g in guesses))
+    return ["kilt-eval", "--gold", str(ws / gold), "--guess", str(ws / guess)]
+
+
+def prepare(ws: Path, tmp: Path, out: Path | None = None) -> list[str]:
+    """`multiret prepare kilt` of one task (the fixture's `el` files as KILT's nq) over the fixture's passages."""
+    kilt = tmp / "kilt"
+    kilt.mkdir(exist_ok=True)
+    for split in ("train", "dev"):
+        shutil.copy(ws / f"el-{split}.jsonl", kilt / f"nq-{split}-kilt.jsonl")
+    return ["prepare", "kilt", "--kilt-dir", str(kilt), "--passages", str(ws / "corpus.tsv"),
+            "--out", str(out or tmp / "prepared"), "--tasks", "nq", "--no-progress"]
+
+
+def edit_line(path: Path, number: int, text: str | bytes) -> None:
+    """Replace line ``number`` (1-based) of ``path`` with ``text``."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[number - 1] = (text.encode() if isinstance(text, str) else text) + b"\n"
+    path.write_bytes(b"".join(lines))
+
+
+def duplicate_line(path: Path, number: int) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines, lines[number - 1]]))
+
+
+@dataclass(frozen=True)
+class Fault:
+    fault: str  # the class of fault (issue 13's table)
+    argv: Callable[[Path, Path], list[str]]  # (ws, tmp) -> command line; may break files in ws first
+    names: tuple[str, ...]  # what the one line must name (file:line, key=value, the fix); "{ws}"/"{tmp}" are filled in
+    after: Callable[[Path, Path], bool] = lambda ws, tmp: True  # what must hold afterwards (nothing marked done, ...)
+
+
+def _bad_json(ws: Path, tmp: Path) -> list[str]:
+    edit_line(ws / "qa-dev.jsonl", 2, '{"id": "qa-x", "input": "never closed')
+    return evaluate(ws, tmp)
+
+
+def _bad_json_guess(ws: Path, tmp: Path) -> list[str]:
+    argv = kilt_eval(ws)
+    edit_line(ws / "guess.jsonl", 3, "{not json")
+    return argv
+
+
+def _bad_utf8(ws: Path, tmp: Path) -> list[str]:
+    edit_line(ws / "el-dev.jsonl", 3, b'{"id": "el-x", "input": "caf\xe9"}')
+    return evaluate(ws, tmp)
+
+
+def _bad_utf8_gold(ws: Path, tmp: Path) -> list[str]:
+    argv = kilt_eval(ws)
+    edit_line(ws / "qa-dev.jsonl", 4, b'{"id": "\xff\xfe"}')
+    return argv
+
+
+def _missing_corpus_column(ws: Path, tmp: Path) -> list[str]:
+    edit_line(ws / "corpus.tsv", 1, "id\ttext\ttitle\tpage")
+    return evaluate(ws, tmp)
+
+
+def _missing_input(ws: Path, tmp: Path) -> list[str]:
+    edit_line(ws / "qa-dev.jsonl", 5, '{"id": "qa-x", "output": []}')
+    return evaluate(ws, tmp)
+
+
+def _duplicate_query_id(ws: Path, tmp: Path) -> list[str]:
+    duplicate_line(ws / "qa-dev.jsonl", 1)
+    return evaluate(ws, tmp)
+
+
+def _duplicate_guess_id(ws: Path, tmp: Path) -> list[str]:
+    argv = kilt_eval(ws)
+    duplicate_line(ws / "guess.jsonl", 2)
+    return argv
+
+
+def _empty_dev_file(ws: Path, tmp: Path) -> list[str]:
+    (ws / "el-dev.jsonl").write_text("\n\n")
+    return evaluate(ws, tmp)
+
+
+def _empty_gold(ws: Path, tmp: Path) -> list[str]:
+    argv = kilt_eval(ws)
+    (ws / "qa-dev.jsonl").write_text("")
+    return argv
+
+
+def _blank_guess(ws: Path, tmp: Path) -> list[str]:
+    argv = kilt_eval(ws)
+    (ws / "guess.jsonl").write_text(" \n\n")
+    return argv
+
+
+def _both_empty(ws: Path, tmp: Path) -> list[str]:
+    argv = kilt_eval(ws)
+    (ws / "qa-dev.jsonl").write_text("")
+    (ws / "guess.jsonl").write_text("")
+    return argv
+
+
+def _gold_without_provenance(ws: Path, tmp: Path) -> list[str]:
+    argv = kilt_eval(ws)
+    records = [json.loads(line) for line in (ws / "qa-dev.jsonl").read_text().splitlines()]
+    answers_only = [{**r, "output": [{"answer": o["answer"]} for o in r["output"]]} for r in records]
+    (ws / "qa-dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in answers_only))
+    return argv
+
+
+def _empty_checkpoint(ws: Path, tmp: Path) -> list[str]:
+    (tmp / "last.ckpt").write_bytes(b"")
+    return train(ws, tmp, "stages=[index,evaluate]", f"ckpt_path={tmp / 'last.ckpt'}")
+
+
+def _truncated_checkpoint(ws: Path, tmp: Path) -> list[str]:
+    import torch
+
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, tmp / "full.ckpt")
+    (tmp / "last.ckpt").write_bytes((tmp / "full.ckpt").read_bytes()[:-200])
+    return train(ws, tmp, f"ckpt_path={tmp / 'last.ckpt'}")
+
+
+def _folder_under_a_file(ws: Path, tmp: Path) -> list[str]:
+    return train(ws, tmp, "stages=[index,evaluate]", f"index.dir={ws / 'corpus.tsv' / 'index'}")
+
+
+def _bad_utf8_passage(ws: Path, tmp: Path) -> list[str]:
+    edit_line(ws / "corpus.tsv", 3, b"0_1\tcaf\xe9 w1\tPage 0\t0")
+    return prepare(ws, tmp)
+
+
+def _passages_not_marked_done(ws: Path, tmp: Path) -> bool:
+    return not (tmp / "prepared" / ".done" / "passages.json").exists()
+
+
+FAULTS = {
+    "bad JSON: a dev file": Fault("bad JSON", _bad_json, ("{ws}/qa-dev.jsonl:2", "invalid JSON", "column")),
+    "bad JSON: a guess file": Fault("bad JSON", _bad_json_guess, ("{ws}/guess.jsonl:3", "invalid JSON")),
+    "bad UTF-8: a dev file": Fault("bad UTF-8", _bad_utf8, ("{ws}/el-dev.jsonl:3", "not UTF-8", "0xe9")),
+    "bad UTF-8: a gold file": Fault("bad UTF-8", _bad_utf8_gold, ("{ws}/qa-dev.jsonl:4", "not UTF-8")),
+    "bad UTF-8: passage text": Fault("bad UTF-8", _bad_utf8_passage, ("{ws}/corpus.tsv", "'0_1'", "UTF-8"),
+                                     after=_passages_not_marked_done),
+    "missing column: corpus": Fault("missing column", _missing_corpus_column, ("{ws}/corpus.tsv:1", "wikipedia_id")),
+    "missing column: input": Fault("missing column", _missing_input, ("{ws}/qa-dev.jsonl:5", "'input'")),
+    "duplicate ids: queries": Fault("duplicate ids", _duplicate_query_id, ("{ws}/qa-dev.jsonl:21", "duplicate id 'qa-dev-0'")),
+    "duplicate ids: guesses": Fault("duplicate ids", _duplicate_guess_id, ("{ws}/guess.jsonl", "duplicate id 'qa-dev-2'")),
+    "bad config value: top_k=0": Fault("bad config value", lambda ws, tmp: evaluate(ws, tmp, "index.top_k=0"),
+                                       ("index.top_k=0", "positive integer")),
+    "bad config value: k > top_k": Fault("bad config value", lambda ws, tmp: evaluate(ws, tmp, "index.ks=[1,5,500]"),
+                                         ("index.ks=[1, 5, 500]", "index.top_k=100", "index.top_k=500")),
+    "bad config value: ks empty": Fault("bad config value", lambda ws, tmp: evaluate(ws, tmp, "index.ks=[]"),
+                                        ("index.ks=[]",)),
+    "bad config value: retriever": Fault("bad config value", lambda ws, tmp: evaluate(ws, tmp, "retriever=sparse"),
+                                         ("retriever='sparse'", "dense", "bm25")),
+    "bad config value: task name": Fault("bad config value", lambda ws, tmp: evaluate(ws, tmp, "data.task_names=[qa,nope]"),
+                                         ("unknown task(s) 'nope' in data.task_names", "known tasks: el, qa")),
+    "missing path: data root": Fault("missing path", lambda ws, tmp: evaluate(ws / "nowhere", tmp),
+                                     ("data file(s) not found: {ws}/nowhere/corpus.tsv, {ws}/nowhere/qa-train.jsonl", "data.root")),
+    "missing path: ckpt_path": Fault("missing path", lambda ws, tmp: train(ws, tmp, f"ckpt_path={tmp / 'none.ckpt'}"),
+                                     ("ckpt_path='{tmp}/none.ckpt'", "does not exist")),
+    "missing path: kilt-eval gold": Fault("missing path", lambda ws, tmp: kilt_eval(ws, gold="none.jsonl"),
+                                          ("{ws}/none.jsonl", "no such file")),
+    "empty input: dev file": Fault("empty input", _empty_dev_file, ("{ws}/el-dev.jsonl", "empty or blank")),
+    "empty input: gold file": Fault("empty input", _empty_gold, ("gold file {ws}/qa-dev.jsonl", "empty or blank")),
+    "empty input: guess file": Fault("empty input", _blank_guess, ("guess file {ws}/guess.jsonl", "empty or blank")),
+    "empty input: both kilt-eval files": Fault("empty input", _both_empty, ("gold file {ws}/qa-dev.jsonl", "empty or blank")),
+    "empty input: gold without provenance": Fault("empty input", _gold_without_provenance,
+                                                  ("gold file {ws}/qa-dev.jsonl", "no record has provenance", "swapped")),
+    "broken checkpoint: empty": Fault("crafted checkpoint", _empty_checkpoint,
+                                      ("ckpt_path='{tmp}/last.ckpt'", "0 bytes", "truncated")),
+    "broken checkpoint: truncated": Fault("crafted checkpoint", _truncated_checkpoint,
+                                          ("ckpt_path='{tmp}/last.ckpt'", "truncated")),
+    "read-only folder: a file in the way": Fault("read-only folder", _folder_under_a_file,
+                                                 ("index.dir", "{ws}/corpus.tsv/index", "writable")),
+    "read-only folder: prepare --out": Fault("read-only folder", lambda ws, tmp: prepare(ws, tmp, ws / "corpus.tsv" / "out"),
+                                             ("--out", "{ws}/corpus.tsv/out", "writable")),
+}
+
+
+@pytest.fixture(autouse=True)
+def own_logging():
+    """Hydra points the root logger at the stdout of the test that ran it; later tests get their own."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+@pytest.fixture()
+def ws(tmp_path: Path, kilt_dir: Path) -> Path:
+    """A private copy of the tiny KILT fixture that a case may break."""
+    return Path(shutil.copytree(kilt_dir, tmp_path / "ws"))
+
+
+@pytest.mark.parametrize("case", FAULTS)
+def test_fault_is_one_line_naming_the_fix(case: str, ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    fault = FAULTS[case]
+    monkeypatch.setattr(sys, "argv", ["multiret"])  # the Hydra commands set sys.argv; restored afterwards
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    argv = fault.argv(ws, tmp_path)
+    capsys.readouterr()
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"multiret {argv[0]}: error: "), err
+    for name in fault.names:
+        assert name.format(ws=ws, tmp=tmp_path) in lines[0]
+    assert "at at " not in lines[0]
+    assert fault.after(ws, tmp_path)
+
+
+def test_a_read_only_run_folder_fails_before_the_work(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    assert cli(train(ws, tmp_path, f"paths.output_dir={locked / 'run'}")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "paths.output_dir" in err and "Permission denied" in err
+
+
+def test_full_error_shows_the_traceback(ws: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(UserError, match=r"index\.top_k=0"):
+        cli(evaluate(ws, tmp_path, "index.top_k=0"))
+
+
+def test_a_bug_keeps_its_traceback(ws: Path, tmp_path: Path, monkeypatch) -> None:
+    def broken(cfg):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    monkeypatch.setattr("multiret.experiment.run.validate", broken)
+    with pytest.raises(SystemExit) as exit_info:  # Hydra prints the traceback and exits 1
+        cli(evaluate(ws, tmp_path))
+    assert exit_info.value.code == 1
+
+
+def test_the_process_exits_2_with_one_line(ws: Path) -> None:
+    """The installed entry point, in a process of its own: status 2, stderr one line, nothing on stdout."""
+    argv = kilt_eval(ws)
+    (ws / "guess.jsonl").write_text("")
+    done = subprocess.run([sys.executable, "-m", "multiret.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"multiret kilt-eval: error: guess file {ws}/guess.jsonl: no record "
+                                        "(the file is empty or blank); nothing to score"]
+
+
+def test_a_cleanup_error_does_not_hide_the_error(tmp_path: Path, monkeypatch) -> None:
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(OSError, match="No space left on device") as error:
+        atomic_write_text(tmp_path / "out.json", "{}")
+    assert "could not be removed either" in " ".join(error.value.__notes__)
