@@ -208,6 +208,8 @@ class CorpusEncoder(L.LightningModule):
     def predict_dataloader(self) -> DataLoader:
         rank, world_size = self.trainer.global_rank, self.trainer.world_size
         self.progress = ShardProgress(self.directory, self.corpus, rank, world_size, self.key, self.chunk_rows)
+        if not self.progress.pending():
+            self.progress.finish()  # every chunk was recorded before an interruption: only the rename was left (no batch runs)
         sampler = ShardSampler(self.corpus, self.progress.pending(), rank, world_size)
         return DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
                           num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None)
