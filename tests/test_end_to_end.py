@@ -38,7 +38,7 @@ def test_train_index_evaluate_then_kilt_eval_reproduces_the_scores(tmp_path, tin
     trained = run(tiny_config(tmp_path / "taco", tiny_t5_dir, kilt_dir, kilt_tasks, "method=taco", "trainer.max_steps=60"))
     out = tmp_path / "taco"
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    assert (out / "index" / "index.faiss").is_file() and (out / "index" / "embeddings.npy").is_file()
+    assert (out / "index" / "index.faiss").is_file() and (out / "index" / "shards" / "embeddings-00000-of-00001.npy").is_file()
     saved = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(saved) == {"qa", "el"} and set(trained) == {"qa", "el", "average"}
     for task in ("qa", "el"):

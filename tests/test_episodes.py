@@ -194,3 +194,29 @@ def test_a_step_offset_continues_the_batch_stream(tmp_path, tiny_t5_dir, kilt_di
     assert_same(from_start[2], from_two[0])
     with pytest.raises(AssertionError):
         assert_same(from_start[0], from_two[0])
+
+
+def test_mining_honours_the_index_device_and_keeps_the_best_non_gold_passages(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks,
+                                                                              monkeypatch):
+    from multiret.index.dense import search_tasks
+    from multiret.index.faiss_index import DenseIndex
+
+    cfg = config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index]", "index.gpu_placement=sharded")
+    run_module.run(cfg)
+    placed = []
+    monkeypatch.setattr(DenseIndex, "to_gpus", lambda self, placement: placed.append(placement))
+    cfg.index.device = "gpu"
+    model = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
+    datamodule.setup("evaluate")
+    episodes.mine_stage(cfg, episodes.TrainedModel(model, datamodule))
+    assert placed == ["sharded"]
+
+    corpus = datamodule.corpus
+    index = DenseIndex.load(cfg.index.dir, corpus)
+    rankings = search_tasks(model, index, datamodule.collator, datamodule.tasks, datamodule.train_queries, 8, 16)
+    for task, queries in datamodule.train_queries.items():
+        mined = {r["id"]: r["negatives"] for r in read_jsonl(tmp_path / "negatives" / f"{task}.jsonl")}
+        for query, rows in zip(queries, rankings[task]):
+            expected = [corpus.ids[r] for r in rows if r >= 0 and corpus.page_ids[r] not in query.gold_pages][:5]
+            assert mined[query.qid] == expected

@@ -32,9 +32,8 @@ def test_shards_are_contiguous_and_cover_every_row_once():
 def test_index_from_row_blocks_equals_index_from_one_array():
     data = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
     queries = data[:5] + 0.1
-    ids = [str(i) for i in range(len(data))]
-    one = DenseIndex.build(data, ids, "IVF4,Flat", train_sample=100)
-    blocks = DenseIndex.build([data[:150], data[150:290], data[290:]], ids, "IVF4,Flat", train_sample=100)
+    one = DenseIndex.build(data, "corpus", "IVF4,Flat", train_sample=100)
+    blocks = DenseIndex.build([data[:150], data[150:290], data[290:]], "corpus", "IVF4,Flat", train_sample=100)
     one.set_search_parameters("nprobe=2")
     blocks.set_search_parameters("nprobe=2")
     assert one.index.ntotal == blocks.index.ntotal == 300
@@ -63,11 +62,9 @@ def test_two_processes_encode_shards_that_equal_one_process(tmp_path, tiny_t5_di
     index_dir = tmp_path / "two" / "index"
     shards = [np.load(shard_paths(index_dir, r, 2)[0]) for r in range(2)]
     assert [len(s) for s in shards] == [40, 39]
-    expected = np.load(tmp_path / "one" / "index" / "embeddings.npy")
+    expected = np.load(shard_paths(tmp_path / "one" / "index", 0, 1)[0])
     np.testing.assert_allclose(np.concatenate(shards), expected, rtol=0, atol=1e-6)
-    assert (index_dir / "ids.txt").read_text().splitlines() == corpus.ids  # corpus order, no duplicates, no gaps
-    assert faiss.read_index(str(index_dir / "index.faiss")).ntotal == 79
-    assert not (index_dir / "embeddings.npy").exists()  # the shards are the embeddings
+    assert DenseIndex.load(index_dir, corpus).size == faiss.read_index(str(index_dir / "index.faiss")).ntotal == 79
     assert two.keys() == one.keys()
     for task, metrics in one.items():
         assert two[task] == pytest.approx(metrics)
@@ -90,7 +87,7 @@ def test_index_after_ddp_training_equals_one_process_index_of_its_checkpoint(tmp
     ckpt = tmp_path / "ddp" / "checkpoints" / "last.ckpt"
     run(tiny_config(tmp_path / "one", tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index]", f"ckpt_path={ckpt}"))
     shards = [np.load(shard_paths(tmp_path / "ddp" / "index", r, 2)[0]) for r in range(2)]
-    expected = np.load(tmp_path / "one" / "index" / "embeddings.npy")
+    expected = np.load(shard_paths(tmp_path / "one" / "index", 0, 1)[0])
     np.testing.assert_allclose(np.concatenate(shards), expected, rtol=0, atol=1e-6)
 
 
@@ -109,9 +106,10 @@ def test_multiret_index_with_ddp_subprocesses_equals_one_process(tmp_path, tiny_
         subprocess.run([str(script), "index", *common, f"paths.output_dir={tmp_path / name}", *extra],
                        check=True, env=env, cwd=tmp_path, timeout=600)
     shards = [np.load(shard_paths(tmp_path / "two" / "index", r, 2)[0]) for r in range(2)]
-    expected = np.load(tmp_path / "one" / "index" / "embeddings.npy")
+    expected = np.load(shard_paths(tmp_path / "one" / "index", 0, 1)[0])
     np.testing.assert_allclose(np.concatenate(shards), expected, rtol=0, atol=1e-6)
-    assert (tmp_path / "two" / "index" / "ids.txt").read_text() == (tmp_path / "one" / "index" / "ids.txt").read_text()
+    meta = [json.loads((tmp_path / name / "index" / "index.json").read_text()) for name in ("one", "two")]
+    assert meta[0] == meta[1]
 
 
 @pytest.fixture()

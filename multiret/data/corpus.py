@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from multiret.data.jsonl import DataFormatError
 
@@ -24,6 +27,8 @@ class Corpus:
     page_ids: list[str]
     _row_of: dict[str, int] = field(init=False, repr=False)
     _rows_of_page: dict[str, list[int]] = field(init=False, repr=False)
+    _page_code: dict[str, int] = field(init=False, repr=False)
+    page_codes: np.ndarray = field(init=False, repr=False, compare=False)  # int64 per row, see page_code
 
     def __post_init__(self) -> None:
         self._row_of = {pid: row for row, pid in enumerate(self.ids)}
@@ -32,6 +37,8 @@ class Corpus:
         self._rows_of_page = {}
         for row, page in enumerate(self.page_ids):
             self._rows_of_page.setdefault(page, []).append(row)
+        self._page_code = {page: code for code, page in enumerate(self._rows_of_page)}
+        self.page_codes = np.fromiter((self._page_code[p] for p in self.page_ids), dtype=np.int64, count=len(self.page_ids))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,6 +58,24 @@ class Corpus:
     def has_page(self, page_id: str) -> bool:
         return page_id in self._rows_of_page
 
+    @property
+    def num_pages(self) -> int:
+        return len(self._rows_of_page)
+
+    def page_code(self, page_id: str) -> int | None:
+        """The integer that :attr:`page_codes` holds for this page (None if absent): hits map to pages as array lookups."""
+        return self._page_code.get(page_id)
+
+    def passage_lengths(self, start: int, stop: int) -> np.ndarray:
+        """Title plus text length of rows ``[start, stop)``: a cheap proxy of their token counts, to batch by length."""
+        return np.fromiter((len(self.titles[r]) + len(self.texts[r]) for r in range(start, stop)), dtype=np.int64,
+                           count=stop - start)
+
+    def id_digest(self) -> str:
+        """A digest of the passage ids in order, equal for a store holding the same ids (an index names its corpus by it)."""
+        encoded = [pid.encode("utf-8") for pid in self.ids]
+        return ids_digest([b"".join(encoded)], [np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))])
+
     def passage_text(self, row: int) -> str:
         """The text a passage encoder sees: the corpus's text column (vital's passages already begin with the title)."""
         return self.texts[row]
@@ -65,6 +90,16 @@ class Corpus:
             titles=[self.titles[r] for r in rows],
             page_ids=[self.page_ids[r] for r in rows],
         )
+
+
+def ids_digest(blobs: Iterable[bytes | np.ndarray], lengths: Iterable[np.ndarray]) -> str:
+    """blake2b of the ids' UTF-8 bytes, concatenated, and of their byte lengths (int64), each fed in chunks."""
+    text, sizes = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
+    for blob in blobs:
+        text.update(blob)
+    for chunk in lengths:
+        sizes.update(np.ascontiguousarray(chunk, dtype=np.int64).tobytes())
+    return text.hexdigest() + sizes.hexdigest()
 
 
 def read_corpus(path: str | os.PathLike[str]) -> Corpus:

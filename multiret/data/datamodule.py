@@ -132,7 +132,7 @@ class MultitaskDataModule(L.LightningDataModule):
         )
         log.info(
             "corpus: %d passages of %d pages; per task (train items, eval items, batch share): %s",
-            len(self.corpus), len(set(self.corpus.page_ids)),
+            len(self.corpus), self.corpus.num_pages,
             {t.name: (len(self.train_queries[t.name]), len(self.eval_queries[t.name]), self.task_batch_sizes[t.name])
              for t in self.tasks},
         )

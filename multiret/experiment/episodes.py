@@ -33,15 +33,16 @@ from multiret.eval.retrieval import with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.run import (
     CONFIG_DIR,
+    build_index,
     evaluate,
     finish_loggers,
+    load_index,
     load_weights,
     log_results,
     run,
     validate,
 )
-from multiret.index.dense import index_corpus, model_device
-from multiret.index.faiss_index import DenseIndex
+from multiret.index.dense import model_device
 from multiret.index.mining import mine_negatives
 from multiret.model.biencoder import BiEncoder
 
@@ -189,9 +190,8 @@ def load_trained(cfg: DictConfig) -> TrainedModel:
 
 
 def index_stage(cfg: DictConfig, trained: TrainedModel) -> None:
-    dm = trained.datamodule
-    index_corpus(trained.model, dm.corpus, dm.collator, cfg.index.dir, cfg.index.factory, cfg.index.batch_size,
-                 cfg.index.train_sample)
+    """Encode the corpus as `multiret index` does: under ``trainer=ddp`` every process encodes its shard."""
+    build_index(cfg, trained.model, trained.datamodule)
 
 
 def evaluate_stage(cfg: DictConfig, trained: TrainedModel) -> None:
@@ -205,8 +205,7 @@ def evaluate_stage(cfg: DictConfig, trained: TrainedModel) -> None:
 def mine_stage(cfg: DictConfig, trained: TrainedModel) -> None:
     """The next episode's negatives, mined over this episode's index for every training query of every task."""
     dm = trained.datamodule
-    index = DenseIndex.load(cfg.index.dir)
-    index.set_search_parameters(cfg.index.search_parameters)
+    index = load_index(cfg, dm.corpus)
     mine_negatives(trained.model, index, dm.corpus, dm.collator, dm.tasks, dm.train_queries,
                    Path(cfg.paths.output_dir) / "negatives", cfg.episodes.mine_depth, cfg.episodes.mine_top_k,
                    cfg.index.batch_size)
@@ -230,7 +229,10 @@ def run_episodes(cfg: DictConfig) -> dict[str, dict[str, dict[str, float]]]:
             run(episode_config(cfg, out, episode, state.run_id, stages=["train"], ckpt_path=resume))
             state.finish(episode, "train")
         if rank_zero_only.rank > 0:
-            state.wait_for(episode, stages)  # under DDP the first process indexes, evaluates and mines
+            if not state.done(episode, "index"):
+                episode_cfg = episode_config(cfg, out, episode, state.run_id)
+                index_stage(episode_cfg, load_trained(episode_cfg))
+            state.wait_for(episode, stages)  # under DDP every process encodes its shard; the first evaluates and mines
             continue
         pending = [s for s in stages if not state.done(episode, s)]
         if not pending:

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from multiret.data.corpus import Corpus
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError, hydra_task, require_writable_folder
@@ -35,7 +36,7 @@ from multiret.index.faiss_index import (
     DenseIndex,
     require_gpu_faiss,
 )
-from multiret.index.sharded import ShardWriter, build_from_shards, encode_shards
+from multiret.index.sharded import ShardWriter
 from multiret.model.loading import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -180,21 +181,23 @@ def record_run(out: Path, cfg: DictConfig, data_files: list[Path]) -> None:
 def build_index(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> bool:
     """Encode the corpus into the FAISS index; False on the processes that stop after encoding.
 
-    With several processes (``trainer=ddp``, after training or with ``stages=[index]``) each
-    encodes a contiguous shard through ``trainer.predict`` and the first builds the index from
-    the shards; with one process the corpus is encoded in this process.
+    Every process of ``cfg.trainer`` (several under ``trainer=ddp``, after training or with
+    ``stages=[index]``) encodes a contiguous shard through ``trainer.predict``, chunk by chunk,
+    keeping the chunks an interrupted run finished; the first builds the index from the shards.
     """
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(), CloseSpawnedProcessGroup()], logger=False, enable_checkpointing=False)
-    if trainer.world_size == 1:
-        model.to(model_device())
-        index_corpus(model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
-                     cfg.index.batch_size, cfg.index.train_sample)
-        return True
-    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.batch_size)
-    if trainer.global_rank > 0:
-        return False
-    build_from_shards(cfg.index.dir, datamodule.corpus, trainer.world_size, cfg.index.factory, cfg.index.train_sample)
-    return True
+    index = index_corpus(trainer, model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
+                         cfg.index.batch_size, cfg.index.train_sample, num_workers=cfg.index.num_workers)
+    return index is not None
+
+
+def load_index(cfg: DictConfig, corpus: Corpus) -> DenseIndex:
+    """The index of ``cfg.index.dir`` for this corpus, on the GPUs when ``index.device=gpu``, with its search parameters."""
+    index = DenseIndex.load(cfg.index.dir, corpus)
+    if cfg.index.device == "gpu":
+        index.to_gpus(cfg.index.gpu_placement)
+    index.set_search_parameters(cfg.index.search_parameters)
+    return index
 
 
 def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> dict[str, dict[str, float]]:
@@ -205,14 +208,9 @@ def evaluate(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> di
         rankings = {t: retriever.search([q.text for q in qs], cfg.index.top_k) for t, qs in queries.items()}
     else:
         model.to(model_device())
-        index = DenseIndex.load(cfg.index.dir)
-        if cfg.index.device == "gpu":
-            index.to_gpus(cfg.index.gpu_placement)
-        index.set_search_parameters(cfg.index.search_parameters)
-        rankings = search_tasks(
-            model, index, datamodule.corpus, datamodule.collator, datamodule.tasks, queries,
-            cfg.index.top_k, cfg.index.batch_size,
-        )
+        index = load_index(cfg, datamodule.corpus)
+        rankings = search_tasks(model, index, datamodule.collator, datamodule.tasks, queries, cfg.index.top_k,
+                                cfg.index.batch_size)
     query_ids = {t: [q.qid for q in qs] for t, qs in queries.items()}
     out_dir = Path(cfg.paths.output_dir) / "eval"
     return evaluate_task_rankings(

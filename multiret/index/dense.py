@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -14,13 +14,12 @@ from multiret.data.corpus import Corpus
 from multiret.data.kilt import Query
 from multiret.data.tasks import TaskSpec
 from multiret.index.encode import encode_texts
-from multiret.index.faiss_index import EMBEDDINGS, DenseIndex
+from multiret.index.faiss_index import DenseIndex
+from multiret.index.sharded import CHUNK_ROWS, build_from_shards, encode_shards
 from multiret.model.biencoder import BiEncoder
 
-ENCODE_CHUNK = 1 << 18  # passages whose texts are held at once while encoding the corpus
-
-
 def index_corpus(
+    trainer: L.Trainer,
     model: BiEncoder,
     corpus: Corpus,
     collator: PromptCollator,
@@ -28,47 +27,25 @@ def index_corpus(
     factory: str = "Flat",
     batch_size: int = 64,
     train_sample: int | None = None,
-    show_progress: bool = True,
-) -> DenseIndex:
-    """Embed every passage with the passage encoder and save embeddings, ids and the FAISS index.
+    chunk_rows: int = CHUNK_ROWS,
+    num_workers: int = 0,
+) -> DenseIndex | None:
+    """Embed every passage into ``<out_dir>/shards/`` and build the FAISS index over them; None on processes after the first.
 
-    The corpus is encoded ``ENCODE_CHUNK`` passages at a time into a memory-mapped
-    ``embeddings.npy`` (renamed into place when complete), so memory does not grow with the
-    corpus beyond one chunk's texts and what the FAISS index itself holds.
+    ``trainer`` (carrying a :class:`ShardWriter`) decides the processes: each encodes its shard
+    chunk by chunk, keeping finished chunks across interruptions; memory holds one chunk's texts
+    and what the FAISS index itself holds; ``num_workers`` processes tokenise while the model encodes.
     """
     model.eval()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / EMBEDDINGS
-    partial = out_dir / f".{EMBEDDINGS}.partial"
-    embeddings: np.memmap | None = None
-    try:
-        for start in range(0, len(corpus), ENCODE_CHUNK):
-            stop = min(len(corpus), start + ENCODE_CHUNK)
-            part = f" {start:,}–{stop:,} of {len(corpus):,}" if len(corpus) > ENCODE_CHUNK else ""
-            block = encode_texts([corpus.passage_text(r) for r in range(start, stop)], collator.passages,
-                                 model.encode_passages, batch_size, model.device, f"encoding corpus{part}", show_progress)
-            if embeddings is None:
-                embeddings = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(corpus), block.shape[1]))
-            embeddings[start:stop] = block
-        if embeddings is None:
-            raise ValueError("nothing to encode: the corpus is empty")
-        embeddings.flush()
-        del embeddings
-        os.replace(partial, final)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    embeddings = np.load(final, mmap_mode="r")
-    index = DenseIndex.build(embeddings, list(corpus.ids), factory, train_sample)
-    index.save(out_dir, embeddings, factory)
-    return index
+    encode_shards(trainer, model, corpus, collator, out_dir, batch_size, chunk_rows, num_workers)
+    if trainer.global_rank > 0:
+        return None
+    return build_from_shards(out_dir, corpus, trainer.world_size, factory, train_sample)
 
 
 def search_tasks(
     model: BiEncoder,
     index: DenseIndex,
-    corpus: Corpus,
     collator: PromptCollator,
     tasks: Sequence[TaskSpec],
     queries: Mapping[str, Sequence[Query]],
@@ -76,9 +53,8 @@ def search_tasks(
     batch_size: int = 64,
     show_progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Top-``top_k`` corpus rows per query of every task (queries carry their task's prompt, text or soft)."""
+    """Top-``top_k`` corpus rows per query of every task (queries carry their task's prompt, text or soft); -1 pads."""
     model.eval()
-    row_of_index = np.array([corpus.row(pid) for pid in index.ids] + [-1])
     rankings: dict[str, np.ndarray] = {}
     for task in tasks:
         texts = [q.text for q in queries[task.name]]
@@ -91,8 +67,7 @@ def search_tasks(
             f"encoding {task.name} queries",
             show_progress,
         )
-        _, hits = index.search(vectors, top_k)
-        rankings[task.name] = row_of_index[hits]
+        rankings[task.name] = index.search(vectors, top_k)[1]  # FAISS ids are corpus rows
     return rankings
 
 

