@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from multiret.configs import CONFIG_DIR
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import atomic_write_text
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
@@ -37,7 +38,6 @@ from multiret.index.sharded import ShardWriter, build_from_shards, encode_shards
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 STAGES = ("train", "index", "evaluate")
 RETRIEVERS = ("dense", "bm25")
 

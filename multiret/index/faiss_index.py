@@ -7,10 +7,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from multiret.data.jsonl import atomic_write_text
+from multiret.index.faiss_build import import_faiss
+
+faiss = import_faiss()
 
 EMBEDDINGS = "embeddings.npy"
 IDS = "ids.txt"
