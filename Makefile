@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# The CPU wheel of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
+# torch is installed first, from pip's configured index unless TORCH_INDEX_URL is set. PyPI's Linux
+# torch wheels are CUDA builds (GBs); for the CPU build: make TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+# The extras installed: FAISS comes with exactly one of cpu (faiss-cpu) or gpu (faiss-gpu): make EXTRAS=gpu,demo,dev
+EXTRAS ?= cpu,demo,dev
 
 .PHONY: install demo demo-full test test-full clean
 
@@ -13,8 +17,8 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[demo,dev]"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,6 +11,8 @@ import statistics
 
 import pytest
 import wandb
+from wandb.apis.public import Run
+from wandb.apis.public.summary import HTTPSummary
 from test_end_to_end import tiny_config
 
 from multiret.cli import main as cli
@@ -109,20 +111,27 @@ def test_group_keeps_those_w_and_b_groups(sweeps):
         load_runs([sweeps], groups=["nope"])
 
 
-class FakeApiRun:
-    """The attributes of ``wandb.apis.public.Run`` that compare reads (the API cannot be reached in tests)."""
+def api_run(folder, drop_prefix: str | None = None) -> Run:
+    """A real ``wandb.apis.public.Run`` built offline from the attributes W&B's server sends for this logged run.
 
-    def __init__(self, folder):
-        logged = wandb_store.read_run(wandb_store.run_file(folder))
-        self.config, self.summary = logged.config, logged.summary
-        self.group, self.job_type = logged.group, logged.job_type
-        self.path = ["me", "multiret", folder.name.rsplit("-", 1)[-1]]
+    The server sends config as JSON of ``{key: {"value": ..., "desc": ...}}`` (with W&B's own
+    ``_wandb`` key) and the summary as JSON; ``Run`` unpacks them as it does for ``Api().runs``.
+    """
+    logged = wandb_store.read_run(wandb_store.run_file(folder))
+    config = {key: {"value": value, "desc": None} for key, value in logged.config.items()}
+    config["_wandb"] = {"value": {"cli_version": wandb.__version__}, "desc": None}
+    summary = {k: v for k, v in logged.summary.items() if drop_prefix is None or not k.startswith(drop_prefix)}
+    run_id = folder.name.rsplit("-", 1)[-1]
+    attrs = {"id": f"storage-{run_id}", "name": run_id, "displayName": run_id, "state": "finished", "group": logged.group,
+             "jobType": logged.job_type, "config": json.dumps(config), "summaryMetrics": json.dumps(summary)}
+    return Run(None, "me", "multiret", run_id, attrs=attrs)
 
 
 def test_wandb_api_runs_become_the_same_table(sweeps, tmp_path, monkeypatch):
-    api_runs = [FakeApiRun(f) for f in wandb_folders(sweeps)]
-    unevaluated = FakeApiRun(wandb_folders(sweeps)[0])
-    unevaluated.summary = {k: v for k, v in unevaluated.summary.items() if not k.startswith("dev/")}
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # where Run keeps its downloads
+    api_runs = [api_run(f) for f in wandb_folders(sweeps)]
+    unevaluated = api_run(wandb_folders(sweeps)[0], drop_prefix="dev/")
+    assert isinstance(api_runs[0].summary, HTTPSummary) and "_wandb" not in api_runs[0].config
     queries = []
 
     class FakeApi:

@@ -1,4 +1,4 @@
-"""Sharded corpus encoding: contiguous shards, 2 gloo processes equal 1, complete shards kept, GPU FAISS checked."""
+"""Sharded corpus encoding: contiguous shards, 2 gloo processes equal 1, complete shards kept; index.device=gpu without GPU FAISS fails at validation."""
 
 import json
 import os

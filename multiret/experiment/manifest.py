@@ -16,9 +16,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from multiret.data.jsonl import atomic_write_text
+from multiret.index.faiss_build import faiss_build
 
 PACKAGES = ("multiret", "torch", "lightning", "transformers", "tokenizers", "hydra-core", "omegaconf",
-            "faiss-cpu", "faiss-gpu-cu12", "bm25s", "numpy", "wandb", "torchmetrics")
+            "bm25s", "numpy", "wandb", "torchmetrics")
 LARGE_FILE = 1 << 30
 
 
@@ -59,7 +60,7 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: list[str] | None = None) -> Path:
-    """Write ``manifest.json``: git state, package versions, data-file hashes, seed, command line.
+    """Write ``manifest.json``: git state, package versions, the FAISS build, data-file hashes, seed, command line.
 
     The resolved config sits beside it as ``config.yaml``.
     """
@@ -71,6 +72,7 @@ def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: l
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
+        "faiss": faiss_build(),
         "data_sha256": {str(path): sha256_file(path) for path in sorted(set(data_files))},
         "config": "config.yaml",
     }

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from multiret.configs import CONFIG_DIR
 from multiret.data.corpus import Corpus
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import atomic_write_text
@@ -41,7 +42,6 @@ from multiret.model.loading import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 STAGES = ("train", "index", "evaluate")
 RETRIEVERS = ("dense", "bm25")
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself

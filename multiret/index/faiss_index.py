@@ -7,11 +7,13 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from multiret.data.corpus import Corpus
 from multiret.data.jsonl import atomic_write_text
+from multiret.index.faiss_build import import_faiss
+
+faiss = import_faiss()
 
 INDEX = "index.faiss"
 META = "index.json"
