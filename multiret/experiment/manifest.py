@@ -58,8 +58,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: list[str] | None = None) -> Path:
-    """Write ``manifest.json``: git state, package versions, data-file hashes, seed, command line.
+def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: list[str] | None = None,
+                   passages: dict[str, Any] | None = None) -> Path:
+    """Write ``manifest.json``: git state, package versions, data-file hashes, seed, command line,
+    and how passages became model input (``passages``: the template and the file layout).
 
     The resolved config sits beside it as ``config.yaml``.
     """
@@ -72,6 +74,7 @@ def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: l
         "platform": platform.platform(),
         "packages": package_versions(),
         "data_sha256": {str(path): sha256_file(path) for path in sorted(set(data_files))},
+        "passages": passages,
         "config": "config.yaml",
     }
     path = out_dir / "manifest.json"
