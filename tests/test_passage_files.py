@@ -10,14 +10,16 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from test_prepare_kilt import _kilt_files
+from test_prepare_kilt import PAGES, _kilt_files, _page_words
 
 from multiret.cli import main as cli
 from multiret.data import passage_files
 from multiret.data.corpus import Corpus, read_corpus
 from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
 from multiret.data.kilt import attach_positives, read_queries
+from multiret.data.tasks import TaskSpec
 from multiret.data.template import check_template, format_passage
+from multiret.eval.retrieval import evaluate_task_rankings
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.prepare import pipeline
 from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, search
@@ -145,8 +147,13 @@ def test_a_dpr_file_keys_pages_by_title_and_gold_pages_by_provenance_title(tmp_p
     write_jsonl(tmp_path / "q.jsonl", [record])
     (query,) = read_queries(tmp_path / "q.jsonl", page_key="title")
     assert query.gold_pages == ['Beta "B"']
-    (kept,) = attach_positives("t", [query], read_corpus(path))
+    corpus = read_corpus(path)
+    (kept,) = attach_positives("t", [query], corpus)
     assert kept.positives == [2]
+    scores = evaluate_task_rankings([TaskSpec("t", None, str(tmp_path / "q.jsonl"))], "dev", {"t": ["q"]}, {"t": [[2, 0]]},
+                                    corpus, tmp_path / "eval")
+    assert scores["t"]["Rprec"] == 1.0  # scored by title, since the file has no page ids
+    assert read_jsonl(tmp_path / "eval" / "t-gold.jsonl")[0]["output"][0]["provenance"][0]["wikipedia_id"] == 'Beta "B"'
 
 
 def _prepare_cli(kilt: Path, passages: Path, out: Path, questions: Path, *options: str) -> int:
@@ -160,8 +167,6 @@ def nq_fever(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("nq-fever")
     files = _kilt_files(root / "kilt")
     passages = root / "kilt-passages.tsv"
-    from test_prepare_kilt import PAGES, _page_words
-
     rows = [f'{p}_{j}\t"{" ".join(_page_words(p)[5 * j:5 * j + 5])}"\tPage {p}\t{p}\t{j}\t{j}' for p in PAGES for j in range(3)]
     passages.write_text("\n".join(rows) + "\n", encoding="utf-8")
     assert _prepare_cli(root / "kilt", passages, root / "out", files["questions"], "--tasks", "nq,fever") == 0

@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from multiret.data.jsonl import DataFormatError
 
@@ -59,9 +60,8 @@ class Layout:
         return "title" if self.page is None else "wikipedia_id"
 
 
-@dataclass(frozen=True)
-class PassageRow:
-    """One passage and the line its record starts on."""
+class PassageRow(NamedTuple):
+    """One passage and the line its record starts on (a tuple: millions are made while a store is built)."""
 
     line: int
     id: str
@@ -75,17 +75,24 @@ def _expected() -> str:
 
 
 def _decoded_lines(path: Path) -> Iterator[str]:
-    """The file's lines as text, failing on the first one that is not UTF-8 (a leading BOM is dropped)."""
+    """The file's lines as text (a leading BOM dropped); undecodable bytes fail naming their line."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        try:
+            yield from handle
+        except UnicodeDecodeError:
+            raise DataFormatError(_not_utf8(path)) from None
+
+
+def _not_utf8(path: Path) -> str:
+    """Where the first undecodable byte is (found again line by line: only an error pays for this pass)."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                line = raw.decode("utf-8")
+                raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise DataFormatError(
-                    f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
-                    "convert the file to UTF-8, e.g. with iconv -f latin1 -t utf-8"
-                ) from None
-            yield line.removeprefix("\ufeff") if number == 1 else line
+                return (f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+                        "convert the file to UTF-8, e.g. with iconv -f latin1 -t utf-8")
+    return f"{path}: not UTF-8; convert the file to UTF-8"
 
 
 def _is_integer(value: str) -> bool:

@@ -77,7 +77,7 @@ def check_prepared(root: str | os.PathLike[str], task_names: Sequence[str], temp
     settings = report.get("settings") or {}
     if "passage_template" not in settings:
         raise ValueError(f"{where}: prepared before passage templates were recorded; re-run the same "
-                         "`multiret prepare kilt` command (it redoes the passage store, BM25 index and negatives)")
+                         "`multiret prepare kilt` command (it redoes every step once: the passages are now read with csv quoting)")
     if settings["passage_template"] != template:
         raise ValueError(
             f"data.passage_template={template!r}, but {root} indexed BM25 and mined its negatives with "

@@ -2,7 +2,8 @@
 
 ``read_corpus`` keeps every column in Python lists, which cannot hold KILT's ~36M passages.
 The store keeps each column on disk and maps it: strings as one UTF-8 blob plus ``int64``
-offsets, page ids as ``int64`` (KILT's ``wikipedia_id`` is numeric), a page → rows index
+offsets, page ids as ``int64`` (KILT's ``wikipedia_id`` is numeric; a file without page ids,
+``dpr``, stores a 64-bit hash of the title and reads its titles as page ids), a page → rows index
 (rows sorted by page), and passage id → row through sorted 64-bit hashes of the ids (a hash
 hit is confirmed against the stored id, so collisions are harmless). Peak memory of the build
 is a chunk of rows plus the sorts of the two ``int64`` key arrays.
