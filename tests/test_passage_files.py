@@ -214,3 +214,19 @@ def test_a_later_run_adds_tasks_and_a_new_template_redoes_bm25_and_negatives(nq_
     assert report["prepared_tasks"] == ["hotpotqa"]  # nq's and fever's negatives came from the old index
     assert "title" not in load_bm25_index(out / "bm25").vocab_dict
     assert read_jsonl(out / "negatives" / "hotpotqa.jsonl")
+
+
+def test_prepare_kilt_over_a_dpr_file_matches_gold_pages_by_title(nq_fever, tmp_path):
+    passages = tmp_path / "dpr.tsv"
+    rows = ["id\ttext\ttitle"] + [f'{p}_{j}\t"{" ".join(_page_words(p)[5 * j:5 * j + 5])}"\tPage {p}'
+                                  for p in PAGES for j in range(3)]
+    passages.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert _prepare_cli(nq_fever["root"] / "kilt", passages, out, nq_fever["questions"], "--tasks", "nq") == 0
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["settings"]["passage_layout"] == "dpr"
+    assert report["tasks"]["nq"]["train"]["missing_pages"] == 2 and report["tasks"]["nq"]["train"]["positives"] == 4
+    store = PassageStore(out / "passages")
+    for query in read_queries(out / "nq-train.jsonl", page_key="title"):
+        negatives = next(r["negatives"] for r in read_jsonl(out / "negatives" / "nq.jsonl") if r["id"] == query.qid)
+        assert not {store.page_ids[store.row(p)] for p in negatives} & set(query.gold_pages)
