@@ -15,21 +15,21 @@ DEFAULT_PASSAGE_TEMPLATE = "Title: {title} Text: {text}"
 FIELDS = ("title", "text")
 
 
-def check_template(template: str | None) -> str | None:
+def check_template(template: str | None, setting: str = "data.passage_template") -> str | None:
     """Return ``template`` if it is usable: ``{text}`` at least once, no placeholder but ``{title}`` and ``{text}``.
 
-    ``None`` means the text alone (no title).
+    ``None`` means the text alone (no title); errors name ``setting``, where the template came from.
     """
     if template is None:
         return None
     try:
         names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
     except ValueError as error:
-        raise ValueError(f"data.passage_template {template!r} is not a valid template ({error}); "
+        raise ValueError(f"{setting} {template!r} is not a valid template ({error}); "
                          "write literal braces as {{ and }}") from None
     unknown = sorted(names - set(FIELDS))
     if unknown or "text" not in names:
-        raise ValueError(f"data.passage_template {template!r} must contain {{text}} and may contain {{title}}, "
+        raise ValueError(f"{setting} {template!r} must contain {{text}} and may contain {{title}}, "
                          f"nothing else (found {sorted(names)}); e.g. {DEFAULT_PASSAGE_TEMPLATE!r}")
     return template
 

@@ -112,7 +112,7 @@ def prepare_kilt(
     kilt_dir, passages, out = Path(kilt_dir), Path(passages), Path(out)
     max_train = dict(DEFAULT_MAX_TRAIN if max_train is None else max_train)
     specs = _check_inputs(kilt_dir, passages, tasks, triviaqa_questions, max_train, bm25_top_k)
-    check_template(passage_template)
+    check_template(passage_template, "--passage-template")
     out.mkdir(parents=True, exist_ok=True)
     _remove_partial_outputs(out)
     steps = Steps(out)
@@ -261,7 +261,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--passage-layout", default=AUTO, choices=[AUTO, *LAYOUTS],
                         help="layout of --passages (default: told from its first line)")
     parser.add_argument("--passage-template", default=DEFAULT_PASSAGE_TEMPLATE,
-                        help=f"how a passage becomes BM25 (and model) input, with {{title}} and {{text}} (default {DEFAULT_PASSAGE_TEMPLATE!r})")
+                        type=lambda text: None if text.strip().lower() == "none" else text,
+                        help=f"how a passage becomes BM25 (and model) input, with {{title}} and {{text}}, or none for the "
+                             f"text alone; data.passage_template must match it (default {DEFAULT_PASSAGE_TEMPLATE!r})")
     parser.add_argument("--out", required=True, help="prepared folder (data.root of data=kilt)")
     parser.add_argument("--triviaqa-questions", nargs="+", default=[], help="TriviaQA json files holding the questions")
     parser.add_argument("--tasks", default=",".join(KILT_TASKS), help="comma-separated tasks (default: all eight)")
