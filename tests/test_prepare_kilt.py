@@ -298,11 +298,12 @@ def test_cli_prepares_the_named_tasks(raw, tmp_path, capsys):
     assert set(report["tasks"]) == {"trex", "fever"} and report["tasks"]["trex"]["train"]["items"] == 2
 
 
-def test_data_config_kilt_lists_the_prepared_files_and_lengths():
+def test_data_config_kilt_lists_the_prepared_files_and_lengths(prepared):
+    out, _ = prepared
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["data=kilt", "data.root=/prepared", "paths.output_dir=/tmp/unused"])
+        cfg = compose("train", overrides=["data=kilt", f"data.root={out}", "paths.output_dir=/tmp/unused"])
     assert list(cfg.data.task_names) == list(KILT_TASKS) and cfg.data.max_passage_length == 160
-    assert cfg.data.corpus == "passages" and cfg.data.negatives_dir == "/prepared/negatives"
+    assert cfg.data.corpus == "passages" and cfg.data.negatives_dir == f"{out}/negatives"
     assert list(cfg.data.all_passages_positive) == ["aidayago2"]
     for name, task in KILT_TASKS.items():
         spec = cfg.data.tasks[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from multiret.data import vital
+from multiret.data.corpus import read_corpus
 from multiret.data.vital import (
     END_ENT,
     START_ENT,
@@ -59,9 +61,10 @@ def records(built: Path) -> dict[str, dict[str, list[dict]]]:
 
 @pytest.fixture(scope="module")
 def corpus(built: Path) -> list[list[str]]:
-    lines = (built / "corpus.tsv").read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "id\ttext\ttitle\twikipedia_id"
-    return [line.split("\t") for line in lines[1:]]
+    with (built / "corpus.tsv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    assert rows[0] == ["id", "text", "title", "wikipedia_id"]
+    return rows[1:]
 
 
 def _all(records: dict[str, dict[str, list[dict]]], task: str) -> list[dict]:
@@ -116,8 +119,19 @@ def test_corpus_rows(corpus: list[list[str]]) -> None:
         assert "\n" not in text and "\r" not in text
         assert pages.setdefault(page, title) == title
     assert len(pages) == 10_033
-    first = [row for row in corpus if row[0].endswith("_0")]
-    assert all(row[1].startswith(f"Title: {row[2]} Text: ") for row in first)
+    assert not any(row[1].startswith("Title: ") for row in corpus)  # the title reaches the model through the template
+
+
+@needs_source
+def test_corpus_reads_back_unquoted_with_the_title_on_every_passage(built: Path, corpus: list[list[str]]) -> None:
+    quoted = [row for row in corpus if '"' in row[1]]
+    assert quoted  # Wikipedia leads quote; csv quoting must bring them back verbatim
+    read = read_corpus(built / "corpus.tsv")
+    assert read.texts == [row[1] for row in corpus]
+    row = read.row(quoted[0][0])
+    assert read.passage_text(row) == f"Title: {quoted[0][2]} Text: {quoted[0][1]}"
+    later = next(r for r in range(len(read)) if read.ids[r].endswith("_1"))
+    assert read.passage_text(later).startswith(f"Title: {read.titles[later]} Text: ")
 
 
 @needs_source

@@ -1,8 +1,7 @@
-"""Passage corpora in KILT's TSV layout (columns ``id, text, title, wikipedia_id``)."""
+"""Passage corpora read from a passage TSV (layouts in :mod:`multiret.data.passage_files`) or a prepared store."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import random
@@ -13,24 +12,31 @@ from pathlib import Path
 import numpy as np
 
 from multiret.data.jsonl import DataFormatError
-
-CORPUS_COLUMNS = ("id", "text", "title", "wikipedia_id")
+from multiret.data.passage_files import AUTO, iter_passages, read_layout
+from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template, format_passage
 
 
 @dataclass
 class Corpus:
-    """Passages held column-wise; ``page_ids[i]`` is the Wikipedia page of passage ``ids[i]``."""
+    """Passages held column-wise; ``page_ids[i]`` is the Wikipedia page of passage ``ids[i]``.
+
+    ``template`` turns a passage into encoder and BM25 input (:func:`multiret.data.template.format_passage`);
+    ``page_key`` is the provenance field its page ids match (``title`` for a file without page ids).
+    """
 
     ids: list[str]
     texts: list[str]
     titles: list[str]
     page_ids: list[str]
+    template: str | None = DEFAULT_PASSAGE_TEMPLATE
+    page_key: str = "wikipedia_id"
     _row_of: dict[str, int] = field(init=False, repr=False)
     _rows_of_page: dict[str, list[int]] = field(init=False, repr=False)
     _page_code: dict[str, int] = field(init=False, repr=False)
     page_codes: np.ndarray = field(init=False, repr=False, compare=False)  # int64 per row, see page_code
 
     def __post_init__(self) -> None:
+        check_template(self.template)
         self._row_of = {pid: row for row, pid in enumerate(self.ids)}
         if len(self._row_of) != len(self.ids):
             raise DataFormatError("corpus has duplicate passage ids; each passage id must be unique")
@@ -77,8 +83,8 @@ class Corpus:
         return ids_digest([b"".join(encoded)], [np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))])
 
     def passage_text(self, row: int) -> str:
-        """The text a passage encoder sees: the corpus's text column (vital's passages already begin with the title)."""
-        return self.texts[row]
+        """The text a passage encoder and BM25 see: title and text filled into the corpus's template."""
+        return format_passage(self.template, self.titles[row], self.texts[row])
 
     def select_pages(self, pages: Iterable[str]) -> Corpus:
         """A sub-corpus holding every passage of the given pages, in the original order."""
@@ -89,6 +95,8 @@ class Corpus:
             texts=[self.texts[r] for r in rows],
             titles=[self.titles[r] for r in rows],
             page_ids=[self.page_ids[r] for r in rows],
+            template=self.template,
+            page_key=self.page_key,
         )
 
 
@@ -102,43 +110,36 @@ def ids_digest(blobs: Iterable[bytes | np.ndarray], lengths: Iterable[np.ndarray
     return text.hexdigest() + sizes.hexdigest()
 
 
-def read_corpus(path: str | os.PathLike[str]) -> Corpus:
-    """Read a KILT-style passage TSV with a header row naming at least the four columns.
+def read_corpus(
+    path: str | os.PathLike[str], layout: str = AUTO, template: str | None = DEFAULT_PASSAGE_TEMPLATE,
+) -> Corpus:
+    """Read a passage TSV in one of the accepted layouts (``auto``: told from its first line).
 
-    Fails naming ``file:line`` on a row with the wrong number of fields. A folder written by
-    ``multiret prepare kilt`` opens as a memory-mapped store with the same interface instead.
+    Fails naming ``file:line`` on a malformed row and both lines of a duplicate passage id. A
+    folder written by ``multiret prepare kilt`` opens as a memory-mapped store with the same
+    interface instead (its layout was read when it was built).
     """
     path = Path(path)
     if path.is_dir():
         from multiret.prepare.passages import PassageStore
 
-        return PassageStore(path)  # type: ignore[return-value]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: corpus file not found (expected a TSV with columns {', '.join(CORPUS_COLUMNS)})")
-    ids: list[str] = []
+        return PassageStore(path, template)  # type: ignore[return-value]
+    line_of: dict[str, int] = {}
     texts: list[str] = []
     titles: list[str] = []
     pages: list[str] = []
-    csv.field_size_limit(1 << 24)
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None or not set(CORPUS_COLUMNS) <= set(header):
-            raise DataFormatError(
-                f"{path}:1: header {header!r} must name the columns {', '.join(CORPUS_COLUMNS)} (tab-separated)"
-            )
-        index = [header.index(name) for name in CORPUS_COLUMNS]
-        for line_number, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise DataFormatError(
-                    f"{path}:{line_number}: expected {len(header)} tab-separated fields, got {len(row)}"
-                )
-            pid, text, title, page = (row[i] for i in index)
-            ids.append(pid)
-            texts.append(text)
-            titles.append(title)
-            pages.append(page.strip())
-    return Corpus(ids=ids, texts=texts, titles=titles, page_ids=pages)
+    for row in iter_passages(path, layout):
+        first = line_of.setdefault(row.id, row.line)
+        if first != row.line:
+            raise DataFormatError(f"{path}:{row.line}: duplicate passage id {row.id!r} (first at line {first}); "
+                                  "each passage id must be unique")
+        texts.append(row.text)
+        titles.append(row.title)
+        pages.append(row.page)
+    if not line_of:
+        raise DataFormatError(f"{path}: no passages in the file")
+    return Corpus(ids=list(line_of), texts=texts, titles=titles, page_ids=pages, template=template,
+                  page_key=read_layout(path, layout).page_key)
 
 
 def subsample_pages(corpus: Corpus, required_pages: Iterable[str], max_pages: int | None, seed: int) -> Corpus:

@@ -21,7 +21,10 @@ from multiret.data.negatives import (
     negatives_file,
     read_negatives,
 )
+from multiret.data.passage_files import AUTO
+from multiret.data.prepared import check_prepared
 from multiret.data.tasks import TaskSpec, select_tasks
+from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError
 from multiret.index.bm25 import BM25Retriever
 
@@ -58,6 +61,8 @@ class MultitaskDataModule(L.LightningDataModule):
         negatives_dir: str | None = None,
         step_offset: int = 0,
         seed: int = 13,
+        passage_layout: str = AUTO,
+        passage_template: str | None = DEFAULT_PASSAGE_TEMPLATE,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -67,6 +72,9 @@ class MultitaskDataModule(L.LightningDataModule):
              for name, spec in tasks.items()},
             list(task_names),
         )
+        self.passage_layout = passage_layout
+        self.passage_template = check_template(passage_template)
+        check_prepared(self.root, task_names, self.passage_template)
         self.collator = PromptCollator(tokenizer, prompt_template, max_passage_length) if tokenizer else None
         self.batch_size = batch_size
         self.micro_batches = micro_batches
@@ -105,16 +113,18 @@ class MultitaskDataModule(L.LightningDataModule):
 
     def _load(self) -> None:
         self.prepare_data()
-        train = {t.name: read_queries(t.split_path("train"), self.max_train_queries, self.seed) for t in self.tasks}
+        corpus = read_corpus(self.corpus_path, self.passage_layout, self.passage_template)
+        key = corpus.page_key
+        train = {t.name: read_queries(t.split_path("train"), self.max_train_queries, self.seed, key) for t in self.tasks}
         evaluation = {
-            t.name: read_queries(t.split_path(self.eval_split), self.max_eval_queries, self.seed) for t in self.tasks
+            t.name: read_queries(t.split_path(self.eval_split), self.max_eval_queries, self.seed, key) for t in self.tasks
         }
         empty = [t.split_path(self.eval_split) for t in self.tasks if not evaluation[t.name]]
         if empty:
             raise UserError(f"no item in the {self.eval_split} file(s) {', '.join(map(str, empty))} (empty or blank): "
                             "every score would be 0; fill them, or choose data.eval_split or data.task_names")
         gold = {p for qs in (*train.values(), *evaluation.values()) for q in qs for p in q.gold_pages}
-        self.corpus = subsample_pages(read_corpus(self.corpus_path), gold, self.corpus_max_pages, self.seed)
+        self.corpus = subsample_pages(corpus, gold, self.corpus_max_pages, self.seed)
         self.train_queries = {
             name: attach_positives(name, qs, self.corpus, name in self.all_passages_positive) for name, qs in train.items()
         }

@@ -24,8 +24,11 @@ class Query:
     negatives: list[int] = field(default_factory=list)
 
 
-def validated_outputs(record: dict, where: str) -> list[tuple[dict, list[dict]]]:
-    """Each KILT output with its provenance list, checked (fails naming ``where``): items need a ``wikipedia_id``."""
+def validated_outputs(record: dict, where: str, page_key: str = "wikipedia_id") -> list[tuple[dict, list[dict]]]:
+    """Each KILT output with its provenance list, checked (fails naming ``where``): items need the ``page_key`` field.
+
+    ``page_key`` is ``wikipedia_id``, or ``title`` over a passage file without page ids (``dpr`` layout).
+    """
     outputs = record.get("output", [])
     if not isinstance(outputs, list):
         raise DataFormatError(f"{where}: 'output' must be a list of objects")
@@ -35,28 +38,30 @@ def validated_outputs(record: dict, where: str) -> list[tuple[dict, list[dict]]]
             raise DataFormatError(f"{where}: each 'output' entry must be an object")
         provenance = output.get("provenance") or []
         if not isinstance(provenance, list):
-            raise DataFormatError(f"{where}: 'provenance' must be a list of objects with 'wikipedia_id'")
+            raise DataFormatError(f"{where}: 'provenance' must be a list of objects with {page_key!r}")
         for item in provenance:
-            if not isinstance(item, dict) or "wikipedia_id" not in item:
-                raise DataFormatError(f"{where}: each provenance entry needs a 'wikipedia_id'")
+            if not isinstance(item, dict) or page_key not in item:
+                raise DataFormatError(f"{where}: each provenance entry needs a {page_key!r}")
         checked.append((output, provenance))
     return checked
 
 
-def _gold_pages(record: dict, where: str) -> list[str]:
+def _gold_pages(record: dict, where: str, page_key: str) -> list[str]:
     pages: list[str] = []
-    for _, provenance in validated_outputs(record, where):
+    for _, provenance in validated_outputs(record, where, page_key):
         for item in provenance:
-            page = str(item["wikipedia_id"]).strip()
+            page = str(item[page_key]).strip()
             if page not in pages:
                 pages.append(page)
     return pages
 
 
-def read_queries(path: str | os.PathLike[str], limit: int | None = None, seed: int = 0) -> list[Query]:
+def read_queries(
+    path: str | os.PathLike[str], limit: int | None = None, seed: int = 0, page_key: str = "wikipedia_id",
+) -> list[Query]:
     """Read a KILT jsonl file; with ``limit``, keep a seeded random sample of that size in file order.
 
-    Every record needs a string ``id`` and ``input``; violations fail with ``file:line``.
+    Gold pages are the provenance's ``page_key`` values (see :func:`validated_outputs`). Every record needs a string ``id`` and ``input``; violations fail with ``file:line``.
     """
     queries: list[Query] = []
     seen: set[str] = set()
@@ -69,11 +74,20 @@ def read_queries(path: str | os.PathLike[str], limit: int | None = None, seed: i
         if qid in seen:
             raise DataFormatError(f"{where}: duplicate id {qid!r}")
         seen.add(qid)
-        queries.append(Query(qid=qid, text=text, gold_pages=_gold_pages(record, where)))
+        queries.append(Query(qid=qid, text=text, gold_pages=_gold_pages(record, where, page_key)))
     if limit is not None and limit < len(queries):
         keep = set(random.Random(seed).sample(range(len(queries)), limit))
         queries = [q for i, q in enumerate(queries) if i in keep]
     return queries
+
+
+def keyed_by_title(record: dict) -> dict:
+    """A gold record whose provenance ``wikipedia_id`` is its ``title``: how it is scored over a corpus keyed by title."""
+    outputs = []
+    for output in record.get("output", []):
+        provenance = [{**item, "wikipedia_id": item.get("title", "")} for item in output.get("provenance") or []]
+        outputs.append({**output, "provenance": provenance} if "provenance" in output else output)
+    return {**record, "output": outputs}
 
 
 def attach_positives(task: str, queries: list[Query], corpus: Corpus, all_passages: bool = False) -> list[Query]:

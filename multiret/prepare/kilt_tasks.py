@@ -68,6 +68,8 @@ SPLITS = ("train", "dev")
 
 
 class PageIndex(Protocol):
+    page_key: str  # the provenance field its pages are keyed by (wikipedia_id, or title for a file without page ids)
+
     def rows_of_page(self, page_id: str) -> list[int]: ...
 
 
@@ -108,19 +110,19 @@ def load_triviaqa_questions(paths: Iterable[str | os.PathLike[str]]) -> dict[str
     return questions
 
 
-def _outputs(record: dict[str, Any], where: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The outputs reduced to answer + provenance (page, title, paragraph span), and the distinct gold pages."""
+def _outputs(record: dict[str, Any], where: str, page_key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The outputs reduced to answer + provenance (page, title, paragraph span), and the distinct gold pages (by ``page_key``)."""
     kept: list[dict[str, Any]] = []
     pages: list[str] = []
-    for output, provenance in validated_outputs(record, where):
+    for output, provenance in validated_outputs(record, where, page_key):
         entry: dict[str, Any] = {k: output[k] for k in ("answer",) if k in output}
         if provenance:
             entry["provenance"] = []
             for item in provenance:
-                page = str(item["wikipedia_id"]).strip()
+                page = str(item[page_key]).strip()
                 entry["provenance"].append(
-                    {"wikipedia_id": page,
-                     **{k: item[k] for k in ("title", "start_paragraph_id", "end_paragraph_id") if k in item}}
+                    {k: str(item[k]).strip() if k == "wikipedia_id" else item[k]
+                     for k in ("wikipedia_id", "title", "start_paragraph_id", "end_paragraph_id") if k in item}
                 )
                 if page not in pages:
                     pages.append(page)
@@ -179,7 +181,7 @@ def convert_split(
             if text is None:
                 counts["missing_question"] += 1
                 continue
-            outputs, pages = _outputs(record, where)
+            outputs, pages = _outputs(record, where, corpus.page_key)
             found = [page for page in pages if corpus.rows_of_page(page)]
             counts["items"] += 1
             counts["no_provenance"] += not pages

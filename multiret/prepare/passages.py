@@ -2,7 +2,8 @@
 
 ``read_corpus`` keeps every column in Python lists, which cannot hold KILT's ~36M passages.
 The store keeps each column on disk and maps it: strings as one UTF-8 blob plus ``int64``
-offsets, page ids as ``int64`` (KILT's ``wikipedia_id`` is numeric), a page → rows index
+offsets, page ids as ``int64`` (KILT's ``wikipedia_id`` is numeric; a file without page ids,
+``dpr``, stores a 64-bit hash of the title and reads its titles as page ids), a page → rows index
 (rows sorted by page), and passage id → row through sorted 64-bit hashes of the ids (a hash
 hit is confirmed against the stored id, so collisions are harmless). Peak memory of the build
 is a chunk of rows plus the sorts of the two ``int64`` key arrays.
@@ -21,8 +22,10 @@ from typing import overload
 import numpy as np
 from tqdm.auto import tqdm
 
-from multiret.data.corpus import CORPUS_COLUMNS, Corpus, ids_digest
+from multiret.data.corpus import Corpus, ids_digest
 from multiret.data.jsonl import DataFormatError, atomic_write_text
+from multiret.data.passage_files import AUTO, iter_passages, read_layout
+from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template, format_passage
 
 META = "store.json"
 FORMAT = "multiret-passages-v1"
@@ -104,16 +107,21 @@ def _page_key(page: str) -> int | None:
 
 
 class PassageStore:
-    """The :class:`~multiret.data.corpus.Corpus` interface over a store folder, memory-mapped."""
+    """The :class:`~multiret.data.corpus.Corpus` interface over a store folder, memory-mapped.
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    ``template`` turns a passage into encoder and BM25 input, as :attr:`Corpus.template`.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], template: str | None = DEFAULT_PASSAGE_TEMPLATE) -> None:
         self.folder = Path(folder)
+        self.template = check_template(template)
         if not is_passage_store(self.folder):
             raise FileNotFoundError(f"{self.folder}: not a passage store (no {META}); build it with `multiret prepare kilt`")
         meta = json.loads((self.folder / META).read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise DataFormatError(f"{self.folder / META}: format {meta.get('format')!r}, expected {FORMAT!r}; rebuild the store")
         self.meta = meta
+        self.page_key: str = meta.get("page_key", "wikipedia_id")
 
         def array(name: str, dtype: type) -> np.ndarray:
             return _map(self.folder / name, dtype)
@@ -122,8 +130,8 @@ class PassageStore:
         self.texts = _Strings(array("text.bin", np.uint8), array("text.off", np.int64))
         self.titles = _Strings(array("title.bin", np.uint8), array("title.off", np.int64))
         self._pages = array("page.i64", np.int64)
-        self.page_ids = _Pages(self._pages)
-        self.page_codes = self._pages  # the numeric page ids themselves
+        self.page_ids: Sequence[str] = self.titles if self.page_key == "title" else _Pages(self._pages)
+        self.page_codes = self._pages  # numeric page ids, or hashes of the titles when pages are keyed by title
         self._hashes = array("id_hash.sorted.i64", np.int64)
         self._hash_rows = array("id_hash.rows.i64", np.int64)
         self._page_rows = array("page.rows.i64", np.int64)
@@ -155,8 +163,12 @@ class PassageStore:
             raise KeyError(passage_id)
         return row
 
+    def _page_number(self, page_id: str) -> int | None:
+        """What ``page.i64`` holds for this page: its numeric id, or the hash of its title when pages are keyed by title."""
+        return id_hash(page_id.strip()) if self.page_key == "title" else _page_key(page_id)
+
     def _page_slot(self, page_id: str) -> int | None:
-        key = _page_key(page_id)
+        key = self._page_number(page_id)
         if key is None:
             return None
         i = int(np.searchsorted(self._unique_pages, key))
@@ -173,8 +185,8 @@ class PassageStore:
         return self._page_slot(page_id) is not None
 
     def page_code(self, page_id: str) -> int | None:
-        """The page's entry in :attr:`page_codes` (its numeric id), None if absent: as :meth:`Corpus.page_code`."""
-        return None if self._page_slot(page_id) is None else _page_key(page_id)
+        """The page's entry in :attr:`page_codes`, None if absent: as :meth:`Corpus.page_code`."""
+        return None if self._page_slot(page_id) is None else self._page_number(page_id)
 
     def passage_lengths(self, start: int, stop: int) -> np.ndarray:
         """Title plus text bytes of rows ``[start, stop)``, from the offsets alone (as :meth:`Corpus.passage_lengths`)."""
@@ -187,8 +199,8 @@ class PassageStore:
                           (np.diff(offsets[i:i + step + 1]) for i in range(0, len(offsets) - 1, step)))
 
     def passage_text(self, row: int) -> str:
-        """The text a passage encoder sees: the text column, as :meth:`Corpus.passage_text`."""
-        return self.texts[row]
+        """The text a passage encoder and BM25 see, as :meth:`Corpus.passage_text`."""
+        return format_passage(self.template, self.titles[row], self.texts[row])
 
     def select_pages(self, pages: Iterable[str]) -> Corpus:
         """An in-memory :class:`Corpus` of every passage of the given pages (meant for sub-corpora of a few thousand pages)."""
@@ -198,6 +210,8 @@ class PassageStore:
             texts=[self.texts[r] for r in rows],
             titles=[self.titles[r] for r in rows],
             page_ids=[self.page_ids[r] for r in rows],
+            template=self.template,
+            page_key=self.page_key,
         )
 
 
@@ -225,67 +239,67 @@ class _ColumnWriter:
         self._offsets.close()
 
 
-def build_passage_store(tsv: str | os.PathLike[str], out: str | os.PathLike[str], show_progress: bool = True) -> dict:
-    """Stream a KILT passage TSV (header naming ``id, text, title, wikipedia_id``) into a store folder.
+def build_passage_store(
+    tsv: str | os.PathLike[str], out: str | os.PathLike[str], show_progress: bool = True, layout: str = AUTO,
+) -> dict:
+    """Stream a passage TSV (a layout of :mod:`multiret.data.passage_files`) into a store folder.
 
     Writes into ``<out>.tmp`` and renames it to ``out`` when complete, so an interrupted build
     leaves no half store. Fails naming ``file:line`` on a malformed row, a non-numeric page id
-    or a duplicate passage id. Returns the store's metadata (passages, pages, bytes).
+    or a duplicate passage id (with both lines). A file without page ids (``dpr``) keys its
+    pages by title. Returns the store's metadata (layout, passages, pages, bytes).
     """
     tsv, out = Path(tsv), Path(out)
-    if not tsv.is_file():
-        raise FileNotFoundError(f"{tsv}: passage file not found (expected a TSV with columns {', '.join(CORPUS_COLUMNS)})")
+    found = read_layout(tsv, layout)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     columns = {name: _ColumnWriter(tmp, name) for name in ("id", "text", "title")}
-    pages: list[int] = []
-    hashes: list[int] = []
-    with tsv.open("rb") as handle, (tmp / "page.i64").open("wb") as page_file, \
-            (tmp / "id_hash.i64").open("wb") as hash_file, \
-            tqdm(total=tsv.stat().st_size, unit="B", unit_scale=True, desc="passage store", disable=not show_progress) as bar:
-        header_line = handle.readline()
-        header = header_line.decode("utf-8").rstrip("\r\n").split("\t")
-        if not set(CORPUS_COLUMNS) <= set(header):
-            raise DataFormatError(f"{tsv}:1: header {header!r} must name the columns {', '.join(CORPUS_COLUMNS)} (tab-separated)")
-        bar.update(len(header_line))
-        at = {name: header.index(name) for name in CORPUS_COLUMNS}
-        rows = 0
-        for line_number, raw in enumerate(handle, start=2):
-            bar.update(len(raw))
-            fields = raw.rstrip(b"\r\n").split(b"\t")
-            if len(fields) != len(header):
-                raise DataFormatError(f"{tsv}:{line_number}: expected {len(header)} tab-separated fields, got {len(fields)}")
-            page = fields[at["wikipedia_id"]].strip()
-            try:
-                pages.append(int(page))
-            except ValueError:
-                raise DataFormatError(
-                    f"{tsv}:{line_number}: wikipedia_id {page.decode('utf-8', 'replace')!r} is not an integer (KILT page ids are numeric)"
-                ) from None
-            for name in ("id", "text", "title"):
-                columns[name].add(fields[at[name]])
-            hashes.append(id_hash(fields[at["id"]]))
+    keys: dict[str, list[int]] = {"page": [], "id_hash": [], "line": []}
+    files = {name: (tmp / f"{name}.i64").open("wb") for name in keys}
+    rows = 0
+    with tqdm(iter_passages(tsv, layout), unit="passage", desc="passage store", disable=not show_progress) as passages:
+        for row in passages:
+            if found.page_key == "title":
+                keys["page"].append(id_hash(row.page))
+            else:
+                try:
+                    keys["page"].append(int(row.page))
+                except ValueError:
+                    raise DataFormatError(
+                        f"{tsv}:{row.line}: wikipedia_id {row.page!r} is not an integer (KILT page ids are numeric)"
+                    ) from None
+            for name, value in (("id", row.id), ("text", row.text), ("title", row.title)):
+                columns[name].add(value.encode("utf-8"))
+            keys["id_hash"].append(id_hash(row.id))
+            keys["line"].append(row.line)
             rows += 1
-            if len(pages) == _CHUNK_ROWS:
-                np.asarray(pages, dtype=np.int64).tofile(page_file)
-                np.asarray(hashes, dtype=np.int64).tofile(hash_file)
-                pages, hashes = [], []
-                for column in columns.values():
-                    column.flush()
-        np.asarray(pages, dtype=np.int64).tofile(page_file)
-        np.asarray(hashes, dtype=np.int64).tofile(hash_file)
+            if rows % _CHUNK_ROWS == 0:
+                _flush(keys, files, columns)
+    _flush(keys, files, columns)
+    for handle in files.values():
+        handle.close()
     for column in columns.values():
         column.close()
     if rows == 0:
-        raise DataFormatError(f"{tsv}: no passages after the header")
+        raise DataFormatError(f"{tsv}: no passages in the file")
     num_pages = _write_indexes(tmp, tsv)
-    meta = {"format": FORMAT, "source": str(tsv), "passages": rows, "pages": num_pages}
+    meta = {"format": FORMAT, "source": str(tsv), "layout": found.name, "page_key": found.page_key,
+            "passages": rows, "pages": num_pages}
     meta["bytes"] = sum(p.stat().st_size for p in tmp.iterdir())
     atomic_write_text(tmp / META, json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return meta
+
+
+def _flush(keys: dict[str, list[int]], files: dict, columns: dict[str, _ColumnWriter]) -> None:
+    """Append a chunk of integer keys and column offsets to their files."""
+    for name, values in keys.items():
+        np.asarray(values, dtype=np.int64).tofile(files[name])
+        values.clear()
+    for column in columns.values():
+        column.flush()
 
 
 def _write_indexes(folder: Path, tsv: Path) -> int:
@@ -296,12 +310,15 @@ def _write_indexes(folder: Path, tsv: Path) -> int:
     del hashes
     (folder / "id_hash.i64").unlink()
     ids = _Strings(_map(folder / "id.bin", np.uint8), _map(folder / "id.off", np.int64))
+    lines = _map(folder / "line.i64", np.int64)
     for i in np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1]):
-        a, b = int(order[i]), int(order[i + 1])
+        a, b = sorted((int(order[i]), int(order[i + 1])))
         if ids[a] == ids[b]:
             raise DataFormatError(
-                f"{tsv}:{b + 2}: duplicate passage id {ids[b]!r} (first at line {a + 2}); each passage id must be unique"
+                f"{tsv}:{lines[b]}: duplicate passage id {ids[b]!r} (first at line {lines[a]}); each passage id must be unique"
             )
+    del lines
+    (folder / "line.i64").unlink()
     sorted_hashes.tofile(folder / "id_hash.sorted.i64")
     order.astype(np.int64).tofile(folder / "id_hash.rows.i64")
     del sorted_hashes, order

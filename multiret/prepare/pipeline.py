@@ -24,6 +24,9 @@ import numpy as np
 from multiret.data.jsonl import DataFormatError, atomic_write_text
 from multiret.data.kilt import read_queries
 from multiret.data.negatives import negatives_file
+from multiret.data.passage_files import AUTO, LAYOUTS
+from multiret.data.prepared import REPORT
+from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError, require_writable_folder
 from multiret.prepare.bm25_index import (
     build_bm25_index,
@@ -47,7 +50,6 @@ log = logging.getLogger(__name__)
 
 PASSAGES_DIR, BM25_DIR, NEGATIVES_DIR, DONE_DIR = "passages", "bm25", "negatives", ".done"
 UTF8_CHECK_BYTES = 1 << 24  # chunk size of the store's UTF-8 check
-REPORT = "prepare_report.json"
 BM25_PARAMS = "params.index.json"
 
 
@@ -131,23 +133,32 @@ def prepare_kilt(
     bm25_top_k: int = 30,
     seed: int = 13,
     show_progress: bool = True,
+    passage_layout: str = AUTO,
+    passage_template: str | None = DEFAULT_PASSAGE_TEMPLATE,
 ) -> dict[str, Any]:
-    """Prepare the named tasks into ``out``; returns the report (also written to ``out/prepare_report.json``)."""
+    """Prepare the named tasks into ``out``; returns the report (also written to ``out/prepare_report.json``).
+
+    ``passage_template`` is what BM25 indexes (as the dense model will encode it); the report
+    records it, and the tasks the folder holds (``prepared_tasks``), for ``data=kilt``.
+    """
     kilt_dir, passages, out = Path(kilt_dir), Path(passages), Path(out)
     max_train = dict(DEFAULT_MAX_TRAIN if max_train is None else max_train)
     specs = _check_inputs(kilt_dir, passages, tasks, triviaqa_questions, max_train, bm25_top_k)
+    check_template(passage_template, "--passage-template")
     require_writable_folder(out, "--out")
     _remove_partial_outputs(out)
     steps = Steps(out)
     question_files = [_file_identity(Path(p)) for p in triviaqa_questions]
 
     def build_store() -> dict[str, Any]:
-        meta = build_passage_store(passages, out / PASSAGES_DIR, show_progress)
+        meta = build_passage_store(passages, out / PASSAGES_DIR, show_progress, passage_layout)
         _check_store_utf8(out / PASSAGES_DIR, passages)  # before the step's marker: a bad store is rebuilt next time
         return meta
 
-    store_meta = steps.run("passages", {"tsv": _file_identity(passages)}, [out / PASSAGES_DIR / STORE_META], build_store)
-    store = PassageStore(out / PASSAGES_DIR)
+    store_meta = steps.run(
+        "passages", {"tsv": _file_identity(passages), "layout": passage_layout}, [out / PASSAGES_DIR / STORE_META], build_store,
+    )
+    store = PassageStore(out / PASSAGES_DIR, passage_template)
     store_identity = _file_identity(out / PASSAGES_DIR / STORE_META)
     report: dict[str, Any] = {"passages": store_meta, "tasks": {}, "bm25": None, "negatives": {}}
     questions: dict[str, str] | None = None
@@ -174,7 +185,7 @@ def prepare_kilt(
         outputs = [out / task.prepared_file(s) for s in SPLITS]
         report["tasks"][task.name] = steps.run(f"task:{task.name}", params, outputs, convert)
 
-    bm25_params = {"passages": store_identity, "k1": 0.9, "b": 0.4}
+    bm25_params = {"passages": store_identity, "k1": 0.9, "b": 0.4, "passage_template": passage_template}
     report["bm25"] = steps.run("bm25", bm25_params, [out / BM25_DIR / BM25_PARAMS],
                                lambda: build_bm25_index(store, out / BM25_DIR, show_progress=show_progress))
     bm25_identity = _file_identity(out / BM25_DIR / BM25_PARAMS)
@@ -187,7 +198,8 @@ def prepare_kilt(
                       pools: dict[str, Path] = pools) -> dict[str, Any]:
             nonlocal index
             index = index if index is not None else load_bm25_index(out / BM25_DIR)
-            return {split: mine_negatives(index, store, f"{task.name} {split}", read_queries(queries_files[split]),
+            return {split: mine_negatives(index, store, f"{task.name} {split}",
+                                          read_queries(queries_files[split], page_key=store.page_key),
                                           bm25_top_k, pools[split], show_progress=show_progress)
                     for split in SPLITS}
 
@@ -200,12 +212,35 @@ def prepare_kilt(
                            "max_query_length": t.max_query_length, "all_passages_positive": t.all_passages_positive}
                   for t in specs},
         "max_passage_length": MAX_PASSAGE_LENGTH, "max_train": max_train, "seed": seed, "bm25_top_k": bm25_top_k,
-        "aida_window_words": AIDA_WINDOW_WORDS,
+        "aida_window_words": AIDA_WINDOW_WORDS, "passage_layout": store_meta.get("layout"),
+        "passage_template": passage_template,
     }
+    report["prepared_tasks"] = _prepared_tasks(out, steps, [t.name for t in specs], bm25_identity)
     report["steps"] = {"ran": steps.ran, "skipped": steps.skipped}
     atomic_write_text(out / REPORT, json.dumps(report, indent=2))
     _log_summary(report)
     return report
+
+
+def _prepared_tasks(out: Path, steps: Steps, tasks: list[str], bm25_identity: dict[str, Any]) -> list[str]:
+    """The tasks the folder holds, in KILT order: this run's, and earlier runs' still current.
+
+    ``data=kilt`` trains on this list unless ``data.task_names`` says otherwise.
+    """
+    return [name for name, task in KILT_TASKS.items()
+            if name in tasks or _still_current(out, steps, task, bm25_identity)]
+
+
+def _still_current(out: Path, steps: Steps, task: KiltTask, bm25_identity: dict[str, Any]) -> bool:
+    """Whether an earlier run's task files and negatives fit the current store and BM25 index (passage file, template)."""
+    marker = steps.marker(f"negatives:{task.name}")
+    if not marker.is_file():
+        return False
+    params = json.loads(marker.read_text(encoding="utf-8"))["params"]
+    files = {split: out / task.prepared_file(split) for split in SPLITS}
+    if not all(path.is_file() for path in files.values()):
+        return False
+    return params.get("bm25") == bm25_identity and params.get("queries") == {s: _file_identity(p) for s, p in files.items()}
 
 
 def _check_inputs(
@@ -257,7 +292,14 @@ def main(argv: Sequence[str]) -> int:
     """Command line of ``multiret prepare kilt``."""
     parser = argparse.ArgumentParser(prog="multiret prepare kilt", description=__doc__.splitlines()[0])
     parser.add_argument("--kilt-dir", required=True, help="folder with KILT's <task>-{train,dev}-kilt.jsonl files")
-    parser.add_argument("--passages", required=True, help="passage TSV with columns id, text, title, wikipedia_id")
+    parser.add_argument("--passages", required=True,
+                        help="passage TSV: KILT's 6 columns, DPR's id/text/title, or a header naming id, text, title, wikipedia_id")
+    parser.add_argument("--passage-layout", default=AUTO, choices=[AUTO, *LAYOUTS],
+                        help="layout of --passages (default: told from its first line)")
+    parser.add_argument("--passage-template", default=DEFAULT_PASSAGE_TEMPLATE,
+                        type=lambda text: None if text.strip().lower() == "none" else text,
+                        help=f"how a passage becomes BM25 (and model) input, with {{title}} and {{text}}, or none for the "
+                             f"text alone; data.passage_template must match it (default {DEFAULT_PASSAGE_TEMPLATE!r})")
     parser.add_argument("--out", required=True, help="prepared folder (data.root of data=kilt)")
     parser.add_argument("--triviaqa-questions", nargs="+", default=[], help="TriviaQA json files holding the questions")
     parser.add_argument("--tasks", default=",".join(KILT_TASKS), help="comma-separated tasks (default: all eight)")
@@ -272,6 +314,7 @@ def main(argv: Sequence[str]) -> int:
     report = prepare_kilt(  # input errors are reported by the command line, as one line (multiret.errors)
         args.kilt_dir, args.passages, args.out, [t.strip() for t in args.tasks.split(",") if t.strip()],
         args.triviaqa_questions, args.max_train, args.bm25_top_k, args.seed, not args.no_progress,
+        args.passage_layout, args.passage_template,
     )
     print(f"prepared {len(report['tasks'])} task(s) into {args.out}; report: {Path(args.out) / REPORT}")
     return 0
