@@ -298,7 +298,7 @@ class TACO(GradientMethod):
         beta: float = 0.999,
         tau: float = 2.0,
         normalize: bool = True,
-        warmup_ratio: float = 0.1,
+        warmup_ratio: float = 0.0,
         median_over: str = "nonzero",
         ema_dtype: str = "float32",
         seed: int = 0,
