@@ -2,6 +2,9 @@
 
 For every task i, in a fresh random order of the other tasks j: if ``pc_i · g_j < 0``,
 ``pc_i ← pc_i − (pc_i · g_j) / ‖g_j‖² · g_j``; the update is ``Σ_i pc_i`` (the paper's sum).
+The TACO authors' trainer divides that sum by T (their PCGrad baseline steps with the mean);
+here it is not divided. AdamW is nearly blind to a constant scale (only its ε sees it), but
+gradient clipping (``model.max_grad_norm``) is not: the sum is clipped sooner than their mean.
 Each ``pc_i`` stays a combination of the task gradients, so the projections run on the T×T
 Gram matrix and only the final sum touches the parameters. The order's random generator is
 checkpointed. Under DDP (task gradients all-reduced, losses averaged)

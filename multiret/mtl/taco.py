@@ -6,9 +6,12 @@ sensitivity ``I_tj = |θ_j · g_tj|``, divided by its median over all parameters
 ``Ī / τ``, and a softmax over tasks gives weights ``α_tj``. The update is ``Σ_t g_t / T``
 during warm-up and ``Σ_t α_t ⊙ g_t / T`` after (``docs/taco.md`` holds the exact rule).
 
-``ema_dtype: bfloat16`` halves the EMA's memory (updates stochastically rounded);
-``parameters`` restricts the rule to some parameter groups. The median is ``torch.median``'s:
-the lower middle value for an even count.
+``median_over`` says which entries a task's median is taken over: ``all`` (the rule as
+published: every parameter, zeros included) or ``nonzero`` (the entries where the task's
+importance is not zero, the default; ``docs/taco.md`` says why). ``ema_dtype: bfloat16`` halves
+the EMA's memory (updates stochastically rounded, an approximation); ``parameters`` restricts
+the rule to some parameter groups. The median is ``torch.median``'s: the lower middle value
+for an even count.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ from multiret.mtl.base import GradientMethod, nonzero_rows, task_tensors
 log = logging.getLogger(__name__)
 
 EPS = 1e-12
+MEDIAN_OVER = ("all", "nonzero")  # the entries a task's median is taken over: every one (as published), or the non-zero
+
+
+def row_medians(values: torch.Tensor, median_over: str = "all") -> torch.Tensor:
+    """``torch.median``'s value of each row of non-negative ``(T, P)`` values, as ``(T, 1)``: over every entry,
+    or (``nonzero``) over the non-zero entries only (0 for a row without any)."""
+    if median_over == "all":
+        return values.median(dim=-1, keepdim=True).values
+    medians = [row[row != 0].median() if bool((row != 0).any()) else row.new_zeros(()) for row in values]
+    return torch.stack(medians).unsqueeze(1)
 
 
 def taco_combine(
@@ -39,22 +52,25 @@ def taco_combine(
     tau: float,
     in_warmup: bool,
     normalize: bool = True,
+    median_over: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One TACO step on flat tensors: ``task_grads`` (T, P), ``params`` (P,), ``ema`` (T, P).
 
     Returns ``(combined (P,), new_ema (T, P))`` without modifying the inputs (a fixed contract).
+    ``median_over="all"`` is the rule as published; ``"nonzero"`` takes each task's median over
+    the entries where its importance (or, without ``normalize``, its EMA) is not zero.
     """
     num_tasks = task_grads.shape[0]
     importance = (params.unsqueeze(0) * task_grads).abs()
     if normalize:
-        importance = importance / (importance.median(dim=-1, keepdim=True).values + EPS)
+        importance = importance / (row_medians(importance, median_over) + EPS)
     new_ema = beta * ema + (1.0 - beta) * importance
     if in_warmup:
         return task_grads.sum(0) / num_tasks, new_ema
     if normalize:
         scores = new_ema / tau
     else:
-        scores = new_ema / (new_ema.median(dim=-1, keepdim=True).values + EPS) / tau
+        scores = new_ema / (row_medians(new_ema, median_over) + EPS) / tau
     weights = torch.softmax(scores, dim=0)
     return (weights * task_grads).sum(0) / num_tasks, new_ema
 
@@ -216,25 +232,40 @@ def stochastic_round_bf16(values: torch.Tensor, generator: torch.Generator | Non
     return ((values.view(torch.int32) + noise) & -65536).view(torch.float32).to(torch.bfloat16)
 
 
-def lower_medians_(rows: torch.Tensor) -> list[float]:
+def lower_medians_(rows: torch.Tensor, nonzero: bool = False) -> list[float]:
     """``torch.median``'s value (the lower middle) of each row of ``rows`` (R, n), exactly; on a CPU the rows
-    are reordered in place.
+    are reordered in place. With ``nonzero``, of each row's non-zero entries (0 if it has none); the rows
+    must then be non-negative (importances), so that the zeros sort first.
 
     On a CPU by numpy's partition (a selection vectorised with AVX-512/AVX2 in numpy ≥ 2): on
     the tiny T5 it is ~5× faster than ``torch.median``, whose selection runs on one core
     (``benchmarks/taco_parts.py``). Working in place spares a copy of the rows.
     """
+    if nonzero:
+        counts = torch.count_nonzero(rows, dim=1).tolist()
+        positions = [rows.shape[1] - count + (count - 1) // 2 for count in counts]  # past the zeros
+    else:
+        positions = [(rows.shape[1] - 1) // 2] * rows.shape[0]
     if rows.device.type != "cpu":
-        return rows.median(dim=1).values.double().cpu().tolist()
-    middle = (rows.shape[1] - 1) // 2
+        if not nonzero:
+            return rows.median(dim=1).values.double().cpu().tolist()
+        return [float(row.kthvalue(k + 1).values) if count else 0.0 for row, k, count in zip(rows, positions, counts)]
     values = rows.numpy()
-    values.partition(middle, axis=1)
-    return values[:, middle].astype(np.float64).tolist()
+    if not nonzero:
+        values.partition(positions[0], axis=1)
+        return values[:, positions[0]].astype(np.float64).tolist()
+    medians = []
+    for row, k, count in zip(values, positions, counts):
+        if count:
+            row.partition(k)
+        medians.append(float(row[k]) if count else 0.0)
+    return medians
 
 
 def task_medians(rows: Callable[[int, int, torch.Tensor], None], sizes: list[int], num_tasks: int,
-                 like: torch.Tensor) -> torch.Tensor:
-    """Median over all parameters of each task's row; ``rows(task, index, out)`` fills one tensor's slice.
+                 like: torch.Tensor, nonzero: bool = False) -> torch.Tensor:
+    """Median over all parameters (or their non-zero entries) of each task's row; ``rows(task, index, out)``
+    fills one tensor's slice.
 
     One P-sized buffer is reused for every task, so no full (T, P) copy is made.
     """
@@ -245,7 +276,7 @@ def task_medians(rows: Callable[[int, int, torch.Tensor], None], sizes: list[int
         for index, size in enumerate(sizes):
             rows(task, index, buffer[offset : offset + size])
             offset += size
-        medians[task] = lower_medians_(buffer.view(1, -1))[0]
+        medians[task] = lower_medians_(buffer.view(1, -1), nonzero)[0]
     return medians
 
 
@@ -268,11 +299,15 @@ class TACO(GradientMethod):
         tau: float = 2.0,
         normalize: bool = True,
         warmup_ratio: float = 0.0,
+        median_over: str = "nonzero",
         ema_dtype: str = "float32",
         seed: int = 0,
         **base: Any,
     ) -> None:
         super().__init__(**base)
+        if median_over not in MEDIAN_OVER:
+            raise ValueError(f"method.median_over={median_over!r}; choose one of {list(MEDIAN_OVER)}")
+        self.median_over = median_over
         if ema_dtype not in EMA_DTYPES:
             raise ValueError(f"method.ema_dtype={ema_dtype!r}; choose one of {sorted(EMA_DTYPES)}")
         self.ema_dtype = EMA_DTYPES[ema_dtype]
@@ -294,6 +329,7 @@ class TACO(GradientMethod):
         self._dense: ParameterBlocks | None = None
         self._median_values: torch.Tensor | None = None  # the importances for the medians, kept from step to step
         self._zero_median_warned: set[str] = set()
+        self.medians: list[float] = []  # per task, the median of the latest step that took one (logged)
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:
         self._flat_ema, self.ema = task_tensors(params, self.row_sparse, num_tasks, self.ema_dtype)
@@ -468,22 +504,27 @@ class TACO(GradientMethod):
         if self.normalize:
             middle = (total - 1) // 2  # torch.median's (lower) middle position
             known_zeros = [sum(segment.untouched[task] for segment in segments) for task in range(num_tasks)]
-            pending = [task for task in range(num_tasks) if known_zeros[task] <= middle]
-        checked_in_buffer = len(pending) == num_tasks and total <= BATCHED_MEDIANS_UP_TO
+            pending = [task for task in range(num_tasks) if self.median_over == "nonzero" or known_zeros[task] <= middle]
+        # over the non-zero entries the untouched rows need no place in the buffer: they are zeros
+        length = total if self.median_over == "all" else sum(segment.numel for segment in segments)
+        checked_in_buffer = len(pending) == num_tasks and length <= BATCHED_MEDIANS_UP_TO
         if not checked_in_buffer and not self._products_finite(segments):
             return None
+        medians = [0.0] * num_tasks
         if pending:
-            found = self._median_importance(segments, total, pending, check_finite=checked_in_buffer)
+            found = self._median_importance(segments, length, pending, check_finite=checked_in_buffer)
             if found is None:
                 return None
             for task, median, zero_share in zip(pending, *found):
                 if median == 0.0:
                     self._warn_zero_median(task, zero_share)
                 weights[task] /= median + EPS
+                medians[task] = median
         if self.normalize:
             for task in (task for task in range(num_tasks) if task not in pending):
                 self._warn_zero_median(task, known_zeros[task] / total)
                 weights[task] /= EPS
+            self.medians = medians
         return weights.to(device=device, dtype=self._compute_dtype())
 
     @staticmethod
@@ -497,9 +538,9 @@ class TACO(GradientMethod):
 
     def _median_importance(self, segments: list[Segment], total: int, tasks: list[int], check_finite: bool = False
                            ) -> tuple[list[float], list[float]] | None:
-        """Each listed task's median importance over all ``total`` parameters (untouched rows as zeros), and
-        where it is 0, the share of zeros. With ``check_finite`` (every task in one buffer), None when the sum
-        of the importances is not finite."""
+        """Each listed task's median importance over all ``total`` parameters (untouched rows as zeros past the
+        segments' entries), or over its non-zero ones (``median_over``), and where it is 0, the share of zeros.
+        With ``check_finite`` (every task in one buffer), None when the sum of the importances is not finite."""
         batched = total <= BATCHED_MEDIANS_UP_TO
         groups = [tasks] if batched else [[task] for task in tasks]
         buffer = self._median_buffer(len(groups[0]), total, segments[0].grads.device)
@@ -517,7 +558,7 @@ class TACO(GradientMethod):
             buffer[:, offset:].zero_()  # the untouched table rows: zeros
             if check_finite and not bool(torch.isfinite(buffer.sum())):
                 return None
-            values = lower_medians_(buffer)
+            values = lower_medians_(buffer, self.median_over == "nonzero")
             medians += values
             zero_shares += [1.0 - float(torch.count_nonzero(row)) / total if value == 0.0 else 0.0
                             for row, value in zip(buffer, values)]
@@ -553,16 +594,22 @@ class TACO(GradientMethod):
         if name in self._zero_median_warned:
             return
         self._zero_median_warned.add(name)
+        if self.median_over == "nonzero":
+            log.warning("TACO: task %s gave no parameter a non-zero importance this step (no gradient reached the "
+                        "model), so its importance is divided by eps=1e-12", name)
+            return
         log.warning(
             "TACO: the median importance of task %s is 0 (at least %.0f%% of the parameters got no gradient from it, "
             "e.g. embedding rows its batch did not use), so its importance is divided by eps=1e-12 and the task "
-            "weights of most parameters become nearly 0 or 1 (the rule as published, in a regime it was not tuned "
-            "for). method.parameters can restrict the rule to parameters every task reaches, e.g. ['^(?!.*embeddings)']",
+            "weights of most parameters become nearly 0 or 1 (method.median_over=all: the rule as published, in a "
+            "regime it was not tuned for). method.median_over=nonzero takes the median over the entries the task "
+            "reaches (docs/taco.md)",
             name, 100 * zero_share,
         )
 
     def log_values(self) -> dict[str, float]:
-        """Per task, the share of parameters whose largest task weight (> 0.5) is that task's: specialisation.
+        """Per task, the median the rule took last (0 is the degenerate regime of docs/taco.md) and the share of
+        parameters whose largest task weight (> 0.5) is that task's: specialisation.
 
         Block by block with the rule's clamped exponents: the largest weight of a parameter is
         ``1 / Σ_t e_t`` (its own ``e`` is 1), so it exceeds 0.5 exactly when ``Σ_t e_t < 2``.
@@ -585,7 +632,9 @@ class TACO(GradientMethod):
                 mass = exponents.clamp_(min=MIN_EXPONENT).exp_().sum(dim=0)
                 counts += torch.bincount(owner[mass < 2.0], minlength=num_tasks)
             total += flat.shape[1]
-        return {f"mtl/taco/specialised/{n}": float(c) / total for n, c in zip(self.task_names, counts.tolist())}
+        values = {f"mtl/taco/median/{n}": float(m) for n, m in zip(self.task_names, self.medians)}
+        values.update({f"mtl/taco/specialised/{n}": float(c) / total for n, c in zip(self.task_names, counts.tolist())})
+        return values
 
     def _compute_dtype(self) -> torch.dtype:
         """Arithmetic runs in the EMA's dtype, or float32 for a bf16 EMA."""
@@ -597,8 +646,11 @@ class TACO(GradientMethod):
             out.copy_(self.ema[index][task].flatten())
 
         like = torch.empty(0, dtype=self._compute_dtype(), device=self.ema[0].device)
-        stored = task_medians(ema_row, [e[0].numel() for e in self.ema], self.ema[0].shape[0], like)
-        return stored * self.beta**self.lag + EPS
+        stored = task_medians(ema_row, [e[0].numel() for e in self.ema], self.ema[0].shape[0], like,
+                              self.median_over == "nonzero")
+        medians = stored * self.beta**self.lag
+        self.medians = medians.tolist()
+        return medians + EPS
 
     def extra_state(self) -> dict[str, Any]:
         return {"ema_stored": [e.detach().cpu().clone() for e in self.ema], "ema_lag": self.lag, "beta": self.beta,
