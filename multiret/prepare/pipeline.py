@@ -15,17 +15,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from multiret.data.jsonl import atomic_write_text
 from multiret.data.kilt import read_queries
 from multiret.data.negatives import negatives_file
-from multiret.prepare.bm25_index import (
-    build_bm25_index,
-    load_bm25_index,
-    mine_negatives,
-)
+from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index, mine_negatives
 from multiret.prepare.kilt_tasks import (
     AIDA_WINDOW_WORDS,
     DEFAULT_MAX_TRAIN,
@@ -36,6 +33,7 @@ from multiret.prepare.kilt_tasks import (
     convert_split,
     load_triviaqa_questions,
 )
+from multiret.prepare.parallel import resolve_workers
 from multiret.prepare.passages import META as STORE_META
 from multiret.prepare.passages import PassageStore, build_passage_store
 
@@ -99,11 +97,17 @@ def prepare_kilt(
     bm25_top_k: int = 30,
     seed: int = 13,
     show_progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Prepare the named tasks into ``out``; returns the report (also written to ``out/prepare_report.json``)."""
+    """Prepare the named tasks into ``out``; returns the report (also written to ``out/prepare_report.json``).
+
+    ``workers`` processes build the BM25 index and mine its negatives (``None``: every core); the
+    outputs do not depend on it.
+    """
     kilt_dir, passages, out = Path(kilt_dir), Path(passages), Path(out)
     max_train = dict(DEFAULT_MAX_TRAIN if max_train is None else max_train)
     specs = _check_inputs(kilt_dir, passages, tasks, triviaqa_questions, max_train, bm25_top_k)
+    workers = resolve_workers(workers)
     out.mkdir(parents=True, exist_ok=True)
     _remove_partial_outputs(out)
     steps = Steps(out)
@@ -142,24 +146,25 @@ def prepare_kilt(
 
     bm25_params = {"passages": store_identity, "k1": 0.9, "b": 0.4}
     report["bm25"] = steps.run("bm25", bm25_params, [out / BM25_DIR / BM25_PARAMS],
-                               lambda: build_bm25_index(store, out / BM25_DIR, show_progress=show_progress))
+                               lambda: build_bm25_index(store, out / BM25_DIR, show_progress=show_progress, workers=workers))
     bm25_identity = _file_identity(out / BM25_DIR / BM25_PARAMS)
-    index = None
-    for task in specs:
-        queries_files = {split: out / task.prepared_file(split) for split in SPLITS}
-        pools = {split: negatives_file(out / NEGATIVES_DIR, task.name, split) for split in SPLITS}
+    searcher: BM25Searcher | None = None  # started by the first step that needs it (its workers map the index)
+    with ExitStack() as stack:
+        for task in specs:
+            queries_files = {split: out / task.prepared_file(split) for split in SPLITS}
+            pools = {split: negatives_file(out / NEGATIVES_DIR, task.name, split) for split in SPLITS}
 
-        def negatives(task: KiltTask = task, queries_files: dict[str, Path] = queries_files,
-                      pools: dict[str, Path] = pools) -> dict[str, Any]:
-            nonlocal index
-            index = index if index is not None else load_bm25_index(out / BM25_DIR)
-            return {split: mine_negatives(index, store, f"{task.name} {split}", read_queries(queries_files[split]),
-                                          bm25_top_k, pools[split], show_progress=show_progress)
-                    for split in SPLITS}
+            def negatives(task: KiltTask = task, queries_files: dict[str, Path] = queries_files,
+                          pools: dict[str, Path] = pools) -> dict[str, Any]:
+                nonlocal searcher
+                searcher = searcher if searcher is not None else stack.enter_context(BM25Searcher(out / BM25_DIR, workers))
+                return {split: mine_negatives(searcher, store, f"{task.name} {split}", read_queries(queries_files[split]),
+                                              bm25_top_k, pools[split], show_progress=show_progress)
+                        for split in SPLITS}
 
-        params = {"top_k": bm25_top_k, "bm25": bm25_identity,
-                  "queries": {split: _file_identity(path) for split, path in queries_files.items()}}
-        report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, list(pools.values()), negatives)
+            params = {"top_k": bm25_top_k, "bm25": bm25_identity,
+                      "queries": {split: _file_identity(path) for split, path in queries_files.items()}}
+            report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, list(pools.values()), negatives)
 
     report["settings"] = {
         "tasks": {t.name: {"train": t.prepared_file("train"), "dev": t.prepared_file("dev"), "prompt": t.prompt,
@@ -231,6 +236,8 @@ def main(argv: Sequence[str]) -> int:
                         help="seeded training-set caps, TASK=N,... or none (default: trex=100000,structured_zeroshot=100000)")
     parser.add_argument("--bm25-top-k", type=int, default=30, help="BM25 depth the negatives come from (default 30)")
     parser.add_argument("--seed", type=int, default=13, help="seed of the down-sampling (default 13)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that build the BM25 index and mine its negatives (default: every core)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -238,6 +245,7 @@ def main(argv: Sequence[str]) -> int:
         report = prepare_kilt(
             args.kilt_dir, args.passages, args.out, [t.strip() for t in args.tasks.split(",") if t.strip()],
             args.triviaqa_questions, args.max_train, args.bm25_top_k, args.seed, not args.no_progress,
+            args.workers,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"multiret prepare kilt: {error}", file=sys.stderr)
