@@ -42,12 +42,12 @@ def _digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def run(store: PassageStore, kilt: Path, out: Path, workers: int) -> dict[str, float | str]:
+def run(store: PassageStore, kilt: Path, out: Path, workers: int, tasks: list[str]) -> dict[str, float | str]:
     start = time.perf_counter()
     build_bm25_index(store, out / "bm25", show_progress=False, workers=workers)
     built = time.perf_counter()
     with BM25Searcher(out / "bm25", workers) as searcher:
-        for task in TASKS:
+        for task in tasks:
             mine_negatives(searcher, store, task, read_queries(kilt / f"{task}-train-kilt.jsonl"), 30,
                            out / "negatives" / f"{task}.jsonl", show_progress=False)
     return {"build": built - start, "negatives": time.perf_counter() - built, "digest": _digest(out)}
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1_000, help="training queries per task (5 tasks)")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare")
     parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds")
+    parser.add_argument("--build-only", action="store_true", help="time the index build alone (no negatives)")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +79,7 @@ def main() -> None:
         digests = set()
         for _ in range(args.rounds):
             for w in counts + counts[::-1]:
-                result = run(store, folder / "kilt", folder / f"out-{w}", w)
+                result = run(store, folder / "kilt", folder / f"out-{w}", w, [] if args.build_only else list(TASKS))
                 digests.add(result["digest"])
                 for key in ("build", "negatives"):
                     times[w][key].append(result[key])

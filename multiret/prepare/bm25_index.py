@@ -127,7 +127,7 @@ def _scatter_scores(folder: Path, n: int, df: np.ndarray, k1: float, b: float, c
     nnz = int(indptr[-1])
     for name, dtype in (("data", np.float32), ("indices", np.int32)):
         np.lib.format.open_memmap(folder / f"{name}.csc.index.npy", mode="w+", dtype=dtype, shape=(nnz,)).flush()
-    parts = min(len(df), 4 * workers) if workers > 1 else 1
+    parts = max(1, min(len(df), workers))  # one range each: every range reads the whole scratch stream
     bounds = np.unique(np.searchsorted(indptr, np.linspace(0, nnz, parts + 1), side="left").clip(0, len(df)))
     bounds[0], bounds[-1] = 0, len(df)
     ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
