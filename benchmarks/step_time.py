@@ -97,13 +97,15 @@ def method_callback(name: str) -> Callback:
     return instantiate(OmegaConf.load(path))
 
 
-def time_method(method: str, path: str, pooling: str, batches: list[dict], tasks: list[TaskSpec], warmup: int) -> list[float]:
+def time_method(method: str, path: str, pooling: str, batches: list[dict], tasks: list[TaskSpec], warmup: int,
+                precision: str | None = None) -> list[float]:
     torch.manual_seed(0)
     model = BiEncoder(TextEncoder(path, pooling=pooling), optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5))
     timer = StepTimer()
     trainer = L.Trainer(
         accelerator="auto", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[method_callback(method), timer],
+        precision=precision,
     )
     trainer.fit(model, datamodule=FixedBatches(batches, tasks))
     return timer.seconds[warmup:]

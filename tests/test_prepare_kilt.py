@@ -18,6 +18,7 @@ from multiret.data.corpus import Corpus, read_corpus
 from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
 from multiret.data.kilt import attach_positives, read_queries
 from multiret.data.negatives import negatives_file, read_negatives
+from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.index.bm25 import BM25Retriever
 from multiret.prepare import pipeline
@@ -96,6 +97,7 @@ def raw(tmp_path_factory) -> dict:
 def _prepare(raw: dict, out: Path, **options) -> dict:
     options.setdefault("max_train", {"trex": 3, "structured_zeroshot": 3})
     options.setdefault("bm25_top_k", 8)
+    options.setdefault("workers", 1)
     return pipeline.prepare_kilt(raw["kilt"], raw["passages"], out, triviaqa_questions=[raw["questions"]],
                                  show_progress=False, **options)
 
@@ -145,6 +147,35 @@ def test_chunked_bm25_index_scores_as_bm25s_in_memory(raw, tmp_path):
     ref_rows, ref_scores = reference._bm25.retrieve(tokens, k=10, show_progress=False)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
     assert (search(ours, queries, 10)[scores > 0] == ref_rows[scores > 0]).all()
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("template", [DEFAULT_PASSAGE_TEMPLATE, None, "{title} | {text}"])
+def test_bm25_index_over_worker_processes_is_byte_identical_to_one_process_and_one_chunk(raw, tmp_path, template):
+    """Chunk vocabularies renumbered in order and token ranges scored apart give the one-tokenizer files,
+    and the workers index the passages through the store's own template."""
+    build_passage_store(raw["passages"], tmp_path / "store", show_progress=False)
+    store = PassageStore(tmp_path / "store", template)
+    build_bm25_index(store, tmp_path / "whole", chunk=len(store), show_progress=False, workers=1)
+    build_bm25_index(store, tmp_path / "parallel", chunk=7, show_progress=False, workers=3)
+    assert _folder_bytes(tmp_path / "parallel") == _folder_bytes(tmp_path / "whole")
+    vocabulary = load_bm25_index(tmp_path / "parallel").vocab_dict
+    assert ("title" in vocabulary) == (template == DEFAULT_PASSAGE_TEMPLATE)  # the template's words are indexed only with it
+
+
+def test_prepare_with_worker_processes_writes_the_one_process_files(raw, prepared, tmp_path):
+    out, _ = prepared
+    _prepare(raw, tmp_path, workers=2)
+    assert _folder_bytes(tmp_path / "bm25") == _folder_bytes(out / "bm25")
+    assert _folder_bytes(tmp_path / "negatives") == _folder_bytes(out / "negatives")
+
+
+def test_workers_must_be_positive(raw, tmp_path):
+    with pytest.raises(ValueError, match=r"workers=0: expected a positive number of processes \(or None for every core\)"):
+        _prepare(raw, tmp_path, workers=0)
 
 
 def test_aida_window_keeps_the_mention_and_a_fixed_number_of_words_each_side():
@@ -261,7 +292,7 @@ def test_a_rerun_skips_finished_steps_and_redoes_what_changed(prepared, raw):
 
 
 def test_an_interrupted_step_restarts_cleanly(raw, tmp_path, monkeypatch):
-    def interrupted(store, out, show_progress=True):
+    def interrupted(store, out, **options):
         Path(str(out) + ".tmp").mkdir()
         (out.parent / ".nq-train.jsonl.abc.tmp").write_text("half")
         raise KeyboardInterrupt

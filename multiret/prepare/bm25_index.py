@@ -1,11 +1,23 @@
-"""A BM25 index over the whole passage store, built in chunks, and the hard negatives mined from it.
+"""A BM25 index over the whole passage store, built in chunks on every core, and the hard negatives mined from it.
 
 ``bm25s.BM25.index`` wants every tokenised passage in memory at once (lists of Python ints),
 which KILT's 36M passages do not fit. This builds the same index (bm25s's ``lucene`` variant,
-k1=0.9, b=0.4 as :class:`multiret.index.bm25.BM25Retriever`) in two streamed passes: bm25s's
-streaming tokenizer writes each passage's distinct token ids and counts to scratch files while
-document frequencies accumulate; then the scores are scattered into bm25s's on-disk CSC
-arrays, a chunk at a time. The folder loads with ``bm25s.BM25.load(folder, mmap=True)``.
+k1=0.9, b=0.4 as :class:`multiret.index.bm25.BM25Retriever`) in two streamed passes, each
+spread over ``workers`` processes (default: every core):
+
+1. Worker processes tokenise chunks of passages with bm25s's tokenizer, each chunk with a
+   vocabulary of its own; this process renumbers each chunk's words in chunk order, so a
+   word's id is its rank of first appearance, as one tokenizer streaming the whole store
+   would give, and writes every passage's distinct token ids and counts to scratch files
+   while document frequencies accumulate.
+2. The scores are scattered into bm25s's on-disk CSC arrays: each worker owns a range of
+   token ids (ranges of about equal postings), reads the scratch files a chunk at a time and
+   fills its range's part of the arrays, passages in order within each token.
+
+Neither pass's result depends on the number of workers: the files are byte-identical to the
+one-process build. The folder loads with ``bm25s.BM25.load(folder, mmap=True)``. Negatives
+are scored in worker processes too; each maps the index's arrays (shared page cache) but not
+its vocabulary, which only this process holds to turn queries into token ids.
 """
 
 from __future__ import annotations
@@ -15,111 +27,166 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
+from contextlib import ExitStack
 from itertools import chain
 from pathlib import Path
 
 import bm25s
 import numpy as np
+from bm25s import selection
 from bm25s.tokenization import Tokenizer
 from tqdm.auto import tqdm
 
 from multiret.data.jsonl import atomic_write_text
 from multiret.data.kilt import Query
 from multiret.prepare.files import atomic_output
+from multiret.prepare.parallel import ordered_map, resolve_workers
 from multiret.prepare.passages import PassageStore
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _CHUNK = 50_000
 _STOPWORDS = "en"
+_SEARCH_BATCH = 64  # queries a worker scores per task
+_PASS_ONE = ("tokens.i32", "tf.u16", "distinct.i32", "length.i32")  # scratch files: per posting, then per passage
+_SCRATCH = (*_PASS_ONE, "doc_starts.i64", "idf.f64")
 
 
 def build_bm25_index(
     store: PassageStore, out: str | os.PathLike[str], k1: float = 0.9, b: float = 0.4,
-    chunk: int = _CHUNK, show_progress: bool = True,
+    chunk: int = _CHUNK, show_progress: bool = True, workers: int | None = None,
 ) -> dict:
-    """Write a bm25s index of every passage into ``out`` (through ``<out>.tmp``); returns its size."""
+    """Write a bm25s index of every passage into ``out`` (through ``<out>.tmp``); returns its size.
+
+    ``workers`` processes tokenise and score (``None``: every core); the files do not depend on it.
+    """
+    workers = resolve_workers(workers)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     n = len(store)
-    tokenizer = Tokenizer(stopwords=_STOPWORDS)
+    word_to_id: dict[str, int] = {}
     df = np.zeros(0, dtype=np.int64)
-    with (tmp / "tokens.i32").open("wb") as tokens_file, (tmp / "tf.u16").open("wb") as tf_file, \
-            (tmp / "distinct.i32").open("wb") as distinct_file, (tmp / "length.i32").open("wb") as length_file, \
-            tqdm(total=n, desc="BM25 tokenize", unit="passage", disable=not show_progress) as bar:
-        for start in range(0, n, chunk):
-            end = min(n, start + chunk)
-            docs = list(tokenizer.streaming_tokenize([store.passage_text(r) for r in range(start, end)], update_vocab=True))
-            lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-            flat = np.fromiter(chain.from_iterable(docs), dtype=np.int64, count=int(lengths.sum()))
-            vocab = len(tokenizer.word_to_id)
-            keys = np.repeat(np.arange(len(docs), dtype=np.int64), lengths) * vocab + flat
-            distinct_keys, tf = np.unique(keys, return_counts=True)
-            doc, token = np.divmod(distinct_keys, vocab)
-            token.astype(np.int32).tofile(tokens_file)
-            np.minimum(tf, np.iinfo(np.uint16).max).astype(np.uint16).tofile(tf_file)
-            np.bincount(doc, minlength=len(docs)).astype(np.int32).tofile(distinct_file)
-            lengths.astype(np.int32).tofile(length_file)
-            if len(df) < vocab:
-                df = np.concatenate([df, np.zeros(vocab - len(df), dtype=np.int64)])
-            df += np.bincount(token, minlength=vocab)
+    chunks = [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+    with ExitStack() as stack:
+        files = {name: stack.enter_context((tmp / name).open("wb")) for name in _PASS_ONE}
+        bar = stack.enter_context(tqdm(total=n, desc="BM25 tokenize", unit="passage", disable=not show_progress))
+        tokenized = stack.enter_context(ordered_map(_tokenize_rows, PassageStore, (store.folder, store.template), workers))
+        for (start, end), (words, token, tf, distinct, lengths) in zip(chunks, tokenized(chunks)):
+            renumber = np.fromiter((word_to_id.setdefault(w, len(word_to_id)) for w in words), dtype=np.int64, count=len(words))
+            token = renumber[token]
+            token.astype(np.int32).tofile(files["tokens.i32"])
+            tf.tofile(files["tf.u16"])
+            distinct.tofile(files["distinct.i32"])
+            lengths.tofile(files["length.i32"])
+            if len(df) < len(word_to_id):
+                df = np.concatenate([df, np.zeros(len(word_to_id) - len(df), dtype=np.int64)])
+            df += np.bincount(token, minlength=len(df))
             bar.update(end - start)
-    _scatter_scores(tmp, n, df, k1, b, chunk, show_progress)
-    vocab_dict = tokenizer.word_to_id
+    _scatter_scores(tmp, n, df, k1, b, chunk, show_progress, workers)
     with atomic_output(tmp / "vocab.index.json") as handle:  # streamed: one json.dumps of millions of words doubles the peak
         handle.write("{")
-        handle.writelines(f"{',' if i else ''}{json.dumps(word, ensure_ascii=False)}:{wid}" for i, (word, wid) in enumerate(vocab_dict.items()))
+        handle.writelines(f"{',' if i else ''}{json.dumps(word, ensure_ascii=False)}:{wid}" for i, (word, wid) in enumerate(word_to_id.items()))
         handle.write("}")
     params = {"k1": k1, "b": b, "delta": 0.5, "method": "lucene", "idf_method": "lucene", "dtype": "float32",
               "int_dtype": "int32", "num_docs": n, "version": bm25s.__version__, "backend": "numpy"}
     atomic_write_text(tmp / "params.index.json", json.dumps(params, indent=2))
-    info = {"passages": n, "vocabulary": len(vocab_dict), "postings": int(df.sum()),
+    info = {"passages": n, "vocabulary": len(word_to_id), "postings": int(df.sum()),
             "bytes": sum(p.stat().st_size for p in tmp.iterdir())}
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return info
 
 
-def _scatter_scores(folder: Path, n: int, df: np.ndarray, k1: float, b: float, chunk: int, show_progress: bool) -> None:
-    """Second pass: BM25 weight of every (passage, token) written into token-major CSC arrays."""
+def _tokenize_rows(store: PassageStore, rows: tuple[int, int]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk's words (in order of first appearance) and, per passage, its distinct word numbers and counts."""
+    start, end = rows
+    tokenizer = Tokenizer(stopwords=_STOPWORDS)
+    docs = list(tokenizer.streaming_tokenize([store.passage_text(r) for r in range(start, end)], update_vocab=True))
+    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+    flat = np.fromiter(chain.from_iterable(docs), dtype=np.int64, count=int(lengths.sum()))
+    vocab = len(tokenizer.word_to_id)
+    keys = np.repeat(np.arange(len(docs), dtype=np.int64), lengths) * vocab + flat
+    distinct_keys, tf = np.unique(keys, return_counts=True)
+    doc, token = np.divmod(distinct_keys, vocab)
+    return (list(tokenizer.word_to_id), token.astype(np.int32), np.minimum(tf, np.iinfo(np.uint16).max).astype(np.uint16),
+            np.bincount(doc, minlength=len(docs)).astype(np.int32), lengths.astype(np.int32))
+
+
+def _scatter_scores(folder: Path, n: int, df: np.ndarray, k1: float, b: float, chunk: int, show_progress: bool,
+                    workers: int) -> None:
+    """Second pass: BM25 weight of every (passage, token) written into token-major CSC arrays, a token range per task."""
     lengths = np.fromfile(folder / "length.i32", dtype=np.int32)
-    distinct = np.fromfile(folder / "distinct.i32", dtype=np.int32)
-    average_length = float(lengths.mean())
-    idf = np.log1p((n - df + 0.5) / (df + 0.5))
+    average_length = float(lengths.mean()) if n else 0.0
+    del lengths
+    np.concatenate([[0], np.cumsum(np.fromfile(folder / "distinct.i32", dtype=np.int32), dtype=np.int64)]).tofile(folder / "doc_starts.i64")
+    np.log1p((n - df + 0.5) / (df + 0.5)).tofile(folder / "idf.f64")
     indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
     np.save(folder / "indptr.csc.index.npy", indptr)
     nnz = int(indptr[-1])
-    data = np.lib.format.open_memmap(folder / "data.csc.index.npy", mode="w+", dtype=np.float32, shape=(nnz,))
-    indices = np.lib.format.open_memmap(folder / "indices.csc.index.npy", mode="w+", dtype=np.int32, shape=(nnz,))
-    tokens = np.memmap(folder / "tokens.i32", dtype=np.int32, mode="r") if nnz else np.zeros(0, np.int32)
-    tfs = np.memmap(folder / "tf.u16", dtype=np.uint16, mode="r") if nnz else np.zeros(0, np.uint16)
-    doc_starts = np.concatenate([[0], np.cumsum(distinct, dtype=np.int64)])
-    cursor = indptr[:-1].copy()
-    with tqdm(total=n, desc="BM25 scores", unit="passage", disable=not show_progress) as bar:
-        for start in range(0, n, chunk):
-            end = min(n, start + chunk)
-            lo, hi = doc_starts[start], doc_starts[end]
-            token = np.asarray(tokens[lo:hi], dtype=np.int64)
-            tf = np.asarray(tfs[lo:hi], dtype=np.float64)
-            doc = np.repeat(np.arange(start, end, dtype=np.int64), distinct[start:end])
-            norm = k1 * ((1 - b) + b * lengths[doc] / average_length)
-            score = (idf[token] * tf / (norm + tf)).astype(np.float32)
-            order = np.argsort(token, kind="stable")
-            token_sorted = token[order]
-            unique, first, count = np.unique(token_sorted, return_index=True, return_counts=True)
-            rank = np.arange(len(token_sorted)) - np.repeat(first, count)
-            position = cursor[token_sorted] + rank
-            data[position] = score[order]
-            indices[position] = doc[order]
-            cursor[unique] += count
-            bar.update(end - start)
-    data.flush()
-    indices.flush()
-    del data, indices, tokens, tfs
-    for scratch in ("tokens.i32", "tf.u16", "distinct.i32", "length.i32"):
+    for name, dtype in (("data", np.float32), ("indices", np.int32)):
+        np.lib.format.open_memmap(folder / f"{name}.csc.index.npy", mode="w+", dtype=dtype, shape=(nnz,)).flush()
+    parts = max(1, min(len(df), workers))  # one range each: every range reads the whole scratch stream
+    bounds = np.unique(np.searchsorted(indptr, np.linspace(0, nnz, parts + 1), side="left").clip(0, len(df)))
+    bounds[0], bounds[-1] = 0, len(df)
+    ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    with tqdm(total=nnz, desc="BM25 scores", unit="posting", disable=not show_progress) as bar, \
+            ordered_map(_scatter_token_range, _ScatterInputs, (folder, n, chunk, k1, b, average_length), workers) as scattered:
+        for postings in scattered(ranges):
+            bar.update(postings)
+    for scratch in _SCRATCH:
         (folder / scratch).unlink()
+
+
+class _ScatterInputs:
+    """What a scatter task maps: the scratch files of pass 1 and the CSC arrays it fills."""
+
+    def __init__(self, folder: Path, n: int, chunk: int, k1: float, b: float, average_length: float) -> None:
+        self.n, self.chunk, self.k1, self.b, self.average_length = n, chunk, k1, b, average_length
+        self.indptr = np.load(folder / "indptr.csc.index.npy")
+        nnz = int(self.indptr[-1])
+
+        def scratch(name: str, dtype: type) -> np.ndarray:
+            return np.memmap(folder / name, dtype=dtype, mode="r") if (folder / name).stat().st_size else np.zeros(0, dtype)
+
+        self.tokens, self.tfs = scratch("tokens.i32", np.int32), scratch("tf.u16", np.uint16)
+        self.distinct, self.lengths = scratch("distinct.i32", np.int32), scratch("length.i32", np.int32)
+        self.doc_starts, self.idf = scratch("doc_starts.i64", np.int64), scratch("idf.f64", np.float64)
+        self.data = np.load(folder / "data.csc.index.npy", mmap_mode="r+") if nnz else None
+        self.indices = np.load(folder / "indices.csc.index.npy", mmap_mode="r+") if nnz else None
+
+
+def _scatter_token_range(inputs: _ScatterInputs, token_range: tuple[int, int]) -> int:
+    """Fill the CSC entries of tokens ``[lo, hi)``: within a token, passages in row order. Returns the postings written."""
+    lo, hi = token_range
+    total = int(inputs.indptr[hi] - inputs.indptr[lo])
+    if total == 0:
+        return 0
+    cursor = inputs.indptr[lo:hi].copy()
+    k1, b = inputs.k1, inputs.b
+    for start in range(0, inputs.n, inputs.chunk):
+        end = min(inputs.n, start + inputs.chunk)
+        first, last = inputs.doc_starts[start], inputs.doc_starts[end]
+        token = np.asarray(inputs.tokens[first:last], dtype=np.int64)
+        doc = np.repeat(np.arange(start, end, dtype=np.int64), inputs.distinct[start:end])
+        tf = np.asarray(inputs.tfs[first:last], dtype=np.float64)
+        if lo > 0 or hi < len(inputs.idf):
+            keep = np.flatnonzero((token >= lo) & (token < hi))
+            token, doc, tf = token[keep], doc[keep], tf[keep]
+        norm = k1 * ((1 - b) + b * inputs.lengths[doc] / inputs.average_length)
+        score = (inputs.idf[token] * tf / (norm + tf)).astype(np.float32)
+        order = np.argsort(token, kind="stable")
+        token_sorted = token[order]
+        unique, first_of, count = np.unique(token_sorted, return_index=True, return_counts=True)
+        rank = np.arange(len(token_sorted)) - np.repeat(first_of, count)
+        position = cursor[token_sorted - lo] + rank
+        inputs.data[position] = score[order]
+        inputs.indices[position] = doc[order]
+        cursor[unique - lo] += count
+    inputs.data.flush()
+    inputs.indices.flush()
+    return total
 
 
 def load_bm25_index(folder: str | os.PathLike[str]) -> bm25s.BM25:
@@ -127,15 +194,55 @@ def load_bm25_index(folder: str | os.PathLike[str]) -> bm25s.BM25:
     return bm25s.BM25.load(str(folder), mmap=True)
 
 
-def search(index: bm25s.BM25, texts: Sequence[str], k: int) -> np.ndarray:
-    """Passage rows of the top-``k`` BM25 hits per text, best first."""
+def _load_scores(folder: str) -> bm25s.BM25:
+    """The index's arrays without its vocabulary (a worker is handed token ids)."""
+    return bm25s.BM25.load(folder, mmap=True, load_vocab=False)
+
+
+def _query_ids(index: bm25s.BM25, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, words outside the index's vocabulary left out (as ``bm25s.BM25.retrieve`` does)."""
     tokens = bm25s.tokenize(list(texts), stopwords=_STOPWORDS, return_ids=False, show_progress=False)
-    rows, _ = index.retrieve(tokens, k=k, show_progress=False, n_threads=0)
-    return np.asarray(rows)
+    return [index.get_tokens_ids(words) for words in tokens]
+
+
+def _top_rows(index: bm25s.BM25, batch: tuple[list[list[int]], int]) -> np.ndarray:
+    """Rows of the top-``k`` passages per query, best first: bm25s's own scoring and selection, query by query."""
+    queries, k = batch
+    return np.array([selection.topk(index.get_scores_from_ids(ids), k=k, backend="auto", sorted=True)[1] for ids in queries],
+                    dtype=np.int64).reshape(len(queries), k)
+
+
+def search(index: bm25s.BM25, texts: Sequence[str], k: int) -> np.ndarray:
+    """Passage rows of the top-``k`` BM25 hits per text, best first (in this process)."""
+    return _top_rows(index, (_query_ids(index, texts), k))
+
+
+class BM25Searcher:
+    """:func:`search` over ``workers`` processes (``None``: every core); rankings do not depend on their number."""
+
+    def __init__(self, folder: str | os.PathLike[str], workers: int | None = None) -> None:
+        self.index = load_bm25_index(folder)
+        self._stack = ExitStack()
+        self._map = self._stack.enter_context(ordered_map(_top_rows, _load_scores, (str(folder),), resolve_workers(workers)))
+
+    def search(self, texts: Sequence[str], k: int) -> np.ndarray:
+        """Passage rows of the top-``k`` BM25 hits per text, best first."""
+        ids = _query_ids(self.index, texts)
+        batches = [(ids[i:i + _SEARCH_BATCH], k) for i in range(0, len(ids), _SEARCH_BATCH)]
+        return np.concatenate(list(self._map(batches))) if batches else np.zeros((0, k), dtype=np.int64)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> BM25Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def mine_negatives(
-    index: bm25s.BM25, store: PassageStore, task: str, queries: list[Query], top_k: int, out: str | os.PathLike[str],
+    searcher: BM25Searcher, store: PassageStore, task: str, queries: list[Query], top_k: int, out: str | os.PathLike[str],
     batch: int = 5_000, show_progress: bool = True,
 ) -> dict[str, int]:
     """Write ``{"id", "negatives": [passage ids]}`` per query: its top-``top_k`` BM25 passages minus those of its gold pages.
@@ -147,7 +254,7 @@ def mine_negatives(
     with atomic_output(out) as handle, tqdm(total=len(queries), desc=f"BM25 negatives {task}", disable=not show_progress) as bar:
         for start in range(0, len(queries), batch):
             part = queries[start:start + batch]
-            for query, rows in zip(part, search(index, [q.text for q in part], k)):
+            for query, rows in zip(part, searcher.search([q.text for q in part], k)):
                 gold = set(query.gold_pages)
                 negatives = [store.ids[int(r)] for r in rows if store.page_ids[int(r)] not in gold]
                 counts["negatives"] += len(negatives)
@@ -155,4 +262,3 @@ def mine_negatives(
                 handle.write(json.dumps({"id": query.qid, "negatives": negatives}, ensure_ascii=False) + "\n")
             bar.update(len(part))
     return counts
-

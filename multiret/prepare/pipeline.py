@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,7 @@ from multiret.data.passage_files import AUTO, LAYOUTS
 from multiret.data.prepared import REPORT
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError, require_writable_folder
-from multiret.prepare.bm25_index import (
-    build_bm25_index,
-    load_bm25_index,
-    mine_negatives,
-)
+from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index, mine_negatives
 from multiret.prepare.kilt_tasks import (
     AIDA_WINDOW_WORDS,
     DEFAULT_MAX_TRAIN,
@@ -43,6 +40,7 @@ from multiret.prepare.kilt_tasks import (
     convert_split,
     load_triviaqa_questions,
 )
+from multiret.prepare.parallel import resolve_workers
 from multiret.prepare.passages import META as STORE_META
 from multiret.prepare.passages import PassageStore, build_passage_store
 
@@ -135,16 +133,20 @@ def prepare_kilt(
     show_progress: bool = True,
     passage_layout: str = AUTO,
     passage_template: str | None = DEFAULT_PASSAGE_TEMPLATE,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Prepare the named tasks into ``out``; returns the report (also written to ``out/prepare_report.json``).
 
     ``passage_template`` is what BM25 indexes (as the dense model will encode it); the report
     records it, and the tasks the folder holds (``prepared_tasks``), for ``data=kilt``.
+    ``workers`` processes build the BM25 index and mine its negatives (``None``: every core); the
+    outputs do not depend on it.
     """
     kilt_dir, passages, out = Path(kilt_dir), Path(passages), Path(out)
     max_train = dict(DEFAULT_MAX_TRAIN if max_train is None else max_train)
     specs = _check_inputs(kilt_dir, passages, tasks, triviaqa_questions, max_train, bm25_top_k)
     check_template(passage_template, "--passage-template")
+    workers = resolve_workers(workers)
     require_writable_folder(out, "--out")
     _remove_partial_outputs(out)
     steps = Steps(out)
@@ -187,25 +189,26 @@ def prepare_kilt(
 
     bm25_params = {"passages": store_identity, "k1": 0.9, "b": 0.4, "passage_template": passage_template}
     report["bm25"] = steps.run("bm25", bm25_params, [out / BM25_DIR / BM25_PARAMS],
-                               lambda: build_bm25_index(store, out / BM25_DIR, show_progress=show_progress))
+                               lambda: build_bm25_index(store, out / BM25_DIR, show_progress=show_progress, workers=workers))
     bm25_identity = _file_identity(out / BM25_DIR / BM25_PARAMS)
-    index = None
-    for task in specs:
-        queries_files = {split: out / task.prepared_file(split) for split in SPLITS}
-        pools = {split: negatives_file(out / NEGATIVES_DIR, task.name, split) for split in SPLITS}
+    searcher: BM25Searcher | None = None  # started by the first step that needs it (its workers map the index)
+    with ExitStack() as stack:
+        for task in specs:
+            queries_files = {split: out / task.prepared_file(split) for split in SPLITS}
+            pools = {split: negatives_file(out / NEGATIVES_DIR, task.name, split) for split in SPLITS}
 
-        def negatives(task: KiltTask = task, queries_files: dict[str, Path] = queries_files,
-                      pools: dict[str, Path] = pools) -> dict[str, Any]:
-            nonlocal index
-            index = index if index is not None else load_bm25_index(out / BM25_DIR)
-            return {split: mine_negatives(index, store, f"{task.name} {split}",
-                                          read_queries(queries_files[split], page_key=store.page_key),
-                                          bm25_top_k, pools[split], show_progress=show_progress)
-                    for split in SPLITS}
+            def negatives(task: KiltTask = task, queries_files: dict[str, Path] = queries_files,
+                          pools: dict[str, Path] = pools) -> dict[str, Any]:
+                nonlocal searcher
+                searcher = searcher if searcher is not None else stack.enter_context(BM25Searcher(out / BM25_DIR, workers))
+                return {split: mine_negatives(searcher, store, f"{task.name} {split}",
+                                              read_queries(queries_files[split], page_key=store.page_key),
+                                              bm25_top_k, pools[split], show_progress=show_progress)
+                        for split in SPLITS}
 
-        params = {"top_k": bm25_top_k, "bm25": bm25_identity,
-                  "queries": {split: _file_identity(path) for split, path in queries_files.items()}}
-        report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, list(pools.values()), negatives)
+            params = {"top_k": bm25_top_k, "bm25": bm25_identity,
+                      "queries": {split: _file_identity(path) for split, path in queries_files.items()}}
+            report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, list(pools.values()), negatives)
 
     report["settings"] = {
         "tasks": {t.name: {"train": t.prepared_file("train"), "dev": t.prepared_file("dev"), "prompt": t.prompt,
@@ -307,6 +310,8 @@ def main(argv: Sequence[str]) -> int:
                         help="seeded training-set caps, TASK=N,... or none (default: trex=100000,structured_zeroshot=100000)")
     parser.add_argument("--bm25-top-k", type=int, default=30, help="BM25 depth the negatives come from (default 30)")
     parser.add_argument("--seed", type=int, default=13, help="seed of the down-sampling (default 13)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that build the BM25 index and mine its negatives (default: every core)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(list(argv))
     # progress on stdout, so that stderr holds the one line of an error
@@ -314,7 +319,7 @@ def main(argv: Sequence[str]) -> int:
     report = prepare_kilt(  # input errors are reported by the command line, as one line (multiret.errors)
         args.kilt_dir, args.passages, args.out, [t.strip() for t in args.tasks.split(",") if t.strip()],
         args.triviaqa_questions, args.max_train, args.bm25_top_k, args.seed, not args.no_progress,
-        args.passage_layout, args.passage_template,
+        args.passage_layout, args.passage_template, args.workers,
     )
     print(f"prepared {len(report['tasks'])} task(s) into {args.out}; report: {Path(args.out) / REPORT}")
     return 0
