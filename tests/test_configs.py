@@ -57,3 +57,11 @@ def test_slurm_launcher_preset_follows_the_trainer():
                                           "trainer.num_nodes=2"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.nodes == 2 and cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "taco", "taco_published"])
+def test_a_seed_sweep_reaches_the_methods_own_randomness(method):
+    """`seed=13,14,15` must vary PCGrad's projection order and TACO's stochastic rounding, not only the data order."""
+    seeds = {get_object(cfg.method._target_)(**{k: v for k, v in cfg.method.items() if k != "_target_"}).seed
+             for cfg in (_compose(f"method={method}", f"seed={seed}") for seed in (13, 14))}
+    assert seeds == {13, 14}
