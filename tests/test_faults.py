@@ -4,7 +4,11 @@ Each row of ``FAULTS`` is a class of fault from issue 13 (bad JSON, bad UTF-8, a
 column, duplicate ids, a bad setting, a missing path, a broken checkpoint, an unwritable
 folder, an input that cannot be scored), a command that meets it, and the words its one
 line must hold. A new class is one more row: ``argv`` builds the command from a copy of the
-tiny KILT fixture (``ws``) and a scratch folder (``tmp``).
+tiny KILT fixture (``ws``) and a scratch folder (``tmp``). Cases that need a model or a
+patched setting are tests of their own below (a field over the csv limit, non-finite steps).
+Two classes are behaviour, not messages, and are tested where they live: same-second runs
+get their own folders (tests/test_run_folders.py), and a kill while ``last.ckpt`` is replaced
+leaves it intact (tests/test_checkpoint_safety.py).
 """
 
 from __future__ import annotations
@@ -178,6 +182,37 @@ def _bad_utf8_passage(ws: Path, tmp: Path) -> list[str]:
     return prepare(ws, tmp)
 
 
+class _Payload:
+    """What a crafted checkpoint pickles: unpickling it would open (create) ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def _crafted_checkpoint(ws: Path, tmp: Path) -> list[str]:
+    import torch
+
+    torch.save({"state_dict": {}, "payload": _Payload(tmp / "code-ran")}, tmp / "crafted.ckpt")
+    return train(ws, tmp, "stages=[index,evaluate]", f"ckpt_path={tmp / 'crafted.ckpt'}")
+
+
+def _no_code_ran(ws: Path, tmp: Path) -> bool:
+    return not (tmp / "code-ran").exists()
+
+
+def _duplicate_passage_id(ws: Path, tmp: Path) -> list[str]:
+    duplicate_line(ws / "corpus.tsv", 4)  # the corpus's line 4 again, as its last line
+    return evaluate(ws, tmp)
+
+
+def _bad_utf8_corpus(ws: Path, tmp: Path) -> list[str]:
+    edit_line(ws / "corpus.tsv", 5, b"9_9\tna\xefve text\tPage 9\t9")
+    return evaluate(ws, tmp)
+
+
 def _passages_not_marked_done(ws: Path, tmp: Path) -> bool:
     return not (tmp / "prepared" / ".done" / "passages.json").exists()
 
@@ -189,6 +224,11 @@ FAULTS = {
     "bad UTF-8: a gold file": Fault("bad UTF-8", _bad_utf8_gold, ("{ws}/qa-dev.jsonl:4", "not UTF-8")),
     "bad UTF-8: passage text": Fault("bad UTF-8", _bad_utf8_passage, ("{ws}/corpus.tsv", "'0_1'", "UTF-8"),
                                      after=_passages_not_marked_done),
+    "bad UTF-8: a corpus file": Fault("bad UTF-8", _bad_utf8_corpus, ("{ws}/corpus.tsv:5", "UTF-8")),
+    "duplicate ids: corpus": Fault("duplicate ids", _duplicate_passage_id, ("{ws}/corpus.tsv", "duplicate passage id", "line 4")),
+    "crafted checkpoint: code in its pickle": Fault("crafted checkpoint", _crafted_checkpoint,
+                                                    ("ckpt_path='{tmp}/crafted.ckpt'", "was refused", "could run code"),
+                                                    after=_no_code_ran),
     "missing column: corpus": Fault("missing column", _missing_corpus_column, ("{ws}/corpus.tsv:1", "wikipedia_id")),
     "missing column: input": Fault("missing column", _missing_input, ("{ws}/qa-dev.jsonl:5", "'input'")),
     "duplicate ids: queries": Fault("duplicate ids", _duplicate_query_id, ("{ws}/qa-dev.jsonl:21", "duplicate id 'qa-dev-0'")),
@@ -257,6 +297,60 @@ def test_fault_is_one_line_naming_the_fix(case: str, ws: Path, tmp_path: Path, m
         assert name.format(ws=ws, tmp=tmp_path) in lines[0]
     assert "at at " not in lines[0]
     assert fault.after(ws, tmp_path)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"multiret {command}: error: "), lines
+    return lines[0]
+
+
+def test_a_field_over_the_csv_limit_is_one_line(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """An unclosed quote swallows the rest of the file into one field; the line names where it opened."""
+    import csv
+
+    from multiret.data import passage_files
+
+    edit_line(ws / "corpus.tsv", 3, '0_1\t"opened and never closed\tPage 0\t0')
+    monkeypatch.setattr(passage_files, "FIELD_LIMIT", 200)
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    old = csv.field_size_limit(200)
+    try:
+        assert cli(evaluate(ws, tmp_path)) == 2
+    finally:
+        csv.field_size_limit(old)
+    line = _one_error_line(capsys, "evaluate")
+    assert f"{ws}/corpus.tsv:3" in line and "csv size limit" in line
+
+
+def test_non_finite_steps_stop_training_with_one_line_and_finite_weights(ws: Path, tmp_path: Path, tiny_t5_dir: Path,
+                                                                       monkeypatch, capsys) -> None:
+    """Task `el`'s loss is NaN from step 1 on: those updates are skipped, and K in a row stop the run (exit 2, one line)."""
+    import torch
+
+    from multiret.model.biencoder import BiEncoder
+
+    clean = BiEncoder.task_loss
+
+    def poisoned(self, batch, task=None):
+        loss = clean(self, batch, task)
+        return loss * float("nan") if task == "el" and self.trainer.global_step >= 1 else loss
+
+    monkeypatch.setattr(BiEncoder, "task_loss", poisoned)
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    argv = train(ws, tmp_path, "model=t5_prompted", f"model.encoder.path={tiny_t5_dir}", "method=naive",
+                 "method.max_nonfinite_steps=2", "trainer.max_steps=4", "stages=[train]", "data.batch_size=4",
+                 "data.max_passage_length=16", "callbacks.model_checkpoint.every_n_train_steps=1")
+    assert cli(argv) == 2
+    err = capsys.readouterr().err  # training wrote its progress bars there first; the error is its one last line
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("multiret train: error: ") and "Traceback" not in err and err.count("error:") == 1
+    assert "2 steps in a row had a non-finite loss of task(s) ['el']" in line and "method.max_nonfinite_steps" in line
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert checkpoints  # written after the finite first step and the skipped ones
+    for checkpoint in checkpoints:
+        state = torch.load(checkpoint, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 def test_a_read_only_run_folder_fails_before_the_work(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
