@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from step_time import METHOD_CONFIGS, model_path, random_batches, time_method
+from step_time import METHOD_CONFIGS, method_config, model_path, random_batches, time_method
 
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
@@ -60,7 +59,7 @@ def grad2vec(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 def reference_taco_steps(path: str, pooling: str, batches: list, warmup: int, precision: str) -> list[float]:
     """Seconds per step of TACO done the reference's way: per-task host copies, the rule on the host, one copy back."""
-    taco = OmegaConf.load(METHOD_CONFIGS / "taco.yaml")
+    taco = method_config("taco")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = BiEncoder(TextEncoder(path, pooling=pooling), optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5)).to(device)
@@ -83,7 +82,8 @@ def reference_taco_steps(path: str, pooling: str, batches: list, warmup: int, pr
         grads = torch.stack(task_grads)
         theta = torch.cat([p.detach().reshape(-1).float() for p in params]).cpu()
         ema = torch.zeros_like(grads) if ema is None else ema
-        combined, ema = taco_combine(grads, theta, ema, beta=taco.beta, tau=taco.tau, in_warmup=False, normalize=taco.normalize)
+        combined, ema = taco_combine(grads, theta, ema, beta=taco.beta, tau=taco.tau, in_warmup=False,
+                                     normalize=taco.normalize, median_over=taco.median_over)
         combined = combined.to(device)
         offset = 0
         for p in params:
@@ -133,7 +133,8 @@ def encode_and_search(passages: int, queries: int, workdir: Path, dry_run: bool)
     collator = PromptCollator(model.tokenizer, None, 96)
     factory, train_sample, search_parameters = kilt_scale.ivfpq_factory(passages, 64)
     start = time.perf_counter()
-    index = index_corpus(model, corpus, collator, workdir / "index", factory, 1024, train_sample, show_progress=False)
+    trainer = kilt_scale.encoding_trainer("gpu" if device.type == "cuda" else "cpu")
+    index = index_corpus(trainer, model, corpus, collator, workdir / "index", factory, 1024, train_sample)
     encoded = time.perf_counter() - start
     if not dry_run:
         index.to_gpus()

@@ -250,8 +250,8 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
     from multiret.data.kilt import read_queries
     from multiret.data.tasks import TaskSpec
     from multiret.index.dense import index_corpus, search_tasks
-    from multiret.index.faiss_index import EMBEDDINGS, DenseIndex
     from multiret.index.mining import mine_negatives
+    from multiret.index.sharded import build_from_shards
     from multiret.model.biencoder import BiEncoder
     from multiret.model.encoder import TextEncoder
     from multiret.model.tiny import build_tiny_t5
@@ -267,19 +267,28 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
     factory = factory or scaled
     settings = {"factory": factory, "train_sample": train_sample, "search_parameters": search_parameters, "dim": dim}
     with stages.stage("encode", dim=dim, batch_size=batch_size):
-        index_corpus(model, store, collator, workdir / "index", "PQ1x4", batch_size, 1_000, show_progress=False)
-    embeddings = np.load(workdir / "index" / EMBEDDINGS, mmap_mode="r")
+        index_corpus(encoding_trainer("cpu"), model, store, collator, workdir / "index", "PQ1x4", batch_size, 1_000)
     with stages.stage("ivfpq_train_add", **settings):
-        index = DenseIndex.build(embeddings, list(store.ids), factory, train_sample)
+        index = build_from_shards(workdir / "index", store, 1, factory, train_sample)
     index.set_search_parameters(search_parameters)
     tasks = [TaskSpec(name=t, train=str(prepared / KILT_TASKS[t].prepared_file("train")), dev=None,
                       prompt=KILT_TASKS[t].prompt, max_query_length=KILT_TASKS[t].max_query_length) for t in TASKS]
     queries = {t.name: read_queries(t.train) for t in tasks}
     count = sum(len(q) for q in queries.values())
     with stages.stage("ivfpq_search", queries=count, top_k=depth):
-        search_tasks(model, index, store, collator, tasks, queries, depth, batch_size, show_progress=False)
+        search_tasks(model, index, collator, tasks, queries, depth, batch_size, show_progress=False)
     with stages.stage("mining", queries=count, depth=depth, keep=keep):
         mine_negatives(model, index, store, collator, tasks, queries, workdir / "mined", depth, keep, batch_size)
+
+
+def encoding_trainer(accelerator: str) -> Any:
+    """One process that encodes a corpus as `multiret index` does: its shard writer, no logger, no checkpoints."""
+    import lightning as L
+
+    from multiret.index.sharded import ShardWriter
+
+    return L.Trainer(accelerator=accelerator, devices=1, callbacks=[ShardWriter()], logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False)
 
 
 def measure(passages: int, queries: int, workers: int | None, batch_size: int, depth: int, keep: int,

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from multiret.data.tasks import TaskSpec
@@ -89,12 +90,21 @@ def model_path(name: str, workdir: Path) -> tuple[str, str]:
     return name, "t5_decoder"
 
 
+def method_config(name: str) -> DictConfig:
+    """conf/method/<name>.yaml as a run composes it (its defaults list, the run seed), with warm-up 0 so every timed step runs the rule."""
+    if not (METHOD_CONFIGS / f"{name}.yaml").is_file():
+        raise SystemExit(f"unknown method {name!r}; known: {', '.join(sorted(p.stem for p in METHOD_CONFIGS.glob('*.yaml')))}")
+    with initialize_config_dir(config_dir=str(METHOD_CONFIGS.parent), version_base="1.3"):
+        method = compose("train", overrides=[f"method={name}", "seed=0"]).method
+    OmegaConf.resolve(method)
+    if "warmup_ratio" in method:
+        method.warmup_ratio = 0.0
+    return method
+
+
 def method_callback(name: str) -> Callback:
     """The gradient method as configured in conf/method/<name>.yaml (every method there is timed by default)."""
-    path = METHOD_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        raise SystemExit(f"unknown method {name!r}; known: {', '.join(sorted(p.stem for p in METHOD_CONFIGS.glob('*.yaml')))}")
-    return instantiate(OmegaConf.load(path))
+    return instantiate(method_config(name))
 
 
 def time_method(method: str, path: str, pooling: str, batches: list[dict], tasks: list[TaskSpec], warmup: int,

@@ -222,7 +222,7 @@ FAULTS = {
     "bad JSON: a guess file": Fault("bad JSON", _bad_json_guess, ("{ws}/guess.jsonl:3", "invalid JSON")),
     "bad UTF-8: a dev file": Fault("bad UTF-8", _bad_utf8, ("{ws}/el-dev.jsonl:3", "not UTF-8", "0xe9")),
     "bad UTF-8: a gold file": Fault("bad UTF-8", _bad_utf8_gold, ("{ws}/qa-dev.jsonl:4", "not UTF-8")),
-    "bad UTF-8: passage text": Fault("bad UTF-8", _bad_utf8_passage, ("{ws}/corpus.tsv", "'0_1'", "UTF-8"),
+    "bad UTF-8: passage text": Fault("bad UTF-8", _bad_utf8_passage, ("{ws}/corpus.tsv:3", "not UTF-8", "0xe9"),
                                      after=_passages_not_marked_done),
     "bad UTF-8: a corpus file": Fault("bad UTF-8", _bad_utf8_corpus, ("{ws}/corpus.tsv:5", "UTF-8")),
     "duplicate ids: corpus": Fault("duplicate ids", _duplicate_passage_id, ("{ws}/corpus.tsv", "duplicate passage id", "line 4")),
