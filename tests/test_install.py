@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from multiret.data.jsonl import write_jsonl
+from multiret.data.vital import BUILDER_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ def test_three_training_steps_and_the_demo_from_another_directory(installed, tmp
     assert len(metrics) == 1 and set(json.loads(metrics[0].read_text())) == {"vital-qa", "vital-el", "vital-clue"}
     run = metrics[0].parents[1]
     assert "max_steps: 3" in (run / "config.yaml").read_text() and (run / "checkpoints" / "last.ckpt").is_file()
-    assert (work / ".cache" / "vital-v1").is_dir()  # the benchmark is built under the working directory
+    assert (work / ".cache" / f"vital-v{BUILDER_VERSION}" / "corpus.tsv").is_file()  # the benchmark is built under the working directory
     done = _run(venv / "bin" / "multiret", "demo", "--out", work / "demo", "debug=fast", cwd=work, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert set(json.loads((work / "demo" / "results.json").read_text())["scores"]) == {"BM25", "zero-shot", "naive", "TACO"}
