@@ -9,14 +9,13 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from multiret.data.jsonl import atomic_write_text
-from multiret.index.faiss_build import faiss_build
+from multiret.index.faiss_build import faiss_build, installed_versions
 
 PACKAGES = ("multiret", "torch", "lightning", "transformers", "tokenizers", "hydra-core", "omegaconf",
             "bm25s", "numpy", "wandb", "torchmetrics")
@@ -50,13 +49,7 @@ def git_state(directory: Path) -> dict[str, Any]:
 
 
 def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    return installed_versions(PACKAGES)
 
 
 def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: list[str] | None = None,

@@ -17,15 +17,20 @@ FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu
 INSTALL_HINT = 'pip install "multiret[cpu]" (FAISS for the CPU) or pip install "multiret[gpu]" (FAISS with CUDA)'
 
 
-def installed_faiss_distributions() -> dict[str, str]:
-    """Name → version of every installed FAISS distribution."""
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Name → version of each of these pip distributions that is installed (the others are left out)."""
     found = {}
-    for name in FAISS_DISTRIBUTIONS:
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
     return found
+
+
+def installed_faiss_distributions() -> dict[str, str]:
+    """Name → version of every installed FAISS distribution."""
+    return installed_versions(FAISS_DISTRIBUTIONS)
 
 
 def check_single_build(installed: dict[str, str]) -> None:
