@@ -15,7 +15,10 @@ def flat_model(state_dict, prefix="query_encoder.model."):
 @pytest.mark.parametrize("method", ["taco", *(pytest.param(m, marks=pytest.mark.slow)
                                               for m in ("naive", "gradnorm", "pcgrad", "cgd", "uncertainty"))])
 def test_two_processes_match_one_process(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, method):
-    options = (f"method={method}", "stages=[train]", "trainer.max_steps=3")
+    # Adam divides by sqrt(v) + eps: with the default eps a near-zero gradient's float noise becomes a
+    # full-size step of either sign, so 2e-5 apart after 3 steps says nothing about the gradients. A
+    # larger eps keeps the update proportional to the gradient, and the bound then checks the sums.
+    options = (f"method={method}", "stages=[train]", "trainer.max_steps=3", "optimizer.eps=1e-3")
     run(tiny_config(tmp_path / "one", tiny_t5_dir, kilt_dir, kilt_tasks, *options))
     run(tiny_config(tmp_path / "two", tiny_t5_dir, kilt_dir, kilt_tasks, *options,
                     "trainer.devices=2", "trainer.strategy=ddp_spawn"))
@@ -24,5 +27,5 @@ def test_two_processes_match_one_process(tmp_path, tiny_t5_dir, kilt_dir, kilt_t
     assert one["global_step"] == two["global_step"] == 3
     start = flat_model({f"query_encoder.model.{k}": v for k, v in AutoModel.from_pretrained(tiny_t5_dir).state_dict().items()})
     a, b = flat_model(one["state_dict"]), flat_model(two["state_dict"])
-    assert (a - b).norm() / a.norm() <= 1e-5  # float32 sums in another order, nothing more
+    assert (a - b).norm() / a.norm() <= 1e-6  # float32 sums in another order, nothing more
     assert (a - start).norm() > 1000 * (a - b).norm()  # while training moved the parameters far more
