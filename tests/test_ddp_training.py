@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_end_to_end import tiny_config
+from helpers import tiny_config
 from transformers import AutoModel
 
 from multiret.experiment.run import run
