@@ -31,7 +31,7 @@ from multiret.data.corpus import Corpus
 from multiret.index.sharded import ShardSampler, ShardWriter, encode_shards
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
-from multiret.model.tiny import build_tiny_t5
+from multiret.testing import build_tiny_t5
 
 WORDS = ("the of and in to was is for on as by with he at from his an were are which this also be has or had its "
          "first new after who their one two they her she but not been have all when there time city film year "

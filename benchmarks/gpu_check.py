@@ -40,7 +40,7 @@ from multiret.data.tasks import TaskSpec
 from multiret.index.dense import index_corpus
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
-from multiret.model.tiny import build_tiny_t5
+from multiret.testing import build_tiny_t5
 from multiret.mtl.taco import taco_combine
 
 PAPER_BATCH = {"tasks": 8, "queries": 2, "passages": 3, "query_length": 32, "passage_length": 160}

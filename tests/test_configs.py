@@ -3,17 +3,19 @@
 from pathlib import Path
 
 import pytest
+from helpers import METHODS, sweep
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
+from omegaconf import OmegaConf
 
 from multiret.experiment.run import CONFIG_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
 
-def _compose(*overrides):
+def _compose(*overrides, config_name="train"):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=/tmp/unused", *overrides])
+        return compose(config_name, overrides=["paths.output_dir=/tmp/unused", *overrides])
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -65,3 +67,50 @@ def test_a_seed_sweep_reaches_the_methods_own_randomness(method):
     seeds = {get_object(cfg.method._target_)(**{k: v for k, v in cfg.method.items() if k != "_target_"}).seed
              for cfg in (_compose(f"method={method}", f"seed={seed}") for seed in (13, 14))}
     assert seeds == {13, 14}
+
+
+def test_every_method_with_a_seed_takes_the_run_seed():
+    """A method's own randomness follows `seed=...` (so `seed: 13,14,15` sweeps it); at least PCGrad and TACO have one."""
+    seeded = {method for method in METHODS if "seed" in _compose(f"method={method}").method}
+    assert {"pcgrad", "taco", "taco_published"} <= seeded
+    for method in seeded:
+        assert _compose(f"method={method}", "seed=14").method.seed == 14
+
+
+@pytest.mark.parametrize("experiment", ["vital_methods", "kilt_methods"])
+def test_method_sweeps_take_every_method_but_the_published_ablation(experiment):
+    assert sorted(sweep("method", f"experiment={experiment}")) == [m for m in METHODS if m != "taco_published"]
+    assert sweep("seed", f"experiment={experiment}") == ["13", "14", "15"]
+
+
+def test_the_default_logger_is_the_csv_and_wandb_loggers_together():
+    default, csv, wandb = (_compose(f"logger={name}").logger for name in ("default", "csv", "wandb"))
+    assert default == {**csv, **wandb} and set(default) == {"csv", "wandb"}
+
+
+def test_the_model_configs_share_the_biencoder_base():
+    base = _compose("model=biencoder", "model.encoder.path=x").model
+    for model in ("minilm", "t5_prompted", "t5_base_prompted"):
+        cfg = _compose(f"model={model}", "model.encoder.path=x").model
+        assert set(cfg) == set(base) and cfg._target_ == base._target_ and cfg.optimizer == base.optimizer
+
+
+def test_the_episodes_root_config_is_the_train_config_plus_its_settings():
+    train, episodes = _compose(), _compose(config_name="episodes")
+    assert "episodes" not in train and episodes.episodes == {"count": 4, "mine_depth": 110, "mine_top_k": 64, "evaluate": "all"}
+    assert OmegaConf.masked_copy(episodes, [k for k in episodes if k != "episodes"]) == train
+
+
+def test_an_experiment_changes_the_episodes_settings():
+    settings = _compose("experiment=vital_ance", config_name="episodes").episodes
+    assert (settings.count, settings.mine_depth, settings.mine_top_k) == (4, 40, 30)
+    assert _compose("experiment=vital_ance", "episodes.count=2", config_name="episodes").episodes.count == 2
+
+
+def test_every_config_key_has_a_comment():
+    """The house rule: every key on its line with a comment (YAML comments, so read from the text)."""
+    for path in sorted(Path(CONFIG_DIR).rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            entry = line.strip()
+            if entry and not entry.startswith(("#", "- ")) and entry != "defaults:":
+                assert "  # " in line, f"{path}:{number}: a key without a one-line comment: {entry}"

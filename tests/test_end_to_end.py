@@ -2,36 +2,14 @@
 
 import hashlib
 import json
-import os
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import METHODS, assert_same, tiny_config
 
 from multiret.cli import main as cli
-from multiret.experiment.run import CONFIG_DIR, run
-
-# MULTIRET_TEST_TRAINER=gpu runs these on a GPU (bf16) when one is there; CI uses the CPU.
-TRAINER = os.environ.get("MULTIRET_TEST_TRAINER", "cpu")
-
-
-def tiny_config(out: Path, model_dir: Path, kilt_dir: Path, tasks: dict, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "model=t5_prompted", f"model.encoder.path={model_dir}", "logger=csv", f"paths.output_dir={out}",
-                "data=kilt_files", f"data.root={kilt_dir}", "data.corpus=corpus.tsv", "data.task_names=[qa,el]",
-                "data.batch_size=8", "data.max_passage_length=16", "data.bm25_top_k=5", "optimizer.lr=3e-3",
-                f"trainer={TRAINER}", "trainer.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=2", "index.batch_size=16",
-                *overrides,
-            ],
-        )
-    cfg.data.tasks = tasks
-    return cfg
-
+from multiret.experiment.run import run
 
 def test_train_index_evaluate_then_kilt_eval_reproduces_the_scores(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, capsys):
     untrained = run(tiny_config(tmp_path / "zero", tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index,evaluate]"))
@@ -60,9 +38,6 @@ def test_train_index_evaluate_then_kilt_eval_reproduces_the_scores(tmp_path, tin
     assert "train/loss/qa" in metrics_csv and "dev/average/Rprec" in metrics_csv
 
 
-METHODS = sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))
-
-
 @pytest.mark.parametrize("method,micro_batches", [(m, 1) for m in METHODS] + [("taco", 2)])
 def test_resume_continues_bit_for_bit(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, method, micro_batches):
     options = (f"method={method}", "stages=[train]", f"data.micro_batches={micro_batches}")
@@ -84,22 +59,6 @@ def test_resume_continues_bit_for_bit(tmp_path, tiny_t5_dir, kilt_dir, kilt_task
     assert state_a.keys() == state_b.keys()
     for key in state_a:
         assert_same(state_a[key], state_b[key])
-
-
-def assert_same(a, b):
-    """Bitwise equality of nested checkpoint state (tensors, lists, dicts, numbers)."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    else:
-        assert a == b
 
 
 def test_checkpoint_of_another_method_is_refused(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):

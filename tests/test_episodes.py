@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_end_to_end import assert_same, tiny_config
+from helpers import assert_same, tiny_config
 
 import multiret.experiment.run as run_module
 from multiret.cli import main as cli
@@ -23,7 +23,7 @@ OPTIONS = ("episodes.count=2", "episodes.mine_depth=8", "episodes.mine_top_k=5",
 
 
 def config(out, tiny_t5_dir, kilt_dir, kilt_tasks, *overrides):
-    return tiny_config(out, tiny_t5_dir, kilt_dir, kilt_tasks, *OPTIONS, *overrides)
+    return tiny_config(out, tiny_t5_dir, kilt_dir, kilt_tasks, *OPTIONS, *overrides, config_name="episodes")
 
 
 def count_stages(monkeypatch) -> dict[str, list]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_end_to_end import tiny_config
+from helpers import tiny_config
 
 from multiret.data.corpus import read_corpus
 from multiret.experiment.run import run, validate

@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from test_end_to_end import METHODS, tiny_config
+from helpers import METHODS, tiny_config
 
 from multiret.mtl.base import GradientMethod, NonFiniteTrainingError, nonzero_rows
 

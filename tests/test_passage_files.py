@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import PAGES, kilt_files, page_words
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from test_prepare_kilt import PAGES, _kilt_files, _page_words
 
 from multiret.cli import main as cli
 from multiret.data import passage_files
@@ -165,9 +165,9 @@ def _prepare_cli(kilt: Path, passages: Path, out: Path, questions: Path, *option
 def nq_fever(tmp_path_factory) -> dict:
     """`prepare kilt --tasks nq,fever` over a passage file in KILT's six-column layout without a header."""
     root = tmp_path_factory.mktemp("nq-fever")
-    files = _kilt_files(root / "kilt")
+    files = kilt_files(root / "kilt")
     passages = root / "kilt-passages.tsv"
-    rows = [f'{p}_{j}\t"{" ".join(_page_words(p)[5 * j:5 * j + 5])}"\tPage {p}\t{p}\t{j}\t{j}' for p in PAGES for j in range(3)]
+    rows = [f'{p}_{j}\t"{" ".join(page_words(p)[5 * j:5 * j + 5])}"\tPage {p}\t{p}\t{j}\t{j}' for p in PAGES for j in range(3)]
     passages.write_text("\n".join(rows) + "\n", encoding="utf-8")
     assert _prepare_cli(root / "kilt", passages, root / "out", files["questions"], "--tasks", "nq,fever") == 0
     return {"root": root, "out": root / "out", "passages": passages, **files}
@@ -218,7 +218,7 @@ def test_a_later_run_adds_tasks_and_a_new_template_redoes_bm25_and_negatives(nq_
 
 def test_prepare_kilt_over_a_dpr_file_matches_gold_pages_by_title(nq_fever, tmp_path):
     passages = tmp_path / "dpr.tsv"
-    rows = ["id\ttext\ttitle"] + [f'{p}_{j}\t"{" ".join(_page_words(p)[5 * j:5 * j + 5])}"\tPage {p}'
+    rows = ["id\ttext\ttitle"] + [f'{p}_{j}\t"{" ".join(page_words(p)[5 * j:5 * j + 5])}"\tPage {p}'
                                   for p in PAGES for j in range(3)]
     passages.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "out"

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PAGES, kilt_files, page_query, passage_tsv, tiny_config
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from test_end_to_end import tiny_config
 
 from multiret.cli import main as cli
 from multiret.data import datamodule
 from multiret.data.corpus import Corpus, read_corpus
-from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
+from multiret.data.jsonl import DataFormatError, read_jsonl
 from multiret.data.kilt import attach_positives, read_queries
 from multiret.data.negatives import negatives_file, read_negatives
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE
@@ -26,72 +25,11 @@ from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, searc
 from multiret.prepare.kilt_tasks import KILT_TASKS, aida_window, convert_split
 from multiret.prepare.passages import PassageStore, build_passage_store
 
-PAGES = range(10, 20)  # wikipedia ids of the fixture's passage corpus; page 999 is cited but absent
-MISSING_PAGE = 999
-WORDS = [f"w{i}" for i in range(120)]  # the words the session's tiny T5 tokenizer knows
-
-
-def _page_words(page: int) -> list[str]:
-    return random.Random(page).sample(WORDS, 15)
-
-
-def _passage_tsv(path: Path) -> Path:
-    rows = ["id\ttext\ttitle\twikipedia_id"]
-    for page in PAGES:
-        words = _page_words(page)
-        for j in range(3):
-            rows.append(f"{page}_{j}\t{' '.join(words[5 * j:5 * j + 5])}\tPagé {page}\t{page}")
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
-def _item(qid: str, text: str | None, pages: list[int]) -> dict:
-    record = {"id": qid, "output": [{"answer": "x", "provenance": [
-        {"wikipedia_id": str(p), "title": f"Page {p}", "start_paragraph_id": 2, "end_paragraph_id": 2, "section": "S"}
-        for p in pages]}]}
-    if not pages:
-        record["output"] = [{"answer": "x"}]
-    if text is not None:
-        record["input"] = text
-    return record
-
-
-def _query(page: int, n: int = 3) -> str:
-    return " ".join(_page_words(page)[:n])
-
-
-def _kilt_files(kilt: Path) -> dict:
-    """Every task's train/dev files with realistic input shapes, and a TriviaQA question file."""
-    kilt.mkdir(parents=True, exist_ok=True)
-    aida_doc = " ".join(f"L{i}" for i in range(100)) + f" [START_ENT] {_query(15, 2)} [END_ENT] " + " ".join(f"R{i}" for i in range(100))
-    train = {
-        "nq": [_item("nq0", _query(10), [10]), _item("nq1", _query(11), [11, 12]),
-               _item("nq2", "who cites a page we lack", [MISSING_PAGE]), _item("nq3", "no provenance here", []),
-               _item("nq4", _query(13), [13, MISSING_PAGE])],
-        "triviaqa": [_item("tqa0", None, [14]), _item("tqa1", None, [15]), _item("tqa-unknown", None, [16])],
-        "hotpotqa": [_item("hp0", _query(16) + " and " + _query(17), [16, 17])],
-        "wow": [_item("wow0", f"{_query(18)}\nI love it\n{_query(18, 5)}", [18])],
-        "trex": [_item(f"trex{i}", f"{_page_words(10 + i)[0]} [SEP] w{i}", [10 + i]) for i in range(6)],
-        "fever": [_item("fever0", f"{_query(19)} is a claim .", [19])],
-        "structured_zeroshot": [_item(f"zsre{i}", f"{_page_words(12 + i)[1]} [SEP] w{i}", [12 + i]) for i in range(6)],
-        "aidayago2": [_item("aida0", aida_doc, [15])],
-    }
-    for task, records in train.items():
-        dev = [dict(r, id=f"{r['id']}-dev") for r in records[:2]]
-        write_jsonl(kilt / KILT_TASKS[task].kilt_file("train"), records)
-        write_jsonl(kilt / KILT_TASKS[task].kilt_file("dev"), dev)
-    questions = kilt / "triviaqa-questions.json"
-    data = [{"QuestionId": q, "Question": _query(p), "Answer": {}} for q, p in
-            (("tqa0", 14), ("tqa1", 15), ("tqa0-dev", 14), ("tqa1-dev", 15))]
-    questions.write_text(json.dumps({"Data": data, "Version": 1.0}), encoding="utf-8")
-    return {"questions": questions, "aida_doc": aida_doc}
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("kilt-raw")
-    files = _kilt_files(root / "kilt")
-    return {"kilt": root / "kilt", "passages": _passage_tsv(root / "passages.tsv"), **files}
+    files = kilt_files(root / "kilt")
+    return {"kilt": root / "kilt", "passages": passage_tsv(root / "passages.tsv"), **files}
 
 
 def _prepare(raw: dict, out: Path, **options) -> dict:
@@ -141,7 +79,7 @@ def test_chunked_bm25_index_scores_as_bm25s_in_memory(raw, tmp_path):
     store = PassageStore(tmp_path / "store")
     build_bm25_index(store, tmp_path / "bm25", chunk=7, show_progress=False)
     ours, reference = load_bm25_index(tmp_path / "bm25"), BM25Retriever(read_corpus(raw["passages"]), show_progress=False)
-    queries = [_query(p, 4) for p in PAGES] + ["w1 w2 w3 w4 w5 w6", "nothing known"]
+    queries = [page_query(p, 4) for p in PAGES] + ["w1 w2 w3 w4 w5 w6", "nothing known"]
     tokens = [q.split() for q in queries]
     _rows, scores = ours.retrieve(tokens, k=10, show_progress=False)
     ref_rows, ref_scores = reference._bm25.retrieve(tokens, k=10, show_progress=False)
@@ -218,7 +156,7 @@ def test_report_counts_missing_pages_and_unusable_items_per_task(prepared):
 def test_triviaqa_questions_are_joined_by_id_and_unknown_ids_counted(prepared, raw):
     out, report = prepared
     records = read_jsonl(out / "triviaqa-train.jsonl")
-    assert [(r["id"], r["input"]) for r in records] == [("tqa0", _query(14)), ("tqa1", _query(15))]
+    assert [(r["id"], r["input"]) for r in records] == [("tqa0", page_query(14)), ("tqa1", page_query(15))]
     assert report["tasks"]["triviaqa"]["train"]["missing_question"] == 1
     assert report["tasks"]["triviaqa"]["dev"]["missing_question"] == 0
 
@@ -309,7 +247,7 @@ def test_an_interrupted_step_restarts_cleanly(raw, tmp_path, monkeypatch):
 
 def test_missing_inputs_fail_naming_the_expected_files(raw, tmp_path, capsys):
     kilt = tmp_path / "kilt"
-    _kilt_files(kilt)
+    kilt_files(kilt)
     (kilt / "fever-dev-kilt.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match=r"missing input file\(s\):\n  .*fever-dev-kilt.jsonl"):
         pipeline.prepare_kilt(kilt, raw["passages"], tmp_path / "out", triviaqa_questions=[raw["questions"]], show_progress=False)

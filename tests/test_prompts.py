@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import sweep, tiny_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModel, AutoTokenizer
@@ -14,8 +15,7 @@ from multiret.experiment.run import CONFIG_DIR, run
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 from multiret.model.prompt import QueryPrompt
-from multiret.model.tiny import build_tiny_t5
-from tests.test_end_to_end import tiny_config
+from multiret.testing import build_tiny_t5
 
 PROMPT_DIR = Path(CONFIG_DIR) / "prompt"
 QA = TaskSpec(name="qa", train=None, dev=None, prompt="QA", max_query_length=8)
@@ -75,9 +75,8 @@ def test_t5_models_default_to_the_sentinel_prompt_and_any_kind_can_be_chosen():
 
 def test_prompt_experiment_sweeps_every_prompt_kind():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=vital_prompts"], return_hydra_config=True)
-    kinds = cfg.hydra.sweeper.params["prompt"].split(",")
-    assert sorted(kinds) == sorted(p.stem for p in PROMPT_DIR.glob("*.yaml"))
+        cfg = compose("train", overrides=["experiment=vital_prompts"])
+    assert sorted(sweep("prompt", "experiment=vital_prompts")) == sorted(p.stem for p in PROMPT_DIR.glob("*.yaml"))
     assert cfg.method._target_.endswith("TACO") and cfg.model.encoder.pooling == "t5_decoder" and "vital" in cfg.tags
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         assert compose("train", overrides=["experiment=vital_prompts", "prompt=soft"]).logger.wandb.name == "prompt-soft-seed13"

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from test_end_to_end import tiny_config
+from helpers import tiny_config
 from torch import nn
 
 from multiret.cli import main as cli

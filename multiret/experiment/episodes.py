@@ -260,7 +260,7 @@ def collect_results(out: Path, count: int) -> dict[str, dict[str, dict[str, floa
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="episodes")
 @hydra_task
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the last episode's average R-precision for sweepers to optimise."""

@@ -18,7 +18,7 @@ from multiret.data.jsonl import atomic_write_text
 from multiret.index.faiss_build import faiss_build, installed_versions
 
 PACKAGES = ("multiret", "torch", "lightning", "transformers", "tokenizers", "hydra-core", "omegaconf",
-            "bm25s", "numpy", "wandb", "torchmetrics")
+            "bm25s", "numpy", "wandb")
 LARGE_FILE = 1 << 30
 
 

@@ -109,14 +109,14 @@ class BiEncoder(L.LightningModule):
         self.active_task = None
         losses = list(task_losses.values())
         for task, loss in task_losses.items():
-            self.log(f"train/loss/{task}", loss, on_step=True, batch_size=1)
+            self.log(f"train/loss/{task}", loss, on_step=True, batch_size=1, sync_dist=True)  # mean over processes
         self.update_skipped = False
         optimizer.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None and not self.update_skipped:
             scheduler.step()  # a skipped step leaves the schedule where it is, as in the reference's AMP trainer
         total = torch.stack(losses).sum()
-        self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=1)
+        self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=1, sync_dist=True)
         return total
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

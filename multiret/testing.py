@@ -1,7 +1,8 @@
-"""Tiny random T5 and BERT models with word-level tokenizers trained on the spot.
+"""Test support: tiny random T5 and BERT models with word-level tokenizers trained on the spot.
 
 Nothing can be downloaded in tests or CI, so the test suite and ``benchmarks/`` build their
-models here: real Hugging Face architectures and tokenizers, a few thousand parameters.
+models here: real Hugging Face architectures and tokenizers, a few thousand parameters. It
+is part of the package (not of tests/) because the benchmarks use it too; no stage imports it.
 """
 
 from __future__ import annotations
