@@ -8,13 +8,11 @@ import time
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from helpers import assert_same, tiny_config
 
-import multiret.experiment.run as run_module
 from multiret.cli import main as cli
 from multiret.data.jsonl import read_jsonl
-from multiret.experiment import episodes
+from multiret.experiment import episodes, stages
 from multiret.model.biencoder import BiEncoder
 
 # 2 episodes of 2 steps, a checkpoint every step (so an interrupted training has one to resume from)
@@ -36,7 +34,7 @@ def count_stages(monkeypatch) -> dict[str, list]:
             return real(cfg, *args)
         return wrapper
 
-    monkeypatch.setattr(episodes, "run", spy("train", episodes.run))
+    monkeypatch.setattr(episodes, "train_stage", spy("train", episodes.train_stage))
     for name in ("index", "evaluate", "mine"):
         monkeypatch.setitem(episodes.AFTER_TRAINING, name, spy(name, episodes.AFTER_TRAINING[name]))
     return calls
@@ -48,14 +46,14 @@ def final_weights(out, episode):
 
 def test_two_episodes_mine_negatives_and_carry_the_weights(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, monkeypatch):
     loaded = {}
-    real_load = run_module.load_weights
+    real_load = stages.load_weights
 
     def remember_init(model, path, key="ckpt_path"):
         real_load(model, path, key)
         if key == "init_from":
             loaded[path] = {k: v.clone() for k, v in model.state_dict().items()}
 
-    monkeypatch.setattr(run_module, "load_weights", remember_init)
+    monkeypatch.setattr(stages, "load_weights", remember_init)
     out = tmp_path / "run"
     results = episodes.run_episodes(config(out, tiny_t5_dir, kilt_dir, kilt_tasks))
 
@@ -185,8 +183,7 @@ def test_episodes_train_on_two_processes(tmp_path, tiny_t5_dir, kilt_dir, kilt_t
 def test_a_step_offset_continues_the_batch_stream(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
     def batches(offset, count):
         cfg = tiny_config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, f"data.step_offset={offset}")
-        model = instantiate(cfg.model)
-        datamodule = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
+        model, datamodule = stages.build(cfg)
         datamodule.setup("fit")
         return list(itertools.islice(iter(datamodule.train_dataloader()), count))
 
@@ -196,21 +193,16 @@ def test_a_step_offset_continues_the_batch_stream(tmp_path, tiny_t5_dir, kilt_di
         assert_same(from_start[0], from_two[0])
 
 
-def test_mining_honours_the_index_device_and_keeps_the_best_non_gold_passages(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks,
-                                                                              monkeypatch):
+def test_mining_keeps_the_best_non_gold_passages(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
+    from multiret.experiment.run import run
     from multiret.index.dense import search_tasks
     from multiret.index.faiss_index import DenseIndex
 
-    cfg = config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index]", "index.gpu_placement=sharded")
-    run_module.run(cfg)
-    placed = []
-    monkeypatch.setattr(DenseIndex, "to_gpus", lambda self, placement: placed.append(placement))
-    cfg.index.device = "gpu"
-    model = instantiate(cfg.model)
-    datamodule = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
+    cfg = config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index]")
+    run(cfg)
+    model, datamodule = stages.build(cfg)
     datamodule.setup("evaluate")
-    episodes.mine_stage(cfg, episodes.TrainedModel(model, datamodule))
-    assert placed == ["sharded"]
+    stages.mine(cfg, model, datamodule)
 
     corpus = datamodule.corpus
     index = DenseIndex.load(cfg.index.dir, corpus)
@@ -220,3 +212,24 @@ def test_mining_honours_the_index_device_and_keeps_the_best_non_gold_passages(tm
         for query, rows in zip(queries, rankings[task]):
             expected = [corpus.ids[r] for r in rows if r >= 0 and corpus.page_ids[r] not in query.gold_pages][:5]
             assert mined[query.qid] == expected
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "mine"])
+def test_mining_searches_the_index_as_evaluation_does(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, monkeypatch, stage):
+    """index.device=gpu moves the index onto the GPUs, with its placement and search parameters, for both searches."""
+    from multiret.experiment.run import run
+    from multiret.index.faiss_index import DenseIndex
+
+    cfg = config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index]")
+    run(cfg)
+    placed, tuned = [], []
+    monkeypatch.setattr(DenseIndex, "to_gpus", lambda self, placement: placed.append(placement))  # no GPU FAISS here
+    monkeypatch.setattr(DenseIndex, "set_search_parameters", lambda self, parameters: tuned.append(parameters))
+    cfg.index.device, cfg.index.gpu_placement, cfg.index.search_parameters = "gpu", "sharded", "nprobe=4"
+    model, datamodule = stages.build(cfg)
+    datamodule.setup("evaluate")
+    getattr(stages, stage)(cfg, model, datamodule)
+    assert placed == ["sharded"] and tuned == ["nprobe=4"]
+    cfg.index.device = "cpu"
+    getattr(stages, stage)(cfg, model, datamodule)
+    assert placed == ["sharded"]

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError
 from multiret.eval.figures import new_figure, save_figure
+from multiret.experiment.stages import build
 from multiret.model.loading import load_checkpoint
 from multiret.mtl.taco import importance_ema_from_state
 
@@ -89,11 +89,9 @@ def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tupl
     config_path = path.parent.parent / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: the run's config is needed to measure importance for {state['method']}")
-    cfg = OmegaConf.load(config_path)
-    model = instantiate(cfg.model)
+    model, datamodule = build(OmegaConf.load(config_path))
     model.load_state_dict(checkpoint["state_dict"])
-    data = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
-    return measure_importance(model, data.heldout_batches(), steps), list(state["task_names"]), state["method"]
+    return measure_importance(model, datamodule.heldout_batches(), steps), list(state["task_names"]), state["method"]
 
 
 def plot_histograms(entropies: dict[str, torch.Tensor], path: Path) -> None:

@@ -15,9 +15,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from multiret.configs import CONFIG_DIR
 from multiret.data.jsonl import atomic_write_text
 from multiret.data.vital import vital_task_names
-from multiret.experiment.run import CONFIG_DIR, run
+from multiret.experiment.run import run
 
 log = logging.getLogger(__name__)
 

@@ -17,33 +17,22 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from multiret.configs import CONFIG_DIR
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError, hydra_task
 from multiret.eval.retrieval import with_average
+from multiret.experiment import stages
 from multiret.experiment.loggers import instantiate_named
-from multiret.experiment.run import (
-    CONFIG_DIR,
-    build_index,
-    evaluate,
-    finish_loggers,
-    load_index,
-    load_weights,
-    log_results,
-    run,
-    validate,
-)
-from multiret.index.dense import model_device
-from multiret.index.mining import mine_negatives
+from multiret.experiment.run_folders import register_resolver
+from multiret.experiment.validation import validate
 from multiret.model.biencoder import BiEncoder
 
 log = logging.getLogger(__name__)
@@ -56,6 +45,8 @@ RUN_DIR_OVERRIDE = "hydra.run.dir=${paths.log_dir}/${task_name}/episodes"
 MAY_CHANGE = ("episodes.count",)
 EVALUATE_CHOICES = ("all", "last")
 POLL_SECONDS = 10.0  # how often the other DDP processes look whether the first one has mined the next negatives
+
+register_resolver()  # conf/hydra/default.yaml names run folders with it
 
 
 def validate_episodes(cfg: DictConfig) -> None:
@@ -171,47 +162,31 @@ def episode_config(cfg: DictConfig, out: Path, episode: int, run_id: str, **sett
     return episode_cfg
 
 
-@dataclass
-class TrainedModel:
-    """An episode's final model and its data, loaded once for the stages after training."""
+def train_stage(cfg: DictConfig) -> None:
+    """Train one episode as `multiret train` does: config, manifest, loggers and checkpoints in the episode's folder."""
+    validate(cfg)
+    model, datamodule = stages.build(cfg)
+    loggers = stages.open_run(cfg, datamodule)
+    stages.train(cfg, model, datamodule, loggers)
+    stages.finish_loggers(loggers)
 
-    model: BiEncoder
-    datamodule: MultitaskDataModule
 
-
-def load_trained(cfg: DictConfig) -> TrainedModel:
-    model: BiEncoder = instantiate(cfg.model)
-    load_weights(model, str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"))
-    model.to(model_device())
-    datamodule: MultitaskDataModule = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
-    datamodule.prepare_data()
+def load_trained(cfg: DictConfig) -> tuple[BiEncoder, MultitaskDataModule]:
+    """An episode's final model and its data, built once for the stages after training."""
+    model, datamodule = stages.build(cfg)
+    stages.load_weights(model, str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"))
     datamodule.setup("evaluate")
-    return TrainedModel(model, datamodule)
+    return model, datamodule
 
 
-def index_stage(cfg: DictConfig, trained: TrainedModel) -> None:
-    """Encode the corpus as `multiret index` does: under ``trainer=ddp`` every process encodes its shard."""
-    build_index(cfg, trained.model, trained.datamodule)
-
-
-def evaluate_stage(cfg: DictConfig, trained: TrainedModel) -> None:
+def evaluate_stage(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule) -> None:
     """Score the eval split (``<episode>/eval/``) and log it to the episode's loggers at its last training step."""
-    results = with_average(evaluate(cfg, trained.model, trained.datamodule))
     loggers = instantiate_named(cfg.logger)
-    log_results(loggers, results, cfg.data.eval_split, cfg.trainer.max_steps)
-    finish_loggers(loggers)
+    stages.evaluate(cfg, model, datamodule, loggers, cfg.trainer.max_steps)
+    stages.finish_loggers(loggers)
 
 
-def mine_stage(cfg: DictConfig, trained: TrainedModel) -> None:
-    """The next episode's negatives, mined over this episode's index for every training query of every task."""
-    dm = trained.datamodule
-    index = load_index(cfg, dm.corpus)
-    mine_negatives(trained.model, index, dm.corpus, dm.collator, dm.tasks, dm.train_queries,
-                   Path(cfg.paths.output_dir) / "negatives", cfg.episodes.mine_depth, cfg.episodes.mine_top_k,
-                   cfg.index.batch_size)
-
-
-AFTER_TRAINING = {"index": index_stage, "evaluate": evaluate_stage, "mine": mine_stage}
+AFTER_TRAINING = {"index": stages.index, "evaluate": evaluate_stage, "mine": stages.mine}
 
 
 def run_episodes(cfg: DictConfig) -> dict[str, dict[str, dict[str, float]]]:
@@ -221,28 +196,28 @@ def run_episodes(cfg: DictConfig) -> dict[str, dict[str, dict[str, float]]]:
     state = EpisodeState.open(out / STATE_FILE, OmegaConf.to_container(cfg, resolve=True))
     count = cfg.episodes.count
     for episode in range(count):
-        stages = episode_stages(episode, count, cfg.episodes.evaluate)
+        planned = episode_stages(episode, count, cfg.episodes.evaluate)
         if not state.done(episode, "train"):
             last = episode_dir(out, episode) / "checkpoints" / "last.ckpt"
             resume = str(last) if last.is_file() else None
             log.info("episode %d: training%s", episode, f" (resuming from {resume})" if resume else "")
-            run(episode_config(cfg, out, episode, state.run_id, stages=["train"], ckpt_path=resume))
+            train_stage(episode_config(cfg, out, episode, state.run_id, stages=["train"], ckpt_path=resume))
             state.finish(episode, "train")
         if rank_zero_only.rank > 0:
             if not state.done(episode, "index"):
                 episode_cfg = episode_config(cfg, out, episode, state.run_id)
-                index_stage(episode_cfg, load_trained(episode_cfg))
-            state.wait_for(episode, stages)  # under DDP every process encodes its shard; the first evaluates and mines
+                stages.index(episode_cfg, *load_trained(episode_cfg))
+            state.wait_for(episode, planned)  # under DDP every process encodes its shard; the first evaluates and mines
             continue
-        pending = [s for s in stages if not state.done(episode, s)]
+        pending = [s for s in planned if not state.done(episode, s)]
         if not pending:
-            log.info("episode %d: done (%s)", episode, ", ".join(stages))
+            log.info("episode %d: done (%s)", episode, ", ".join(planned))
             continue
         episode_cfg = episode_config(cfg, out, episode, state.run_id)
-        trained = load_trained(episode_cfg)
+        model, datamodule = load_trained(episode_cfg)
         for stage in pending:
             log.info("episode %d: %s", episode, stage)
-            AFTER_TRAINING[stage](episode_cfg, trained)
+            AFTER_TRAINING[stage](episode_cfg, model, datamodule)
             state.finish(episode, stage)
     return collect_results(out, count) if rank_zero_only.rank == 0 else {}
 
