@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from multiret.data.jsonl import atomic_write_text, write_jsonl
+from multiret.atomic import atomic_write_text
+from multiret.data.jsonl import write_jsonl
 from multiret.model.tiny import build_tiny_bert, build_tiny_t5
 
 WORDS = [f"w{i}" for i in range(120)]

@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from multiret.data.jsonl import atomic_write_text
+from multiret.atomic import atomic_write_text
 from multiret.errors import UserError
 from multiret.eval.figures import new_figure, save_figure
 from multiret.model.loading import load_checkpoint

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from multiret.data.jsonl import atomic_write_text
+from multiret.atomic import atomic_write_text
 from multiret.data.vital import vital_task_names
 from multiret.experiment.run import CONFIG_DIR, run
 

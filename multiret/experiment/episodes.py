@@ -26,8 +26,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from multiret.atomic import atomic_write_text
 from multiret.data.datamodule import MultitaskDataModule
-from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError, hydra_task
 from multiret.eval.retrieval import with_average
 from multiret.experiment.loggers import instantiate_named

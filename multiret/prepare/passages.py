@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import overload
@@ -22,9 +21,10 @@ from typing import overload
 import numpy as np
 from tqdm.auto import tqdm
 
+from multiret.atomic import atomic_folder, atomic_write_text
 from multiret.data.corpus import Corpus, ids_digest
-from multiret.data.jsonl import DataFormatError, atomic_write_text
-from multiret.data.passage_files import AUTO, iter_passages, read_layout
+from multiret.data.jsonl import DataFormatError
+from multiret.data.passage_files import AUTO, Layout, iter_passages, read_layout
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template, format_passage
 
 META = "store.json"
@@ -251,9 +251,12 @@ def build_passage_store(
     """
     tsv, out = Path(tsv), Path(out)
     found = read_layout(tsv, layout)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_folder(out) as tmp:
+        return _write_store(tsv, tmp, found, layout, show_progress)
+
+
+def _write_store(tsv: Path, tmp: Path, found: Layout, layout: str, show_progress: bool) -> dict:
+    """The store's files written into ``tmp``; returns its metadata."""
     columns = {name: _ColumnWriter(tmp, name) for name in ("id", "text", "title")}
     keys: dict[str, list[int]] = {"page": [], "id_hash": [], "line": []}
     files = {name: (tmp / f"{name}.i64").open("wb") for name in keys}
@@ -288,8 +291,6 @@ def build_passage_store(
             "passages": rows, "pages": num_pages}
     meta["bytes"] = sum(p.stat().st_size for p in tmp.iterdir())
     atomic_write_text(tmp / META, json.dumps(meta, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
     return meta
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from multiret.data.jsonl import DataFormatError, atomic_write_text
+from multiret.atomic import atomic_write_text
+from multiret.data.jsonl import DataFormatError
 from multiret.data.kilt import read_queries
 from multiret.data.negatives import negatives_file
 from multiret.data.passage_files import AUTO, LAYOUTS
