@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from multiret.data.batches import MultitaskBatches, TaskStream
 from multiret.data.collator import PromptCollator
-from multiret.data.corpus import read_corpus, subsample_pages
+from multiret.data.corpus import read_corpus, select_pages, subsample_pages
 from multiret.data.jsonl import DataFormatError
 from multiret.data.kilt import attach_positives, read_queries
 from multiret.data.mixing import task_batch_sizes, temperature_rates
@@ -128,7 +128,7 @@ def test_negatives_round_trip_by_passage_id_through_a_subsampled_corpus(tmp_path
     for i, query in enumerate(queries):
         query.negatives = [corpus.row(f"{30 + i}_0"), corpus.row(f"{30 + i}_1")]
     write_negatives(tmp_path, "qa", queries, corpus)
-    small = corpus.select_pages(["30", "31", "32"][:2])  # page 32's passages are gone
+    small = select_pages(corpus, ["30", "31", "32"][:2])  # page 32's passages are gone
     fresh = read_queries(kilt_dir / "qa-train.jsonl")[:3]
     with caplog.at_level(logging.WARNING):
         read_negatives(tmp_path, "qa", fresh, small)

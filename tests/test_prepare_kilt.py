@@ -14,17 +14,18 @@ from test_end_to_end import tiny_config
 
 from multiret.cli import main as cli
 from multiret.data import datamodule
-from multiret.data.corpus import Corpus, read_corpus
+from multiret.data.corpus import Corpus, read_corpus, select_pages
 from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
 from multiret.data.kilt import attach_positives, read_queries
 from multiret.data.negatives import negatives_file, read_negatives
+from multiret.data.store import PassageStore
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.index.bm25 import BM25Retriever
 from multiret.prepare import pipeline
 from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, search
 from multiret.prepare.kilt_tasks import KILT_TASKS, aida_window, convert_split
-from multiret.prepare.passages import PassageStore, build_passage_store
+from multiret.prepare.passages import build_passage_store
 
 PAGES = range(10, 20)  # wikipedia ids of the fixture's passage corpus; page 999 is cited but absent
 MISSING_PAGE = 999
@@ -120,7 +121,7 @@ def test_passage_store_round_trips_the_tsv(raw, tmp_path):
     assert store.find("10_9") is None and not store.has_page("999") and not store.has_page("x") and store.has_page("12")
     with pytest.raises(KeyError):
         store.row("nope")
-    sub = store.select_pages(["12", "999", "10"])
+    sub = select_pages(store, ["12", "999", "10"])
     assert isinstance(sub, Corpus) and sub.ids == ["10_0", "10_1", "10_2", "12_0", "12_1", "12_2"]
     assert sub.page_ids == ["10"] * 3 + ["12"] * 3 and sub.titles[0] == "Pagé 10"
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from multiret.atomic import atomic_file, atomic_folder, atomic_write_text
 from multiret.data.kilt import Query
 from multiret.prepare.parallel import ordered_map, resolve_workers
-from multiret.prepare.passages import PassageStore
+from multiret.data.store import PassageStore
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
