@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from multiret.atomic import atomic_write_text
-from multiret.data.vital import vital_task_names
 from multiret.experiment.run import CONFIG_DIR, run
+from multiret.prepare.vital import vital_task_names
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ spread over ``workers`` processes (default: every core):
 
 Neither pass's result depends on the number of workers: the files are byte-identical to the
 one-process build. The folder loads with ``bm25s.BM25.load(folder, mmap=True)``. Negatives
-are scored in worker processes too; each maps the index's arrays (shared page cache) but not
+are scored in worker processes too (by :mod:`multiret.prepare.negatives`); each maps the index's arrays (shared page cache) but not
 its vocabulary, which only this process holds to turn queries into token ids.
 """
 
@@ -37,9 +37,8 @@ from bm25s.tokenization import Tokenizer
 from tqdm.auto import tqdm
 
 from multiret.atomic import atomic_file, atomic_folder, atomic_write_text
-from multiret.data.kilt import Query
-from multiret.prepare.parallel import ordered_map, resolve_workers
 from multiret.data.store import PassageStore
+from multiret.prepare.parallel import ordered_map, resolve_workers
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
@@ -233,25 +232,3 @@ class BM25Searcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def mine_negatives(
-    searcher: BM25Searcher, store: PassageStore, task: str, queries: list[Query], top_k: int, out: str | os.PathLike[str],
-    batch: int = 5_000, show_progress: bool = True,
-) -> dict[str, int]:
-    """Write ``{"id", "negatives": [passage ids]}`` per query: its top-``top_k`` BM25 passages minus those of its gold pages.
-
-    The file is the one ``data.negatives_dir`` reads (:func:`multiret.data.negatives.read_negatives`).
-    """
-    k = min(top_k, len(store))
-    counts = {"queries": len(queries), "negatives": 0, "empty": 0}
-    with atomic_file(out) as handle, tqdm(total=len(queries), desc=f"BM25 negatives {task}", disable=not show_progress) as bar:
-        for start in range(0, len(queries), batch):
-            part = queries[start:start + batch]
-            for query, rows in zip(part, searcher.search([q.text for q in part], k)):
-                gold = set(query.gold_pages)
-                negatives = [store.ids[int(r)] for r in rows if store.page_ids[int(r)] not in gold]
-                counts["negatives"] += len(negatives)
-                counts["empty"] += not negatives
-                handle.write(json.dumps({"id": query.qid, "negatives": negatives}, ensure_ascii=False) + "\n")
-            bar.update(len(part))
-    return counts

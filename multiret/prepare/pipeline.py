@@ -31,7 +31,7 @@ from multiret.data.prepared import REPORT
 from multiret.data.store import META as STORE_META, PassageStore
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError, require_writable_folder
-from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index, mine_negatives
+from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index
 from multiret.prepare.kilt_tasks import (
     AIDA_WINDOW_WORDS,
     DEFAULT_MAX_TRAIN,
@@ -42,6 +42,7 @@ from multiret.prepare.kilt_tasks import (
     convert_split,
     load_triviaqa_questions,
 )
+from multiret.prepare.negatives import mine_negatives
 from multiret.prepare.parallel import resolve_workers
 from multiret.prepare.passages import build_passage_store
 
