@@ -27,8 +27,10 @@ from pathlib import Path
 from kilt_scale import KILT_PASSAGES, TASKS, write_kilt
 
 from multiret.data.kilt import read_queries
-from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index, mine_negatives
-from multiret.prepare.passages import PassageStore, build_passage_store
+from multiret.data.store import PassageStore
+from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index
+from multiret.prepare.negatives import mine_negatives
+from multiret.prepare.passages import build_passage_store
 
 KILT_TRAIN_QUERIES = 700_000
 NODE_CORES = 32

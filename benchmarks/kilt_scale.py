@@ -256,7 +256,7 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
     from multiret.model.encoder import TextEncoder
     from multiret.testing import build_tiny_t5
     from multiret.prepare.kilt_tasks import KILT_TASKS
-    from multiret.prepare.passages import PassageStore
+    from multiret.data.store import PassageStore
 
     store = PassageStore(prepared / "passages")
     model_dir = build_tiny_t5(workdir / "tiny-t5", (store.passage_text(r) for r in range(min(len(store), 2_000))))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import WORDS
 
-from multiret.data.jsonl import atomic_write_text, write_jsonl
+from multiret.atomic import atomic_write_text
+from multiret.data.jsonl import write_jsonl
 from multiret.testing import build_tiny_bert, build_tiny_t5
 
 NUM_PAGES = 40

@@ -2,17 +2,22 @@
 
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoTokenizer
 
 from multiret.data.batches import MultitaskBatches, TaskStream
 from multiret.data.collator import PromptCollator
-from multiret.data.corpus import read_corpus, subsample_pages
+from multiret.data.corpus import read_corpus, select_pages, subsample_pages
 from multiret.data.jsonl import DataFormatError
 from multiret.data.kilt import attach_positives, read_queries
 from multiret.data.mixing import task_batch_sizes, temperature_rates
+from multiret.data.negatives import drop_gold_pages
 from multiret.data.tasks import select_tasks
+from multiret.index.bm25 import BM25Retriever
+from multiret.prepare.negatives import bm25_negatives
 
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
@@ -128,7 +133,7 @@ def test_negatives_round_trip_by_passage_id_through_a_subsampled_corpus(tmp_path
     for i, query in enumerate(queries):
         query.negatives = [corpus.row(f"{30 + i}_0"), corpus.row(f"{30 + i}_1")]
     write_negatives(tmp_path, "qa", queries, corpus)
-    small = corpus.select_pages(["30", "31", "32"][:2])  # page 32's passages are gone
+    small = select_pages(corpus, ["30", "31", "32"][:2])  # page 32's passages are gone
     fresh = read_queries(kilt_dir / "qa-train.jsonl")[:3]
     with caplog.at_level(logging.WARNING):
         read_negatives(tmp_path, "qa", fresh, small)
@@ -136,3 +141,33 @@ def test_negatives_round_trip_by_passage_id_through_a_subsampled_corpus(tmp_path
     assert "2 negatives" in caplog.text
     with pytest.raises(DataFormatError, match="qa-train-3"):
         read_negatives(tmp_path, "qa", read_queries(kilt_dir / "qa-train.jsonl")[:4], corpus)
+
+
+def test_the_gold_page_rule_keeps_order_and_drops_gold_pages_padding_and_nothing_else(kilt_dir):
+    corpus = read_corpus(kilt_dir / "corpus.tsv")
+    rows = [corpus.row("3_1"), -1, corpus.row("7_0"), corpus.row("3_0"), corpus.row("9_1"), corpus.row("7_1")]
+    kept = drop_gold_pages(corpus, ["7", "3", "999"], rows)
+    assert kept.tolist() == [corpus.row("9_1")]
+    assert drop_gold_pages(corpus, [], rows).tolist() == [r for r in rows if r >= 0]
+
+
+def test_bm25_negatives_are_the_top_hits_outside_the_gold_pages(kilt_dir):
+    """The injected miner gives each query the pool it got when the data module ran BM25 itself."""
+    corpus = read_corpus(kilt_dir / "corpus.tsv")
+    queries = {task: read_queries(kilt_dir / f"{task}-train.jsonl") for task in ("qa", "el")}
+    bm25_negatives(corpus, queries, 6)
+    retriever = BM25Retriever(corpus, show_progress=False)
+    for task_queries in queries.values():
+        ranked = retriever.search([q.text for q in task_queries], 6)
+        assert [q.negatives for q in task_queries] == [
+            [int(r) for r in rows if corpus.page_ids[int(r)] not in q.gold_pages] for q, rows in zip(task_queries, ranked)]
+        assert any(len(q.negatives) < 6 for q in task_queries)  # gold passages were in the top 6 and left out
+
+
+def test_the_data_package_imports_nothing_of_prepare():
+    """data/ only reads: the writers of prepare/ may import it, never the other way round."""
+    code = ("import pkgutil, importlib, sys, multiret.data as d\n"
+            "[importlib.import_module(f'multiret.data.{m.name}') for m in pkgutil.iter_modules(d.__path__)]\n"
+            "print(sorted(m for m in sys.modules if m.startswith('multiret.prepare')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

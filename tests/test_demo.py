@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from multiret.cli import main as cli
-from multiret.data.vital import vital_task_names
+from multiret.prepare.vital import vital_task_names
 
 pytestmark = pytest.mark.slow  # seven tiny runs end to end; .ci/run runs it
 

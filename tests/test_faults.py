@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 import multiret.experiment.run  # noqa: F401  (imported here, so that its import-time warnings stay out of the captured stderr)
+from multiret.atomic import atomic_write_text
 from multiret.cli import main as cli
-from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError
 
 TASKS = ("data.tasks={qa: {train: qa-train.jsonl, dev: qa-dev.jsonl, prompt: QA, max_query_length: 8}, "

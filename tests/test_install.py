@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from multiret.data.jsonl import write_jsonl
-from multiret.data.vital import BUILDER_VERSION
+from multiret.prepare.vital import BUILDER_VERSION
 
 pytestmark = pytest.mark.slow
 

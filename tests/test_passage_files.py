@@ -14,16 +14,16 @@ from hydra.utils import instantiate
 
 from multiret.cli import main as cli
 from multiret.data import passage_files
-from multiret.data.corpus import Corpus, read_corpus
+from multiret.data.corpus import Corpus, read_corpus, select_pages
 from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
 from multiret.data.kilt import attach_positives, read_queries
+from multiret.data.store import PassageStore
 from multiret.data.tasks import TaskSpec
 from multiret.data.template import check_template, format_passage
 from multiret.eval.retrieval import evaluate_task_rankings
 from multiret.experiment.run import CONFIG_DIR, run
-from multiret.prepare import pipeline
 from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, search
-from multiret.prepare.passages import PassageStore, build_passage_store
+from multiret.prepare.passages import build_passage_store
 
 # Each passage: id, text as written in the file (csv-quoted where needed), the text it must read back as, title, page.
 PASSAGES = [
@@ -137,8 +137,8 @@ def test_the_template_is_checked_and_applied_the_same_way_by_corpus_and_store(tm
     build_passage_store(path, tmp_path / "store", show_progress=False)
     for source in (read_corpus(path, template="{title}: {text}"), PassageStore(tmp_path / "store", "{title}: {text}")):
         assert source.passage_text(2) == 'Beta "B": plain words about the moon'
-        assert source.select_pages(["2"]).passage_text(0) == 'Beta "B": plain words about the moon'
-    assert Corpus(["a"], ["t"], ["T"], ["1"], template=None).passage_text(0) == "t"
+        assert select_pages(source, ["2"]).passage_text(0) == 'Beta "B": plain words about the moon'
+    assert Corpus.from_rows([("a", "t", "T", "1")], template=None).passage_text(0) == "t"
 
 
 def test_a_dpr_file_keys_pages_by_title_and_gold_pages_by_provenance_title(tmp_path):

@@ -12,18 +12,18 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from multiret.cli import main as cli
-from multiret.data import datamodule
-from multiret.data.corpus import Corpus, read_corpus
+from multiret.data.corpus import Corpus, read_corpus, select_pages
 from multiret.data.jsonl import DataFormatError, read_jsonl
 from multiret.data.kilt import attach_positives, read_queries
-from multiret.data.negatives import negatives_file, read_negatives
+from multiret.data.negatives import drop_gold_pages, negatives_file, read_negatives
+from multiret.data.store import PassageStore
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.index.bm25 import BM25Retriever
-from multiret.prepare import pipeline
+from multiret.prepare import negatives, pipeline
 from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, search
 from multiret.prepare.kilt_tasks import KILT_TASKS, aida_window, convert_split
-from multiret.prepare.passages import PassageStore, build_passage_store
+from multiret.prepare.passages import build_passage_store
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> dict:
@@ -58,7 +58,9 @@ def test_passage_store_round_trips_the_tsv(raw, tmp_path):
     assert store.find("10_9") is None and not store.has_page("999") and not store.has_page("x") and store.has_page("12")
     with pytest.raises(KeyError):
         store.row("nope")
-    sub = store.select_pages(["12", "999", "10"])
+    assert (drop_gold_pages(store, ["12", "999"], range(30)).tolist() == drop_gold_pages(corpus, ["12", "999"], range(30)).tolist()
+            == [r for r in range(30) if corpus.page_ids[r] != "12"])
+    sub = select_pages(store, ["12", "999", "10"])
     assert isinstance(sub, Corpus) and sub.ids == ["10_0", "10_1", "10_2", "12_0", "12_1", "12_2"]
     assert sub.page_ids == ["10"] * 3 + ["12"] * 3 and sub.titles[0] == "Pagé 10"
 
@@ -309,7 +311,7 @@ def test_held_out_batches_read_the_prepared_dev_negatives_without_an_in_memory_b
     def no_bm25(*args, **kwargs):
         raise AssertionError("an in-memory BM25 index was built")
 
-    monkeypatch.setattr(datamodule, "BM25Retriever", no_bm25)
+    monkeypatch.setattr(negatives, "BM25Retriever", no_bm25)
     batches = data.heldout_batches()
     for stream in batches.streams:
         pools = {r["id"]: r["negatives"] for r in read_jsonl(out / "negatives" / f"{stream.task.name}.dev.jsonl")}

@@ -1,4 +1,4 @@
-"""Tests for the embedded vital benchmark builder (multiret.data.vital)."""
+"""Tests for the embedded vital benchmark builder (multiret.prepare.vital)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from multiret.data import vital
 from multiret.data.corpus import read_corpus
-from multiret.data.vital import (
+from multiret.prepare import vital
+from multiret.prepare.vital import (
     END_ENT,
     START_ENT,
     VitalSourceError,

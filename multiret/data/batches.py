@@ -16,8 +16,9 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 from multiret.data.collator import PromptCollator
-from multiret.data.corpus import Corpus
+from multiret.data.corpus import Passages
 from multiret.data.kilt import Query
+from multiret.data.negatives import drop_gold_pages
 from multiret.data.tasks import TaskSpec
 from multiret.errors import UserError
 
@@ -41,7 +42,7 @@ class MultitaskBatches(IterableDataset):
     def __init__(
         self,
         streams: Sequence[TaskStream],
-        corpus: Corpus,
+        corpus: Passages,
         collator: PromptCollator,
         n_negatives: int,
         seed: int,
@@ -107,9 +108,6 @@ class MultitaskBatches(IterableDataset):
         if len(pool) >= self.n_negatives:
             return [pool[i] for i in sorted(rng.choice(len(pool), self.n_negatives, replace=False))]
         chosen = list(pool)
-        gold = set(query.gold_pages)
         while len(chosen) < self.n_negatives:
-            row = int(rng.integers(len(self.corpus)))
-            if self.corpus.page_ids[row] not in gold:
-                chosen.append(row)
+            chosen.extend(drop_gold_pages(self.corpus, query.gold_pages, [int(rng.integers(len(self.corpus)))]).tolist())
         return chosen

@@ -1,19 +1,52 @@
-"""Passage corpora read from a passage TSV (layouts in :mod:`multiret.data.passage_files`) or a prepared store."""
+"""Passage corpora read from a passage TSV (layouts in :mod:`multiret.data.passage_files`) or a prepared store,
+both behind the :class:`Passages` protocol."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from multiret.data.jsonl import DataFormatError
 from multiret.data.passage_files import AUTO, iter_passages, read_layout
+from multiret.data.store import PassageStore, ids_digest
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template, format_passage
+
+
+class Passages(Protocol):
+    """What readers of passages use, met by the in-memory :class:`Corpus` and the memory-mapped
+    :class:`~multiret.data.store.PassageStore` alike (``page_codes`` and :meth:`page_code` map pages to integers)."""
+
+    @property
+    def ids(self) -> Sequence[str]: ...
+    @property
+    def texts(self) -> Sequence[str]: ...
+    @property
+    def titles(self) -> Sequence[str]: ...
+    @property
+    def page_ids(self) -> Sequence[str]: ...
+    @property
+    def page_codes(self) -> np.ndarray: ...
+    @property
+    def template(self) -> str | None: ...
+    @property
+    def page_key(self) -> str: ...
+    @property
+    def num_pages(self) -> int: ...
+    def __len__(self) -> int: ...
+    def row(self, passage_id: str) -> int: ...
+    def find(self, passage_id: str) -> int | None: ...
+    def rows_of_page(self, page_id: str) -> list[int]: ...
+    def has_page(self, page_id: str) -> bool: ...
+    def page_code(self, page_id: str) -> int | None: ...
+    def passage_lengths(self, start: int, stop: int) -> np.ndarray: ...
+    def id_digest(self) -> str: ...
+    def passage_text(self, row: int) -> str: ...
 
 
 @dataclass
@@ -34,6 +67,17 @@ class Corpus:
     _rows_of_page: dict[str, list[int]] = field(init=False, repr=False)
     _page_code: dict[str, int] = field(init=False, repr=False)
     page_codes: np.ndarray = field(init=False, repr=False, compare=False)  # int64 per row, see page_code
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[str, str, str, str]], template: str | None = DEFAULT_PASSAGE_TEMPLATE,
+                  page_key: str = "wikipedia_id") -> Corpus:
+        """A corpus of ``(id, text, title, page_id)`` rows, in order: how code and tests build one passage at a time."""
+        columns: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
+        for row in rows:
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        ids, texts, titles, page_ids = columns
+        return cls(ids=ids, texts=texts, titles=titles, page_ids=page_ids, template=template, page_key=page_key)
 
     def __post_init__(self) -> None:
         check_template(self.template)
@@ -86,33 +130,11 @@ class Corpus:
         """The text a passage encoder and BM25 see: title and text filled into the corpus's template."""
         return format_passage(self.template, self.titles[row], self.texts[row])
 
-    def select_pages(self, pages: Iterable[str]) -> Corpus:
-        """A sub-corpus holding every passage of the given pages, in the original order."""
-        keep = set(pages)
-        rows = [r for r, page in enumerate(self.page_ids) if page in keep]
-        return Corpus(
-            ids=[self.ids[r] for r in rows],
-            texts=[self.texts[r] for r in rows],
-            titles=[self.titles[r] for r in rows],
-            page_ids=[self.page_ids[r] for r in rows],
-            template=self.template,
-            page_key=self.page_key,
-        )
-
-
-def ids_digest(blobs: Iterable[bytes | np.ndarray], lengths: Iterable[np.ndarray]) -> str:
-    """blake2b of the ids' UTF-8 bytes, concatenated, and of their byte lengths (int64), each fed in chunks."""
-    text, sizes = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
-    for blob in blobs:
-        text.update(blob)
-    for chunk in lengths:
-        sizes.update(np.ascontiguousarray(chunk, dtype=np.int64).tobytes())
-    return text.hexdigest() + sizes.hexdigest()
 
 
 def read_corpus(
     path: str | os.PathLike[str], layout: str = AUTO, template: str | None = DEFAULT_PASSAGE_TEMPLATE,
-) -> Corpus:
+) -> Passages:
     """Read a passage TSV in one of the accepted layouts (``auto``: told from its first line).
 
     Fails naming ``file:line`` on a malformed row and both lines of a duplicate passage id. A
@@ -121,28 +143,28 @@ def read_corpus(
     """
     path = Path(path)
     if path.is_dir():
-        from multiret.prepare.passages import PassageStore
-
-        return PassageStore(path, template)  # type: ignore[return-value]
+        return PassageStore(path, template)
     line_of: dict[str, int] = {}
-    texts: list[str] = []
-    titles: list[str] = []
-    pages: list[str] = []
+    rows = []
     for row in iter_passages(path, layout):
         first = line_of.setdefault(row.id, row.line)
         if first != row.line:
             raise DataFormatError(f"{path}:{row.line}: duplicate passage id {row.id!r} (first at line {first}); "
                                   "each passage id must be unique")
-        texts.append(row.text)
-        titles.append(row.title)
-        pages.append(row.page)
-    if not line_of:
+        rows.append((row.id, row.text, row.title, row.page))
+    if not rows:
         raise DataFormatError(f"{path}: no passages in the file")
-    return Corpus(ids=list(line_of), texts=texts, titles=titles, page_ids=pages, template=template,
-                  page_key=read_layout(path, layout).page_key)
+    return Corpus.from_rows(rows, template, read_layout(path, layout).page_key)
 
 
-def subsample_pages(corpus: Corpus, required_pages: Iterable[str], max_pages: int | None, seed: int) -> Corpus:
+def select_pages(source: Passages, pages: Iterable[str]) -> Corpus:
+    """An in-memory corpus of every passage of the given pages, in ``source``'s order (meant for a few thousand pages)."""
+    rows = sorted(r for page in set(pages) for r in source.rows_of_page(page))
+    return Corpus.from_rows(((source.ids[r], source.texts[r], source.titles[r], source.page_ids[r]) for r in rows),
+                            source.template, source.page_key)
+
+
+def subsample_pages(corpus: Passages, required_pages: Iterable[str], max_pages: int | None, seed: int) -> Passages:
     """Keep every required page plus random other pages up to ``max_pages`` pages in all.
 
     The demo uses this to search a few thousand pages instead of the full corpus while every
@@ -155,4 +177,4 @@ def subsample_pages(corpus: Corpus, required_pages: Iterable[str], max_pages: in
     others = [p for p in all_pages if p not in required]
     extra = max(0, max_pages - len(required))
     chosen = random.Random(seed).sample(others, min(extra, len(others)))
-    return corpus.select_pages(required | set(chosen))
+    return select_pages(corpus, required | set(chosen))

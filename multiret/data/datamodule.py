@@ -1,4 +1,8 @@
-"""The multitask LightningDataModule: tasks, corpus, positives, BM25 negatives, mixed batches."""
+"""The multitask LightningDataModule: tasks, corpus, positives, negative pools, mixed batches.
+
+It only reads: files a prepare step wrote, and what the injected ``builder`` and ``negatives_miner``
+(preparation steps of :mod:`multiret.prepare`, named by the data config) produce.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +17,28 @@ from transformers import PreTrainedTokenizerBase
 
 from multiret.data.batches import MultitaskBatches, TaskStream
 from multiret.data.collator import PromptCollator
-from multiret.data.corpus import Corpus, read_corpus, subsample_pages
+from multiret.data.corpus import Passages, read_corpus, subsample_pages
 from multiret.data.kilt import Query, attach_positives, read_queries
 from multiret.data.mixing import task_batch_sizes
-from multiret.data.negatives import (
-    attach_bm25_negatives,
-    negatives_file,
-    read_negatives,
-)
+from multiret.data.negatives import negatives_file, read_negatives
 from multiret.data.passage_files import AUTO
 from multiret.data.prepared import check_prepared
 from multiret.data.tasks import TaskSpec, select_tasks
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError
-from multiret.index.bm25 import BM25Retriever
 
 log = logging.getLogger(__name__)
+
+NegativesMiner = Callable[[Passages, Mapping[str, list[Query]], int], None]  # corpus, queries by task, depth → sets query.negatives
 
 
 class MultitaskDataModule(L.LightningDataModule):
     """Loads the configured tasks over one shared corpus and streams multitask batches.
 
     ``builder`` (optional) is called with ``root`` before anything is read, so an embedded
-    benchmark such as ``vital`` is built on first use and reused afterwards.
+    benchmark such as ``vital`` is built on first use and reused afterwards. ``negatives_miner``
+    (optional) fills the negative pools, ``bm25_top_k`` deep, of queries that ``negatives_dir``
+    has no file for, e.g. :func:`multiret.prepare.negatives.bm25_negatives`.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class MultitaskDataModule(L.LightningDataModule):
         all_passages_positive: Sequence[str] = (),
         builder: Callable[[Path], Any] | None = None,
         negatives_dir: str | None = None,
+        negatives_miner: NegativesMiner | None = None,
         step_offset: int = 0,
         seed: int = 13,
         passage_layout: str = AUTO,
@@ -88,9 +92,10 @@ class MultitaskDataModule(L.LightningDataModule):
         self.all_passages_positive = set(all_passages_positive)
         self.builder = builder
         self.negatives_dir = negatives_dir
+        self.negatives_miner = negatives_miner
         self.step_offset = step_offset
         self.seed = seed
-        self.corpus: Corpus | None = None
+        self.corpus: Passages | None = None
         self.train_queries: dict[str, list[Query]] = {}
         self.eval_queries: dict[str, list[Query]] = {}
         self.task_batch_sizes: dict[str, int] = {}
@@ -148,7 +153,7 @@ class MultitaskDataModule(L.LightningDataModule):
         )
 
     def _mine_negatives(self, queries_by_task: Mapping[str, list[Query]], heldout: bool = False) -> None:
-        """Negative pools: read from ``negatives_dir`` when given, else BM25 over the corpus, in memory.
+        """Negative pools: read from ``negatives_dir`` when given, else filled by ``negatives_miner``.
 
         Training queries read ``<task>.jsonl``; held-out (eval split) queries read
         ``<task>.<eval_split>.jsonl`` when every task has one (``multiret prepare kilt`` writes
@@ -159,10 +164,8 @@ class MultitaskDataModule(L.LightningDataModule):
                 negatives_file(self.negatives_dir, task, split).is_file() for task in queries_by_task)):
             for task, queries in queries_by_task.items():
                 read_negatives(self.negatives_dir, task, queries, self.corpus, split)
-        elif self.n_negatives > 0 and self.bm25_top_k > 0:
-            retriever = BM25Retriever(self.corpus)
-            for queries in queries_by_task.values():
-                attach_bm25_negatives(retriever, queries, self.corpus, self.bm25_top_k)
+        elif self.negatives_miner is not None and self.n_negatives > 0 and self.bm25_top_k > 0:
+            self.negatives_miner(self.corpus, queries_by_task, self.bm25_top_k)
 
     def _batches(self, queries_by_task: Mapping[str, list[Query]], seed: int, start_step: int) -> MultitaskBatches:
         if self.collator is None:

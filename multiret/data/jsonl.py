@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from multiret.atomic import atomic_file
 from multiret.errors import UserError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class DataFormatError(UserError):
@@ -62,24 +59,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [record for _, record in iter_jsonl(path)]
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException as error:
-        try:
-            Path(tmp).unlink(missing_ok=True)
-        except OSError as cleanup:  # the write's own error is the one to report
-            error.add_note(f"the temporary file {tmp} could not be removed either: {cleanup}")
-        raise
-
-
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
-    """Write records as JSON lines, atomically."""
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    """Write records as JSON lines, atomically and streamed."""
+    with atomic_file(path) as handle:
+        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

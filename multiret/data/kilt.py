@@ -7,7 +7,7 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from multiret.data.corpus import Corpus
+from multiret.data.corpus import Passages
 from multiret.data.jsonl import DataFormatError, iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def keyed_by_title(record: dict) -> dict:
     return {**record, "output": outputs}
 
 
-def attach_positives(task: str, queries: list[Query], corpus: Corpus, all_passages: bool = False) -> list[Query]:
+def attach_positives(task: str, queries: list[Query], corpus: Passages, all_passages: bool = False) -> list[Query]:
     """Give each training query its positive passages; drop (and count, in one log line) the unusable.
 
     A gold page's positive is its first passage (the lead, where KILT provenance mostly

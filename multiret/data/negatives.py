@@ -1,35 +1,30 @@
-"""Hard negatives for contrastive training: top BM25 passages that are not from a gold page, or mined lists read from files."""
+"""Hard negatives for contrastive training: the rule that keeps gold pages out, and the negative files a producer
+(``multiret prepare kilt``, :mod:`multiret.prepare.negatives`, :mod:`multiret.index.mining`) writes and training reads."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-from multiret.data.corpus import Corpus
+import numpy as np
+from numpy.typing import ArrayLike
+
+from multiret.data.corpus import Passages
 from multiret.data.jsonl import DataFormatError, iter_jsonl, write_jsonl
 from multiret.data.kilt import Query
-from multiret.index.bm25 import BM25Retriever
 
 log = logging.getLogger(__name__)
 
 
-def attach_bm25_negatives(retriever: BM25Retriever, queries: list[Query], corpus: Corpus, top_k: int) -> None:
-    """Store, per query, its top-``top_k`` BM25 passages minus those of its gold pages (DPR's recipe).
-
-    The collator later draws the configured number of negatives from this pool; a query whose
-    pool is empty falls back to random corpus passages there.
-    """
-    if not queries:
-        return
-    ranked = retriever.search([q.text for q in queries], k=top_k)
-    empty = 0
-    for query, rows in zip(queries, ranked):
-        gold = set(query.gold_pages)
-        query.negatives = [int(r) for r in rows if corpus.page_ids[int(r)] not in gold]
-        empty += not query.negatives
-    if empty:
-        log.info("%d of %d queries have no BM25 negative; they get random negatives", empty, len(queries))
+def drop_gold_pages(corpus: Passages, gold_pages: Iterable[str], rows: ArrayLike) -> np.ndarray:
+    """The rows, in order, whose passage is not from one of the query's gold pages: the one rule every
+    negative (BM25's, a trained model's, a random draw) obeys. Negative rows (FAISS's padding) go too."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = rows[rows >= 0]
+    gold = [code for code in map(corpus.page_code, gold_pages) if code is not None]
+    return rows[~np.isin(corpus.page_codes[rows], gold)]
 
 
 def negatives_file(folder: str | os.PathLike[str], task: str, split: str = "train") -> Path:
@@ -38,14 +33,14 @@ def negatives_file(folder: str | os.PathLike[str], task: str, split: str = "trai
     return Path(folder) / (f"{task}.jsonl" if split == "train" else f"{task}.{split}.jsonl")
 
 
-def write_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Corpus) -> Path:
+def write_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Passages) -> Path:
     """Write each query's negative pool (as passage ids, so a sub-sampled corpus can read it back), atomically."""
     path = negatives_file(folder, task)
     write_jsonl(path, ({"id": q.qid, "negatives": [corpus.ids[r] for r in q.negatives]} for q in queries))
     return path
 
 
-def read_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Corpus,
+def read_negatives(folder: str | os.PathLike[str], task: str, queries: list[Query], corpus: Passages,
                    split: str = "train") -> None:
     """Set each query's negative pool from its task's file for ``split``; passages absent from the corpus are
     dropped and counted.

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from multiret.data.jsonl import atomic_write_text
+from multiret.atomic import atomic_write_text
 from multiret.errors import UserError
 from multiret.eval import wandb_store
 from multiret.eval.figures import new_figure, save_figure

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from multiret.atomic import atomic_path
+
 
 def new_figure(width: float, height: float = 4.0) -> tuple[Any, Any]:
     """A figure and its axes on the non-interactive Agg backend (no display needed)."""
@@ -21,7 +23,6 @@ def save_figure(figure: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)
-    tmp.replace(path)

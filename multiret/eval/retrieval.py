@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from multiret.atomic import atomic_write_text
 from multiret.data.corpus import Corpus
-from multiret.data.jsonl import atomic_write_text, read_jsonl, write_jsonl
+from multiret.data.jsonl import read_jsonl, write_jsonl
 from multiret.data.kilt import keyed_by_title
 from multiret.data.tasks import TaskSpec
 from multiret.eval.kilt_metrics import evaluate_kilt, gold_page_lists, guess_record, page_ranking

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from multiret.data.jsonl import atomic_write_text
+from multiret.atomic import atomic_write_text
 from multiret.errors import UserError
 from multiret.eval.figures import new_figure, save_figure
 from multiret.experiment.stages import build

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
 
+from multiret.atomic import atomic_file
 from multiret.model.loading import load_checkpoint
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class FinalStepCheckpoint(ModelCheckpoint):
@@ -71,20 +68,5 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
 def save_atomically(checkpoint: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file in ``path``'s folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself reaches the disk
-    finally:
-        os.close(folder)
+    with atomic_file(path, "wb", durable=True) as handle:
+        torch.save(checkpoint, handle)

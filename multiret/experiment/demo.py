@@ -15,10 +15,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from multiret.atomic import atomic_write_text
 from multiret.configs import CONFIG_DIR
-from multiret.data.jsonl import atomic_write_text
-from multiret.data.vital import vital_task_names
 from multiret.experiment.run import run
+from multiret.prepare.vital import vital_task_names
 
 log = logging.getLogger(__name__)
 

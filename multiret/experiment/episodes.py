@@ -24,9 +24,9 @@ import hydra
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from multiret.atomic import atomic_write_text
 from multiret.configs import CONFIG_DIR
 from multiret.data.datamodule import MultitaskDataModule
-from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError, hydra_task
 from multiret.eval.retrieval import with_average
 from multiret.experiment import stages

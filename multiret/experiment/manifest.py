@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from multiret.data.jsonl import atomic_write_text
+from multiret.atomic import atomic_write_text
 from multiret.index.faiss_build import faiss_build, installed_versions
 
 PACKAGES = ("multiret", "torch", "lightning", "transformers", "tokenizers", "hydra-core", "omegaconf",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import bm25s
 import numpy as np
 
-from multiret.data.corpus import Corpus
+from multiret.data.corpus import Passages
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
@@ -16,7 +16,7 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 class BM25Retriever:
     """Lucene-style BM25 (k1=0.9, b=0.4, Anserini's defaults used by KILT's BM25 baseline)."""
 
-    def __init__(self, corpus: Corpus, k1: float = 0.9, b: float = 0.4, show_progress: bool = True) -> None:
+    def __init__(self, corpus: Passages, k1: float = 0.9, b: float = 0.4, show_progress: bool = True) -> None:
         self.corpus = corpus
         self._show_progress = show_progress
         self._bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")

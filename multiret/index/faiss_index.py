@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from multiret.atomic import atomic_path, atomic_write_text
 from multiret.data.corpus import Corpus
-from multiret.data.jsonl import atomic_write_text
 from multiret.index.faiss_build import import_faiss
 
 faiss = import_faiss()
@@ -100,7 +100,8 @@ class DenseIndex:
         directory.mkdir(parents=True, exist_ok=True)
         for name in STALE:
             (directory / name).unlink(missing_ok=True)
-        _atomic(directory / INDEX, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        with atomic_path(directory / INDEX) as tmp:
+            faiss.write_index(self.index, str(tmp))
         meta = {"factory": factory, "size": self.size, "dim": int(self.index.d), "corpus_ids": self.corpus_ids}
         atomic_write_text(directory / META, json.dumps(meta))
 
@@ -140,13 +141,3 @@ def _gather(blocks: Sequence[np.ndarray], offsets: np.ndarray, rows: np.ndarray)
         out[mask] = block[rows[mask] - offsets[b]]
     return out
 
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

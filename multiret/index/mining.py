@@ -7,12 +7,10 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.data.kilt import Query
-from multiret.data.negatives import write_negatives
+from multiret.data.negatives import drop_gold_pages, write_negatives
 from multiret.data.tasks import TaskSpec
 from multiret.errors import UserError
 from multiret.index.dense import search_tasks
@@ -45,11 +43,8 @@ def mine_negatives(
     paths = []
     for task in tasks:
         short = 0
-        hits = rankings[task.name]
-        pages = corpus.page_codes[np.maximum(hits, 0)]
-        for query, rows, hit_pages in zip(queries[task.name], hits, pages):
-            gold = [code for code in map(corpus.page_code, query.gold_pages) if code is not None]
-            query.negatives = rows[(rows >= 0) & ~np.isin(hit_pages, gold)][:keep].tolist()
+        for query, rows in zip(queries[task.name], rankings[task.name]):
+            query.negatives = drop_gold_pages(corpus, query.gold_pages, rows)[:keep].tolist()
             short += len(query.negatives) < keep
         if short:
             log.info("task %s: %d of %d queries have fewer than %d mined negatives (gold passages filled the top %d)",

@@ -25,9 +25,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, DistributedSampler
 
+from multiret.atomic import atomic_write_text
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
-from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError
 from multiret.index.faiss_index import DenseIndex
 from multiret.model.biencoder import BiEncoder

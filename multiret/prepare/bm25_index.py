@@ -16,7 +16,7 @@ spread over ``workers`` processes (default: every core):
 
 Neither pass's result depends on the number of workers: the files are byte-identical to the
 one-process build. The folder loads with ``bm25s.BM25.load(folder, mmap=True)``. Negatives
-are scored in worker processes too; each maps the index's arrays (shared page cache) but not
+are scored in worker processes too (by :mod:`multiret.prepare.negatives`); each maps the index's arrays (shared page cache) but not
 its vocabulary, which only this process holds to turn queries into token ids.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from contextlib import ExitStack
 from itertools import chain
@@ -37,11 +36,9 @@ from bm25s import selection
 from bm25s.tokenization import Tokenizer
 from tqdm.auto import tqdm
 
-from multiret.data.jsonl import atomic_write_text
-from multiret.data.kilt import Query
-from multiret.prepare.files import atomic_output
+from multiret.atomic import atomic_file, atomic_folder, atomic_write_text
+from multiret.data.store import PassageStore
 from multiret.prepare.parallel import ordered_map, resolve_workers
-from multiret.prepare.passages import PassageStore
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
@@ -61,42 +58,37 @@ def build_bm25_index(
     ``workers`` processes tokenise and score (``None``: every core); the files do not depend on it.
     """
     workers = resolve_workers(workers)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    n = len(store)
-    word_to_id: dict[str, int] = {}
-    df = np.zeros(0, dtype=np.int64)
-    chunks = [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
-    with ExitStack() as stack:
-        files = {name: stack.enter_context((tmp / name).open("wb")) for name in _PASS_ONE}
-        bar = stack.enter_context(tqdm(total=n, desc="BM25 tokenize", unit="passage", disable=not show_progress))
-        tokenized = stack.enter_context(ordered_map(_tokenize_rows, PassageStore, (store.folder, store.template), workers))
-        for (start, end), (words, token, tf, distinct, lengths) in zip(chunks, tokenized(chunks)):
-            renumber = np.fromiter((word_to_id.setdefault(w, len(word_to_id)) for w in words), dtype=np.int64, count=len(words))
-            token = renumber[token]
-            token.astype(np.int32).tofile(files["tokens.i32"])
-            tf.tofile(files["tf.u16"])
-            distinct.tofile(files["distinct.i32"])
-            lengths.tofile(files["length.i32"])
-            if len(df) < len(word_to_id):
-                df = np.concatenate([df, np.zeros(len(word_to_id) - len(df), dtype=np.int64)])
-            df += np.bincount(token, minlength=len(df))
-            bar.update(end - start)
-    _scatter_scores(tmp, n, df, k1, b, chunk, show_progress, workers)
-    with atomic_output(tmp / "vocab.index.json") as handle:  # streamed: one json.dumps of millions of words doubles the peak
-        handle.write("{")
-        handle.writelines(f"{',' if i else ''}{json.dumps(word, ensure_ascii=False)}:{wid}" for i, (word, wid) in enumerate(word_to_id.items()))
-        handle.write("}")
-    params = {"k1": k1, "b": b, "delta": 0.5, "method": "lucene", "idf_method": "lucene", "dtype": "float32",
-              "int_dtype": "int32", "num_docs": n, "version": bm25s.__version__, "backend": "numpy"}
-    atomic_write_text(tmp / "params.index.json", json.dumps(params, indent=2))
-    info = {"passages": n, "vocabulary": len(word_to_id), "postings": int(df.sum()),
-            "bytes": sum(p.stat().st_size for p in tmp.iterdir())}
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return info
+    with atomic_folder(out) as tmp:
+        n = len(store)
+        word_to_id: dict[str, int] = {}
+        df = np.zeros(0, dtype=np.int64)
+        chunks = [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+        with ExitStack() as stack:
+            files = {name: stack.enter_context((tmp / name).open("wb")) for name in _PASS_ONE}
+            bar = stack.enter_context(tqdm(total=n, desc="BM25 tokenize", unit="passage", disable=not show_progress))
+            tokenized = stack.enter_context(ordered_map(_tokenize_rows, PassageStore, (store.folder, store.template), workers))
+            for (start, end), (words, token, tf, distinct, lengths) in zip(chunks, tokenized(chunks)):
+                renumber = np.fromiter((word_to_id.setdefault(w, len(word_to_id)) for w in words), dtype=np.int64, count=len(words))
+                token = renumber[token]
+                token.astype(np.int32).tofile(files["tokens.i32"])
+                tf.tofile(files["tf.u16"])
+                distinct.tofile(files["distinct.i32"])
+                lengths.tofile(files["length.i32"])
+                if len(df) < len(word_to_id):
+                    df = np.concatenate([df, np.zeros(len(word_to_id) - len(df), dtype=np.int64)])
+                df += np.bincount(token, minlength=len(df))
+                bar.update(end - start)
+        _scatter_scores(tmp, n, df, k1, b, chunk, show_progress, workers)
+        with atomic_file(tmp / "vocab.index.json") as handle:  # streamed: one json.dumps of millions of words doubles the peak
+            handle.write("{")
+            handle.writelines(f"{',' if i else ''}{json.dumps(word, ensure_ascii=False)}:{wid}" for i, (word, wid) in enumerate(word_to_id.items()))
+            handle.write("}")
+        params = {"k1": k1, "b": b, "delta": 0.5, "method": "lucene", "idf_method": "lucene", "dtype": "float32",
+                  "int_dtype": "int32", "num_docs": n, "version": bm25s.__version__, "backend": "numpy"}
+        atomic_write_text(tmp / "params.index.json", json.dumps(params, indent=2))
+        info = {"passages": n, "vocabulary": len(word_to_id), "postings": int(df.sum()),
+                "bytes": sum(p.stat().st_size for p in tmp.iterdir())}
+        return info
 
 
 def _tokenize_rows(store: PassageStore, rows: tuple[int, int]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -240,25 +232,3 @@ class BM25Searcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def mine_negatives(
-    searcher: BM25Searcher, store: PassageStore, task: str, queries: list[Query], top_k: int, out: str | os.PathLike[str],
-    batch: int = 5_000, show_progress: bool = True,
-) -> dict[str, int]:
-    """Write ``{"id", "negatives": [passage ids]}`` per query: its top-``top_k`` BM25 passages minus those of its gold pages.
-
-    The file is the one ``data.negatives_dir`` reads (:func:`multiret.data.negatives.read_negatives`).
-    """
-    k = min(top_k, len(store))
-    counts = {"queries": len(queries), "negatives": 0, "empty": 0}
-    with atomic_output(out) as handle, tqdm(total=len(queries), desc=f"BM25 negatives {task}", disable=not show_progress) as bar:
-        for start in range(0, len(queries), batch):
-            part = queries[start:start + batch]
-            for query, rows in zip(part, searcher.search([q.text for q in part], k)):
-                gold = set(query.gold_pages)
-                negatives = [store.ids[int(r)] for r in rows if store.page_ids[int(r)] not in gold]
-                counts["negatives"] += len(negatives)
-                counts["empty"] += not negatives
-                handle.write(json.dumps({"id": query.qid, "negatives": negatives}, ensure_ascii=False) + "\n")
-            bar.update(len(part))
-    return counts

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from multiret.atomic import atomic_file
 from multiret.data.jsonl import DataFormatError, iter_jsonl
 from multiret.data.kilt import validated_outputs
-from multiret.prepare.files import atomic_output, count_records
+from multiret.prepare.files import count_records
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def convert_split(
     counts = {"read": total, "items": 0, "no_provenance": 0, "missing_question": 0, "provenance_pages": 0,
               "missing_pages": 0, "items_without_corpus_page": 0, "positives": 0}
     seen: set[str] = set()
-    with atomic_output(out) as handle:
+    with atomic_file(out) as handle:
         records = tqdm(iter_jsonl(source), total=total, desc=f"{task.name} {split}", disable=not show_progress)
         for position, (line_number, record) in enumerate(records):
             if keep is not None and position not in keep:

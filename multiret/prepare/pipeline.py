@@ -22,14 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from multiret.data.jsonl import DataFormatError, atomic_write_text
+from multiret.atomic import atomic_write_text
+from multiret.data.jsonl import DataFormatError
 from multiret.data.kilt import read_queries
 from multiret.data.negatives import negatives_file
 from multiret.data.passage_files import AUTO, LAYOUTS
 from multiret.data.prepared import REPORT
+from multiret.data.store import META as STORE_META, PassageStore
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError, require_writable_folder
-from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index, mine_negatives
+from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index
 from multiret.prepare.kilt_tasks import (
     AIDA_WINDOW_WORDS,
     DEFAULT_MAX_TRAIN,
@@ -40,9 +42,9 @@ from multiret.prepare.kilt_tasks import (
     convert_split,
     load_triviaqa_questions,
 )
+from multiret.prepare.negatives import mine_negatives
 from multiret.prepare.parallel import resolve_workers
-from multiret.prepare.passages import META as STORE_META
-from multiret.prepare.passages import PassageStore, build_passage_store
+from multiret.prepare.passages import build_passage_store
 
 log = logging.getLogger(__name__)
 

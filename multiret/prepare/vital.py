@@ -76,7 +76,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from multiret.data.jsonl import atomic_write_text, write_jsonl
+from multiret.atomic import atomic_write_text
+from multiret.data.jsonl import write_jsonl
 from multiret.errors import UserError
 
 __all__ = [
