@@ -20,9 +20,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from multiret.atomic import atomic_write_text
 from multiret.data.corpus import Corpus
 from multiret.data.datamodule import MultitaskDataModule
-from multiret.data.jsonl import atomic_write_text
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.manifest import write_manifest
