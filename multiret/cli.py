@@ -72,7 +72,7 @@ def dispatch(command: str, rest: list[str]) -> int:
 
         return demo(rest)
     if command == "analyze" and rest[:1] == ["specialization"]:
-        from multiret.eval.specialization import main as specialization
+        from multiret.experiment.analyze import main as specialization
 
         return specialization(rest[1:])
     if command == "compare":

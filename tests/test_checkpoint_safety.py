@@ -15,7 +15,7 @@ import torch
 from helpers import tiny_config
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from multiret.eval.specialization import checkpoint_importance
+from multiret.experiment.analyze import checkpoint_importance
 from multiret.experiment.checkpoint import FinalStepCheckpoint
 from multiret.experiment.run import run
 from multiret.model.loading import CheckpointError

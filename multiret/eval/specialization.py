@@ -10,25 +10,15 @@ Parameters no task touches (``Σ_t I_tj = 0``) are left out.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from multiret.atomic import atomic_write_text
 from multiret.errors import UserError
 from multiret.eval.figures import new_figure, save_figure
-from multiret.experiment.stages import build
-from multiret.model.loading import load_checkpoint
-from multiret.mtl.taco import importance_ema_from_state
-
-log = logging.getLogger(__name__)
 
 
 def importance_entropy(importance: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,22 +68,6 @@ def measure_importance(model: Any, batches: Any, steps: int) -> list[torch.Tenso
     return importance
 
 
-def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tuple[list[torch.Tensor], list[str], str]:
-    """TACO's EMA from a TACO checkpoint (unless ``measure``); otherwise measured on the run's held-out batches."""
-    checkpoint = load_checkpoint(path, "checkpoint")
-    state = checkpoint.get("callbacks", {}).get("GradientMethod")
-    if state is None:
-        raise UserError(f"{path}: not a multiret training checkpoint (no gradient-method state)")
-    if state["method"] == "taco" and not measure:
-        return importance_ema_from_state(state), list(state["task_names"]), "taco"
-    config_path = path.parent.parent / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: the run's config is needed to measure importance for {state['method']}")
-    model, datamodule = build(OmegaConf.load(config_path))
-    model.load_state_dict(checkpoint["state_dict"])
-    return measure_importance(model, datamodule.heldout_batches(), steps), list(state["task_names"]), state["method"]
-
-
 def plot_histograms(entropies: dict[str, torch.Tensor], path: Path) -> None:
     figure, axes = new_figure(7)
     for label, entropy in entropies.items():
@@ -102,28 +76,3 @@ def plot_histograms(entropies: dict[str, torch.Tensor], path: Path) -> None:
     axes.set_ylabel("density of parameters")
     axes.legend(fontsize="small")
     save_figure(figure, path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiret analyze specialization", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="training checkpoints (<run>/checkpoints/last.ckpt)")
-    parser.add_argument("--out", type=Path, default=Path("specialization"), help="folder for the PNG and JSON")
-    parser.add_argument("--batches", type=int, default=8, help="held-out batches measured for non-TACO runs")
-    parser.add_argument("--measure", action="store_true",
-                        help="measure importance on held-out batches for TACO runs too (the same estimator for every run)")
-    parser.add_argument("--low-entropy", type=float, default=0.5, help="entropy below which a parameter counts as specialised")
-    args = parser.parse_args(argv)
-    entropies: dict[str, torch.Tensor] = {}
-    summary: dict[str, Any] = {}
-    for path in args.checkpoints:
-        importance, tasks, method = checkpoint_importance(path, args.batches, args.measure)
-        label = f"{method}: {path.parent.parent.name}"
-        entropy, owner = importance_entropy(importance)
-        entropies[label] = entropy
-        summary[label] = {"checkpoint": str(path), "method": method, "tasks": tasks, **summarize(entropy, owner, tasks, args.low_entropy)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_histograms(entropies, args.out / "specialization.png")
-    atomic_write_text(args.out / "specialization.json", json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out / 'specialization.png'} and {args.out / 'specialization.json'}")
-    return 0
