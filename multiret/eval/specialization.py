@@ -26,7 +26,7 @@ from multiret.data.jsonl import atomic_write_text
 from multiret.errors import UserError
 from multiret.eval.figures import new_figure, save_figure
 from multiret.model.loading import load_checkpoint
-from multiret.mtl.taco import importance_ema_from_state
+from multiret.mtl.taco_ema import importance_ema_from_state
 
 log = logging.getLogger(__name__)
 
