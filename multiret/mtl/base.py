@@ -209,14 +209,18 @@ class GradientMethod(Callback):
             pl_module.log_dict(logged, on_step=True, batch_size=1)
         self.step += 1
         if self.nonfinite_streak >= self.max_nonfinite_steps:
-            last_update = self.step - self.nonfinite_streak - 1
-            weights = f"those after step {last_update}" if last_update >= 0 else "the initial ones"
-            raise NonFiniteTrainingError(
-                f"training stopped at step {self.step - 1}: {self.nonfinite_streak} steps in a row had a non-finite "
-                f"{self._nonfinite_culprit}; their updates were skipped, so the weights are still finite ({weights}). "
-                "Lower optimizer.lr, check the data, or train in fp32 (trainer.precision=32-true); "
-                f"method.max_nonfinite_steps={self.max_nonfinite_steps} sets how many skipped steps in a row are tolerated"
-            )
+            raise self._stop_error()
+
+    def _stop_error(self) -> NonFiniteTrainingError:
+        """Why training stops after ``max_nonfinite_steps`` skipped steps in a row, and how to fix it."""
+        last_update = self.step - self.nonfinite_streak - 1
+        weights = f"those after step {last_update}" if last_update >= 0 else "the initial ones"
+        return NonFiniteTrainingError(
+            f"training stopped at step {self.step - 1}: {self.nonfinite_streak} steps in a row had a non-finite "
+            f"{self._nonfinite_culprit}; their updates were skipped, so the weights are still finite ({weights}). "
+            "Lower optimizer.lr, check the data, or train in fp32 (trainer.precision=32-true); "
+            f"method.max_nonfinite_steps={self.max_nonfinite_steps} sets how many skipped steps in a row are tolerated"
+        )
 
     def _write_combined(self, trainer: L.Trainer, log_now: bool) -> dict[str, float] | None:
         """Put the combined task gradients into ``p.grad`` (the plain mean for parameters the method leaves out);

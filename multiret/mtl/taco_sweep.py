@@ -252,7 +252,8 @@ class Sweep:
         if size:
             unreached = [sum(p.numel() for p, sparse, hit in zip(params, row_sparse, reached) if not sparse and not hit)
                          for reached in buffers.reached]
-            segments.append(Segment(self._dense, buffers.flat[:, :size], self.ema.flat[:, :size], unreached, self.block))
+            dense = Segment(self._dense, buffers.flat[:, :size], self.ema.flat[:, :size], unreached, self.block)
+            segments.append(dense)
             keys.append(-1)
         for i, (p, g, e, sparse) in enumerate(zip(params, buffers.grads, self.ema.stored, row_sparse)):
             if sparse:
@@ -319,7 +320,8 @@ class Sweep:
         if fused:
             return outputs
         scale = self.ema_scale()
-        return [self._place(self._weighted(s.ema, s.grads, scale), s, buffers, key) for s, key in zip(segments, targets)]
+        return [self._place(self._weighted(s.ema, s.grads, scale), s, buffers, key)
+                for s, key in zip(segments, targets)]
 
     @staticmethod
     def _output_rows(segment: Segment, key: int | None) -> torch.Tensor:
