@@ -112,6 +112,8 @@ def test_invalid_hyper_parameters_are_rejected_with_the_key_name():
         TACO(tau=0)
     with pytest.raises(ValueError, match="method.median_over='reached'"):
         TACO(median_over="reached")
+    with pytest.raises(ValueError, match="method.block"):
+        TACO(block=0)
 
 
 @pytest.mark.parametrize("normalize", [True, False])

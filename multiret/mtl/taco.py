@@ -79,8 +79,8 @@ class TACO(GradientMethod):
 
     Settings of the rule: ``beta``, ``tau``, ``normalize``, ``median_over``, ``warmup_ratio``
     (docs/taco.md). ``ema_dtype: bfloat16`` halves the EMA's memory (stochastically rounded by a
-    generator seeded by ``seed``). Settings of the fast path only, which leave the result as it
-    is: ``block`` (entries swept at a time), ``batched_medians_up_to`` (parameters up to which all
+    generator seeded by ``seed``). Settings of the fast path only, which change the result by
+    rounding at most: ``block`` (entries swept at a time), ``batched_medians_up_to`` (parameters up to which all
     tasks' medians are selected from one buffer), ``lag_limit`` (how far the lagged EMA may run
     ahead before a real decay).
 
