@@ -25,12 +25,13 @@ from step_time import step_seconds
 
 from multiret.mtl.base import GradientMethod
 from multiret.mtl.taco import TACO
+from multiret.mtl.taco_sweep import Sweep
 
 PARTS = {
     (GradientMethod, "on_after_backward"): "after_backward",
     (GradientMethod, "on_before_optimizer_step"): "before_optimizer_step",
-    (TACO, "_ema_weights"): "medians_and_checks",
-    (TACO, "_rule"): "rule",
+    (Sweep, "_ema_weights"): "medians_and_checks",
+    (Sweep, "run"): "rule",
 }
 
 
@@ -40,7 +41,8 @@ def timed(function: Callable, part: str, seconds: dict[tuple[str, str], list[flo
     def wrapper(self, *args, **kwargs):
         start = time.perf_counter()
         result = function(self, *args, **kwargs)
-        seconds[(self.name, part)].append(time.perf_counter() - start)
+        method = self.name if isinstance(self, GradientMethod) else TACO.name  # the sweep runs inside TACO
+        seconds[(method, part)].append(time.perf_counter() - start)
         return result
 
     return wrapper

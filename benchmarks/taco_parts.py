@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from multiret.mtl.taco import TACO, lower_medians_
+from multiret.mtl.taco import TACO
+from multiret.mtl.taco_sweep import lower_medians_
 
 
 def median_ms(work: Callable[[], object], repeats: int) -> float:
@@ -47,7 +48,7 @@ def main() -> None:
     taco.task_names = ["a", "b", "c"]
     taco.row_sparse = [True, False]
     taco.setup_state(params, num_tasks=3)
-    for ema in taco.ema:
+    for ema in taco.ema.stored:
         ema.copy_(torch.rand(ema.shape, generator=generator) * 1e9)
     results = {
         "torch_median_3x392k_ms": median_ms(lambda: importances.median(dim=1), 21),

@@ -36,7 +36,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from multiret.experiment.run import CONFIG_DIR
-from multiret.mtl.base import ROW_TRACKED_TABLES_FROM
 from multiret.mtl.taco import TACO
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -64,7 +63,7 @@ def built(options: dict[str, Any], beta: float, tau: float, model: torch.nn.Modu
     method.task_names = names
     method._params, _ = method._select(model)
     tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    method.row_sparse = [id(p) in tables and p.numel() >= ROW_TRACKED_TABLES_FROM for p in method._params]
+    method.row_sparse = [id(p) in tables and p.numel() >= method.row_tracked_tables_from for p in method._params]
     method.setup_state(method._params, len(names))
     return method
 

@@ -241,7 +241,7 @@ class NamedModule(FakeModule):
 def test_parameter_selection_buffers_only_matching_parameters_and_averages_the_rest():
     method, module, trainer = CGD(parameters=["^head$"]), NamedModule(), fake_trainer()
     method.on_fit_start(trainer, module)
-    assert [p.shape for p in method._task_grads] == [torch.Size([2, 2])]  # only `head` is buffered per task
+    assert [p.shape for p in method.buffers.grads] == [torch.Size([2, 2])]  # only `head` is buffered per task
     for task, (loss, grad) in enumerate(zip([1.0, 1.0], [[2.0, 4.0, 6.0], [0.0, 0.0, 2.0]])):
         module.active_task = task
         method.on_before_backward(trainer, module, torch.tensor(loss))

@@ -17,7 +17,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from helpers import METHODS, tiny_config
 
-from multiret.mtl.base import GradientMethod, NonFiniteTrainingError, nonzero_rows
+from multiret.mtl.base import GradientMethod, NonFiniteTrainingError
+from multiret.mtl.buffers import nonzero_rows
 
 
 @pytest.fixture(autouse=True, scope="module")

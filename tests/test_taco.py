@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from multiret.mtl import taco as taco_module
 from multiret.mtl.taco import TACO, taco_combine
+from multiret.mtl.taco_ema import importance_ema_from_state
+from multiret.mtl.taco_sweep import ParameterBlocks, lower_medians_, softmax_weighted_sum
 
 
 def lower_median(values: np.ndarray, median_over: str = "all") -> float:
@@ -76,18 +77,17 @@ def test_taco_favours_the_task_that_matters_most_for_a_parameter():
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("table_rows", [None, 10, 40])  # no table; untouched entries below / above half of all
 @pytest.mark.parametrize("batched", [False, True])  # medians task by task (large models), or all tasks at once
-@pytest.mark.parametrize("lag_limit", [taco_module.LAG_LIMIT, 1.0])  # the stored EMA decayed lazily, or every step
+@pytest.mark.parametrize("lag_limit", [TACO().ema.lag_limit, 1.0])  # the stored EMA decayed lazily, or every step
 def test_per_tensor_rule_equals_taco_combine_on_flattened_parameters(normalize, table_rows, batched, lag_limit,
-                                                                      median_over, monkeypatch):
+                                                                      median_over):
     """Per tensor, an embedding table worked on only at its touched rows, the rule is taco_combine on the flat model."""
-    monkeypatch.setattr(taco_module, "BATCHED_MEDIANS_UP_TO", 1 << 62 if batched else 0)
-    monkeypatch.setattr(taco_module, "LAG_LIMIT", lag_limit)
     torch.manual_seed(1)
     shapes = ([(table_rows, 3)] if table_rows else []) + [(3, 4), (5,), (2, 2, 3)]
     params = [torch.randn(s, dtype=torch.float64) for s in shapes]
-    method = TACO(beta=0.8, tau=2.0, normalize=normalize, median_over=median_over)
+    method = TACO(beta=0.8, tau=2.0, normalize=normalize, median_over=median_over,
+                  batched_medians_up_to=1 << 62 if batched else 0, lag_limit=lag_limit)
+    method.ema.dtype = torch.float64  # float64 throughout, to compare at 1e-12
     method.setup_state(params, num_tasks=3)
-    method.ema = [e.double() for e in method.ema]
     flat_params = torch.cat([p.flatten() for p in params])
     flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
     for step in range(4):
@@ -102,7 +102,7 @@ def test_per_tensor_rule_equals_taco_combine_on_flattened_parameters(normalize, 
         torch.testing.assert_close(torch.cat([c.flatten() for c in combined]), expected, rtol=1e-12, atol=0)
         ema = method.importance_ema()
         torch.testing.assert_close(torch.cat([e.flatten(1) for e in ema], dim=1), flat_ema, rtol=1e-12, atol=0)
-        assert method.lag == (0 if lag_limit == 1.0 else step + 1)
+        assert method.ema.lag == (0 if lag_limit == 1.0 else step + 1)
 
 
 def test_invalid_hyper_parameters_are_rejected_with_the_key_name():
@@ -112,6 +112,8 @@ def test_invalid_hyper_parameters_are_rejected_with_the_key_name():
         TACO(tau=0)
     with pytest.raises(ValueError, match="method.median_over='reached'"):
         TACO(median_over="reached")
+    with pytest.raises(ValueError, match="method.block"):
+        TACO(block=0)
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -120,8 +122,8 @@ def test_specialisation_share_counts_parameters_a_task_dominates(normalize):
     method = TACO(tau=0.1, normalize=normalize)
     method.task_names = ["a", "b"]
     method.setup_state(params, num_tasks=2)
-    method.ema[0][0] = 1.0  # task a dominates the 8 entries of the first tensor
-    method.ema[1][1, 0] = 1.0  # task b one entry of the second; its other entry is a tie (weights 0.5, not > 0.5)
+    method.ema.stored[0][0] = 1.0  # task a dominates the 8 entries of the first tensor
+    method.ema.stored[1][1, 0] = 1.0  # task b one entry of the second; its other entry is a tie (weights 0.5, not > 0.5)
     values = {key: value for key, value in method.log_values().items() if "specialised" in key}
     assert values == {"mtl/taco/specialised/a": pytest.approx(8 / 10), "mtl/taco/specialised/b": pytest.approx(1 / 10)}
 
@@ -136,7 +138,7 @@ def test_bf16_ema_with_stochastic_rounding_tracks_the_float32_ema():
         for _ in range(2000):
             method.apply_rule(grads, params, in_warmup=True)
     expected = 1 - 0.999**2000
-    assert half.ema[0].dtype == torch.bfloat16
+    assert half.ema.stored[0].dtype == torch.bfloat16
     assert float(exact.importance_ema()[0].mean()) == pytest.approx(expected, rel=1e-4)
     assert float(half.importance_ema()[0].mean()) == pytest.approx(expected, rel=0.01)
     nearest = torch.zeros(1, dtype=torch.bfloat16)
@@ -168,25 +170,20 @@ class TableModule(torch.nn.Module):
 @pytest.mark.parametrize("median_over", ["all", "nonzero"])
 @pytest.mark.parametrize("tracked", [True, False], ids=["table-by-rows", "table-whole"])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(normalize, tracked, median_over,
-                                                                             monkeypatch):
+def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(normalize, tracked, median_over):
     """The training path (task buffers and EMA as views of one (T, P) tensor, tables by touched rows or, below
-    ROW_TRACKED_TABLES_FROM entries, whole)."""
+    row_tracked_tables_from entries, whole)."""
     from types import SimpleNamespace
 
-    from multiret.mtl import base
-
-    if tracked:
-        monkeypatch.setattr(base, "ROW_TRACKED_TABLES_FROM", 0)
     torch.manual_seed(2)
     module = TableModule()
     trainer = SimpleNamespace(datamodule=SimpleNamespace(tasks=[SimpleNamespace(name=t) for t in "abc"]), world_size=1,
                               max_steps=10)
     method = TACO(beta=0.8, tau=2.0, normalize=normalize, warmup_ratio=0.1, median_over=median_over,
-                  log_every_n_steps=1)
-    method.ema_dtype = torch.float64  # float64 throughout, to compare at 1e-12
+                  log_every_n_steps=1, **({"row_tracked_tables_from": 0} if tracked else {}))
+    method.ema.dtype = torch.float64  # float64 throughout, to compare at 1e-12
     method.on_fit_start(trainer, module)
-    assert method.row_sparse == [False, tracked, False, False] and method._flat_ema is not None
+    assert method.row_sparse == [False, tracked, False, False] and method.ema.flat is not None
     params = list(module.parameters())
     flat_params = torch.cat([p.detach().flatten() for p in params])
     flat_ema = torch.zeros(3, flat_params.numel(), dtype=torch.float64)
@@ -197,14 +194,14 @@ def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(nor
         grads = [torch.randn((3, *p.shape), dtype=torch.float64) for p in params]
         grads[1][:, torch.randperm(30)[touched:]] = 0.0  # table rows no task touched
         backwards = [0, 0, 1, 2] if step == 2 else [0, 1, 2]  # at step 2 task 0 accumulates two micro-batches
-        for task in backwards:
+        for position, task in enumerate(backwards):
             module.active_task = task
             method.on_before_backward(trainer, module, torch.tensor(1.0))
             for param, grad in zip(params, grads):
                 param.grad = grad[task].clone() / backwards.count(task)
             if step == 2 and task == 0:  # of the table, the first micro-batch touches rows 0-14, the second the rest
                 params[1].grad = grads[1][0].clone()
-                if method._unfilled[0]:
+                if task not in backwards[:position]:  # the step's first backward of task 0
                     params[1].grad[15:] = 0.0
                 else:
                     params[1].grad[:15] = 0.0
@@ -264,12 +261,12 @@ def test_a_non_finite_importance_returns_none_and_leaves_the_ema_untouched(case,
     grads = [torch.randn(2, 4), torch.zeros(2, 20, 2)]
     grads[1][:, : 3 if path == "zero medians proven" else 15] = 1.0  # 3 touched rows: 34 of 44 entries known zero
     assert method.apply_rule(grads, params, in_warmup=False, row_sparse=[False, True]) is not None
-    stored, lag = [e.clone() for e in method.ema], method.lag
+    stored, lag = [e.clone() for e in method.ema.stored], method.ema.lag
     grads[0][1, 3] = 1e-10  # a finite product: θ·g = 1e20
     bad = {"nan where θ is 0": (0, float("nan")), "inf": (2, float("inf")), "product overflows": (3, 1e10)}[case]
     grads[0][1, bad[0]] = bad[1]
     assert method.apply_rule(grads, params, in_warmup=False, row_sparse=[False, True]) is None
-    assert method.lag == lag and all(torch.equal(a, b) for a, b in zip(method.ema, stored))
+    assert method.ema.lag == lag and all(torch.equal(a, b) for a, b in zip(method.ema.stored, stored))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -281,14 +278,13 @@ def test_lower_medians_equal_torch_median(length, dtype):
     rows[1] = rows[1].round()  # many ties
     rows[2, : length // 2 + 1] = 0.0  # zeros at and past the middle
     expected = rows.median(dim=1).values.tolist()
-    assert taco_module.lower_medians_(rows.clone()) == expected
+    assert lower_medians_(rows.clone()) == expected
 
 
-def test_parameter_blocks_read_every_parameter_in_flat_order(monkeypatch):
+def test_parameter_blocks_read_every_parameter_in_flat_order():
     """Large parameters as views cut into blocks, small ones grouped: together the concatenated parameters."""
-    monkeypatch.setattr(taco_module, "BLOCK", 8)
     params = [torch.randn(s) for s in [(3,), (2, 2), (9,), (1,), (4, 5), (2,), (3,)]]
-    blocks = taco_module.ParameterBlocks(params)
+    blocks = ParameterBlocks(params, block=8)
     flat = torch.cat([p.flatten() for p in params])
     pieces = list(blocks)
     assert [start for start, _, _ in pieces] == sorted(start for start, _, _ in pieces)
@@ -304,22 +300,21 @@ def test_softmax_weighted_sum_of_large_close_float32_scores_matches_float64():
     ema[1, :100] = ema[0, :100] + 64.0  # close values, a few ulps apart
     grads = torch.randn(3, 4096)
     out = torch.empty(4096)
-    taco_module.softmax_weighted_sum(ema, grads, 0.999 / 2, out)
+    softmax_weighted_sum(ema, grads, 0.999 / 2, out)
     weights = torch.softmax(ema.double() * (0.999 / 2), dim=0)
     torch.testing.assert_close(out.double(), (weights * grads.double()).sum(0), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-def test_specialisation_share_matches_a_plain_softmax(normalize, monkeypatch):
-    monkeypatch.setattr(taco_module, "BLOCK", 64)  # several blocks per tensor
+def test_specialisation_share_matches_a_plain_softmax(normalize):
     torch.manual_seed(4)
     params = [torch.zeros(30, 7), torch.zeros(50)]
-    method = TACO(beta=0.9, tau=0.5, normalize=normalize)
+    method = TACO(beta=0.9, tau=0.5, normalize=normalize, block=64)  # several blocks per tensor
     method.task_names = ["a", "b", "c"]
     method.setup_state(params, num_tasks=3)
-    for ema in method.ema:
+    for ema in method.ema.stored:
         ema.copy_(torch.rand(ema.shape) * 3)
-    method.lag = 2
+    method.ema.lag = 2
     ema = torch.cat([e.flatten(1) for e in method.importance_ema()], dim=1)
     scale = 1.0 if normalize else ema.median(dim=1, keepdim=True).values + 1e-12
     best, owner = torch.softmax(ema / scale / 0.5, dim=0).max(dim=0)
@@ -341,13 +336,13 @@ def test_checkpoint_state_round_trips_the_lagged_ema_and_reads_the_earlier_layou
     restored = TACO(beta=0.9)
     restored.setup_state(params, num_tasks=2)
     restored.load_extra_state(state)
-    assert restored.lag == 3 and all(torch.equal(a, b) for a, b in zip(restored.ema, method.ema))
+    assert restored.ema.lag == 3 and all(torch.equal(a, b) for a, b in zip(restored.ema.stored, method.ema.stored))
     ema = method.importance_ema()
-    for a, b in zip(taco_module.importance_ema_from_state(state), ema):
+    for a, b in zip(importance_ema_from_state(state), ema):
         torch.testing.assert_close(a, b)
     earlier = {"ema": [e.clone() for e in ema], "generator": state["generator"], "beta": 0.9}  # Ī itself, no lag
     restored.load_extra_state(earlier)
-    assert restored.lag == 0 and all(torch.equal(a, b) for a, b in zip(restored.importance_ema(), ema))
+    assert restored.ema.lag == 0 and all(torch.equal(a, b) for a, b in zip(restored.importance_ema(), ema))
 
 
 def test_the_demo_configuration_runs_taco_with_non_zero_medians_on_real_minilm_batches(tmp_path):

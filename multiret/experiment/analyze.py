@@ -20,7 +20,7 @@ from multiret.errors import UserError
 from multiret.eval.specialization import importance_entropy, measure_importance, plot_histograms, summarize
 from multiret.experiment.stages import build
 from multiret.model.loading import load_checkpoint
-from multiret.mtl.taco import importance_ema_from_state
+from multiret.mtl.taco_ema import importance_ema_from_state
 
 
 def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tuple[list[torch.Tensor], list[str], str]:

@@ -12,6 +12,11 @@ tensor, so nothing is ever flattened. A method with per-parameter weights (TACO)
 :meth:`GradientMethod.combine`. The base owns the buffers, checkpoint state, logging and the
 one guard against non-finite steps, for every method (naive included): a step whose task
 losses or gradients are not finite is skipped whole (see :meth:`GradientMethod.on_before_optimizer_step`).
+
+Under DDP every method gives the update of one process on the global batch: DDP's reducer
+averages ``p.grad`` across processes after every backward, so each task buffer holds the global
+task gradient, and the task losses are averaged here (:meth:`GradientMethod._collect_losses`);
+every process then sees the same inputs and decides alike (tests/test_ddp_training.py).
 """
 
 from __future__ import annotations
@@ -30,13 +35,9 @@ from typing_extensions import override
 
 from multiret.errors import UserError
 from multiret.model.gather import world
+from multiret.mtl.buffers import TaskBuffers
 
 log = logging.getLogger(__name__)
-
-# Embedding tables of at least this many entries (one TACO sweep block) are buffered per task at the rows a batch
-# touched; a smaller table (T5's relative-position biases) is copied whole like any parameter, since finding and
-# moving its rows takes about ten small operations per backward, more than copying it
-ROW_TRACKED_TABLES_FROM = 1 << 16
 
 
 def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
@@ -49,46 +50,10 @@ def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
     return gram
 
 
-def nonzero_rows(values: torch.Tensor) -> torch.Tensor:
-    """Which rows (first dimension) of ``values`` hold a non-zero entry, as a bool vector (two reductions, no temporary).
-
-    A row holding a NaN counts as non-zero (its maximum is NaN), so a NaN gradient row is
-    buffered like any other and the step's finiteness check sees it.
-    """
-    flat = values.reshape(values.shape[0], -1)
-    top = flat.amax(dim=1)
-    return (top > 0) | (flat.amin(dim=1) < 0) | top.isnan()
-
-
 def weighted_sum(task_grads: list[torch.Tensor], coefficients: torch.Tensor) -> list[torch.Tensor]:
     """``Σ_t c_t g_t`` for every parameter tensor."""
     coefficients = coefficients.to(device=task_grads[0].device, dtype=task_grads[0].dtype)
     return [torch.tensordot(coefficients, g, dims=1) for g in task_grads]
-
-
-def task_tensors(
-    params: list[torch.Tensor], row_sparse: Sequence[bool], num_tasks: int, dtype: torch.dtype | None = None
-) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """Zeroed ``(T, *shape)`` tensors, one per parameter, and the ``(T, P)`` tensor they are views of.
-
-    The columns of every parameter that is not ``row_sparse`` come first, so a rule can sweep
-    them as one flat block instead of tensor by tensor (a few large operations instead of many
-    small ones). Parameters of different dtypes or devices get separate tensors (and no flat one).
-    """
-    dtypes = {dtype or p.dtype for p in params}
-    devices = {p.device for p in params}
-    if len(dtypes) != 1 or len(devices) != 1:
-        return None, [torch.zeros((num_tasks, *p.shape), dtype=dtype or p.dtype, device=p.device) for p in params]
-    sparse = list(row_sparse) or [False] * len(params)
-    flat = torch.zeros((num_tasks, sum(p.numel() for p in params)), dtype=dtypes.pop(), device=devices.pop())
-    views: list[torch.Tensor | None] = [None] * len(params)
-    offset = 0
-    for order in (False, True):
-        for i, param in enumerate(params):
-            if sparse[i] == order:
-                views[i] = flat[:, offset : offset + param.numel()].view(num_tasks, *param.shape)
-                offset += param.numel()
-    return flat, views
 
 
 class NonFiniteTrainingError(UserError, RuntimeError):
@@ -107,21 +72,27 @@ class GradientMethod(Callback):
     ``parameters`` (regular expressions over parameter names, as the TACO reference's
     ``select_blocks``) restricts the method to the matching parameters: only they are buffered
     per task and combined by the rule; every other parameter gets the plain mean of its task
-    gradients ``Σ_t g_t / T``, with no per-task memory. ``reached[t][i]`` says whether a backward
-    of task t gave parameter i a gradient this step (if not, that task's buffer is all zeros);
-    for an embedding table, ``filled_rows[t][i]`` holds the rows where task t's buffer may be
-    non-zero (its other rows are zero).
+    gradients ``Σ_t g_t / T``, with no per-task memory. Embedding tables of at least
+    ``row_tracked_tables_from`` entries are buffered per task at the rows a batch touched
+    (:class:`~multiret.mtl.buffers.TaskBuffers`); a smaller table (T5's relative-position
+    biases) is copied whole like any parameter, since finding and moving its rows takes about
+    ten small operations per backward, more than copying it.
     """
 
     name: str = "base"
     needs_task_gradients: bool = True
 
     def __init__(
-        self, log_every_n_steps: int = 10, max_nonfinite_steps: int = 5, parameters: Sequence[str] | None = None
+        self,
+        log_every_n_steps: int = 10,
+        max_nonfinite_steps: int = 5,
+        parameters: Sequence[str] | None = None,
+        row_tracked_tables_from: int = 1 << 16,
     ) -> None:
         super().__init__()
         if log_every_n_steps < 1 or max_nonfinite_steps < 1:
             raise ValueError("method.log_every_n_steps and method.max_nonfinite_steps must be ≥ 1")
+        self.row_tracked_tables_from = row_tracked_tables_from
         self.parameter_patterns = [re.compile(p) for p in parameters] if parameters else None
         self.log_every_n_steps = log_every_n_steps
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -131,15 +102,11 @@ class GradientMethod(Callback):
         self.nonfinite_streak = 0  # of them, how many in a row up to this step
         self._nonfinite_culprit = ""  # what the last skipped step found not finite, for the stop message
         self.task_losses = torch.zeros(0)
+        self._device_losses = torch.zeros(0)  # this step's task losses, summed on the parameters' device
         self._params: list[torch.nn.Parameter] = []
         self._plain_params: list[torch.nn.Parameter] = []
-        self._task_grads: list[torch.Tensor] = []
-        self._task_views: list[list[torch.Tensor]] = []  # [task][i]: task's slice of buffer i
-        self._flat_task_grads: torch.Tensor | None = None
-        self._unfilled: list[bool] = []
-        self.reached: list[list[bool]] = []
-        self.filled_rows: list[list[torch.Tensor | None]] = []
-        self.row_sparse: list[bool] = []
+        self.buffers: TaskBuffers | None = None  # the task gradients, for a method that needs them
+        self.row_sparse: list[bool] = []  # per parameter in _params: an embedding table buffered by rows
         self._gram: torch.Tensor | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -153,14 +120,10 @@ class GradientMethod(Callback):
         self.task_names = [task.name for task in trainer.datamodule.tasks]
         self._params, self._plain_params = self._select(pl_module)
         tables = {id(m.weight) for m in pl_module.modules() if isinstance(m, torch.nn.Embedding)}
-        self.row_sparse = [id(p) in tables and p.numel() >= ROW_TRACKED_TABLES_FROM for p in self._params]
+        self.row_sparse = [id(p) in tables and p.numel() >= self.row_tracked_tables_from for p in self._params]
         count = len(self.task_names)
         if self.needs_task_gradients:
-            self._flat_task_grads, self._task_grads = task_tensors(self._params, self.row_sparse, count)
-            self._task_views = [[buffer[task] for buffer in self._task_grads] for task in range(count)]
-            self._unfilled = [True] * count
-            self.reached = [[False] * len(self._params) for _ in range(count)]
-            self.filled_rows = [[None] * len(self._params) for _ in range(count)]
+            self.buffers = TaskBuffers(self._params, self.row_sparse, count)
         self.task_losses = torch.zeros(count, dtype=torch.float64)
         self._device_losses = torch.zeros(count, device=self._params[0].device if self._params else "cpu")
         self.setup_state(self._params, count)
@@ -192,59 +155,9 @@ class GradientMethod(Callback):
 
     @override
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Move the backward's gradients into the task's buffers: dense ones in one fused copy (or add, for a
-        later micro-batch), tables at their touched rows."""
-        if not self.needs_task_gradients:
-            return
-        task = self._active_task(pl_module)
-        first = self._unfilled[task]  # the step's first backward of this task overwrites its buffers: no zeroing pass
-        reached = self.reached[task]
-        views = self._task_views[task]
-        targets, sources = [], []
-        with torch.no_grad():
-            for i, param in enumerate(self._params):
-                grad = param.grad
-                if grad is None:
-                    if first:
-                        self._clear(task, i)
-                    continue
-                if self.row_sparse[i]:
-                    self._fill_rows(task, i, grad, first)
-                else:
-                    targets.append(views[i])
-                    sources.append(grad)
-                reached[i] = True
-                param.grad = None
-            if targets:
-                (torch._foreach_copy_ if first else torch._foreach_add_)(targets, sources)
-        self._unfilled[task] = False
-
-    def _fill_rows(self, task: int, i: int, grad: torch.Tensor, first: bool) -> None:
-        """Write (or add) an embedding table's gradient into the task's buffer at the rows where it is non-zero.
-
-        A batch touches a few thousand of a vocabulary's rows: copying those, and clearing the
-        ones the buffer held from the step before, replaces a pass over the whole table, and
-        ``filled_rows[task][i]`` tells the method which rows hold the gradient.
-        """
-        rows = nonzero_rows(grad).nonzero().squeeze(1)
-        buffer = self._task_views[task][i]
-        if first:
-            self._clear(task, i)
-            buffer.index_copy_(0, rows, grad.index_select(0, rows))
-        else:
-            buffer.index_add_(0, rows, grad.index_select(0, rows))
-            rows = torch.cat([self.filled_rows[task][i], rows]).unique()
-        self.filled_rows[task][i] = rows
-
-    def _clear(self, task: int, i: int) -> None:
-        """Zero a task's buffer of parameter i (for a table, only the rows it holds, when they are known)."""
-        rows = self.filled_rows[task][i] if self.filled_rows else None
-        if rows is None:
-            self._task_grads[i][task].zero_()
-        else:
-            self._task_grads[i][task].index_fill_(0, rows, 0.0)
-        if self.row_sparse[i]:
-            self.filled_rows[task][i] = torch.empty(0, dtype=torch.long, device=self._task_grads[i].device)
+        """Move the backward's gradients into the task's buffers."""
+        if self.buffers is not None:
+            self.buffers.take(self._active_task(pl_module))
 
     def _active_task(self, pl_module: L.LightningModule) -> int:
         task = getattr(pl_module, "active_task", None)
@@ -265,8 +178,7 @@ class GradientMethod(Callback):
         :meth:`task_coefficients`, and :meth:`combine` changes nothing when it returns None); the
         module leaves the learning-rate schedule where it was (``update_skipped``); the step is
         counted and logged (``mtl/nonfinite_steps``), and ``max_nonfinite_steps`` in a row stop
-        training. Under DDP every process sees the same averaged losses and gradients, so all
-        decide alike.
+        training.
         """
         self._collect_losses()
         self._device_losses.zero_()
@@ -275,10 +187,8 @@ class GradientMethod(Callback):
         # the optimizer steps inside training_step, so under bf16-mixed autocast is on here: the rules run in the
         # buffers' precision, not in bf16 (nor may a bf16 result become the float32 parameters' gradient)
         with torch.no_grad(), torch.autocast(device, enabled=False):
-            if self.needs_task_gradients:
-                for task in (t for t, unfilled in enumerate(self._unfilled) if unfilled):
-                    for i in range(len(self._task_grads)):
-                        self._clear(task, i)  # a task without a backward this step contributes zero
+            if self.buffers is not None:
+                self.buffers.complete()
             finite = bool(torch.isfinite(self.task_losses).all()) and self._summed_gradients_finite()
             logged: dict[str, float] = {}
             if finite and self.needs_task_gradients:
@@ -289,9 +199,8 @@ class GradientMethod(Callback):
                 self.nonfinite_streak = 0
             else:
                 self._skip_update()
-            if self.needs_task_gradients:
-                self._unfilled = [True] * len(self.task_names)
-                self.reached = [[False] * len(self._params) for _ in self.task_names]
+            if self.buffers is not None:
+                self.buffers.reset()
                 self._gram = None
         pl_module.update_skipped = not finite
         if log_now or not finite:
@@ -300,21 +209,25 @@ class GradientMethod(Callback):
             pl_module.log_dict(logged, on_step=True, batch_size=1)
         self.step += 1
         if self.nonfinite_streak >= self.max_nonfinite_steps:
-            last_update = self.step - self.nonfinite_streak - 1
-            weights = f"those after step {last_update}" if last_update >= 0 else "the initial ones"
-            raise NonFiniteTrainingError(
-                f"training stopped at step {self.step - 1}: {self.nonfinite_streak} steps in a row had a non-finite "
-                f"{self._nonfinite_culprit}; their updates were skipped, so the weights are still finite ({weights}). "
-                "Lower optimizer.lr, check the data, or train in fp32 (trainer.precision=32-true); "
-                f"method.max_nonfinite_steps={self.max_nonfinite_steps} sets how many skipped steps in a row are tolerated"
-            )
+            raise self._stop_error()
+
+    def _stop_error(self) -> NonFiniteTrainingError:
+        """Why training stops after ``max_nonfinite_steps`` skipped steps in a row, and how to fix it."""
+        last_update = self.step - self.nonfinite_streak - 1
+        weights = f"those after step {last_update}" if last_update >= 0 else "the initial ones"
+        return NonFiniteTrainingError(
+            f"training stopped at step {self.step - 1}: {self.nonfinite_streak} steps in a row had a non-finite "
+            f"{self._nonfinite_culprit}; their updates were skipped, so the weights are still finite ({weights}). "
+            "Lower optimizer.lr, check the data, or train in fp32 (trainer.precision=32-true); "
+            f"method.max_nonfinite_steps={self.max_nonfinite_steps} sets how many skipped steps in a row are tolerated"
+        )
 
     def _write_combined(self, trainer: L.Trainer, log_now: bool) -> dict[str, float] | None:
         """Put the combined task gradients into ``p.grad`` (the plain mean for parameters the method leaves out);
         returns what to log, or None, having changed nothing, if the task gradients are not finite."""
         if log_now:
             self.gram()  # before combine, which may write its result over the task buffers
-        combined = self.combine(self._task_grads, self._params, trainer)
+        combined = self.combine(self.buffers.grads, self._params, trainer)
         if combined is None:
             return None
         for param, grad in zip(self._params, combined):
@@ -357,17 +270,13 @@ class GradientMethod(Callback):
             return f"loss of task(s) {losses}"
         if self.needs_task_gradients:
             grads = [name for task, name in enumerate(self.task_names)
-                     if not all(bool(torch.isfinite(buffer[task]).all()) for buffer in self._task_grads)]
+                     if not all(bool(torch.isfinite(buffer[task]).all()) for buffer in self.buffers.grads)]
             if grads:
                 return f"gradient of task(s) {grads}"
         return "gradient (summed over the tasks)"
 
     def _collect_losses(self) -> None:
-        """This step's task losses on the CPU; under DDP the mean over processes (loss-driven methods need it).
-
-        The gradients need nothing here: DDP's reducer averages ``p.grad`` across processes in
-        buckets after every backward, so each task buffer already holds the global task gradient.
-        """
+        """This step's task losses on the CPU; under DDP the mean over processes (the module docstring says why)."""
         losses = self._device_losses.clone()
         _, size = world()
         if size > 1:
@@ -388,7 +297,7 @@ class GradientMethod(Callback):
     def gram(self) -> torch.Tensor:
         """This step's Gram matrix of the buffered task gradients, on the CPU, computed once per step."""
         if self._gram is None:
-            self._gram = gram_matrix(self._task_grads).cpu()
+            self._gram = gram_matrix(self.buffers.grads).cpu()
         return self._gram
 
     def combine(
@@ -402,7 +311,8 @@ class GradientMethod(Callback):
         task buffers (TACO does, to save a P-sized output): they are refilled every step, and
         nothing reads them after ``combine`` in the same step.
         """
-        gram = self.gram() if task_grads is self._task_grads else gram_matrix(task_grads).cpu()
+        own = self.buffers is not None and task_grads is self.buffers.grads
+        gram = self.gram() if own else gram_matrix(task_grads).cpu()
         if not bool(torch.isfinite(gram).all()):
             return None
         return weighted_sum(task_grads, self.task_coefficients(gram, self.task_losses.clone()))

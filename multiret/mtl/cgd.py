@@ -3,8 +3,7 @@
 With unit-normalised task gradients ĝ and losses L, ``r_i = Σ_j (L_i L_j)^β (ĝ_i · ĝ_j)`` and
 the weights follow ``w ← softmax(r / τ + log w)`` (from uniform); the update is ``Σ_t w_t g_t``
 on the raw gradients. Reference KILT settings: β = 0.25, τ = 100 (Zhang et al. 2023, §4;
-WenzhengZhang/TACO). Under DDP (task gradients all-reduced, losses averaged)
-it gives the update of one process on the global batch (slow test in tests/test_ddp_training.py).
+WenzhengZhang/TACO).
 """
 
 from __future__ import annotations

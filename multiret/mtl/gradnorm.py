@@ -5,8 +5,7 @@ The update is ``Σ_t w_t g_t``. Then, with ``G_t = w_t ‖g_t‖``, ``Ḡ = mean
 step (``lr``) on ``Σ_t |G_t − Ḡ r_t^α|`` (the target held constant) and are renormalised to
 sum to T. Norms are over all trainable parameters (the paper uses the last shared layer).
 Unlike the TACO reference (weights no optimizer holds, the combined gradient normalised),
-the weights move. Asymmetry α = 1.5 (the reference's KILT setting). Under DDP (task gradients all-reduced, losses averaged)
-it gives the update of one process on the global batch (slow test in tests/test_ddp_training.py).
+the weights move. Asymmetry α = 1.5 (the reference's KILT setting).
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ here it is not divided. AdamW is nearly blind to a constant scale (only its ε s
 gradient clipping (``model.max_grad_norm``) is not: the sum is clipped sooner than their mean.
 Each ``pc_i`` stays a combination of the task gradients, so the projections run on the T×T
 Gram matrix and only the final sum touches the parameters. The order's random generator is
-checkpointed. Under DDP (task gradients all-reduced, losses averaged)
-it gives the update of one process on the global batch (slow test in tests/test_ddp_training.py).
+checkpointed.
 """
 
 from __future__ import annotations

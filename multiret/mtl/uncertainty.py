@@ -4,8 +4,6 @@ The objective is ``Σ_t exp(−s_t) L_t + s_t`` with ``s_t = log σ_t²``. The m
 ``Σ_t exp(−s_t) g_t``; the log-variances get their exact gradient ``1 − exp(−s_t) L_t`` and
 their own Adam step (``lr``) each training step, unlike the TACO reference's "uw", which is
 a plain sum. They start at 0 (all weights 1) and are checkpointed with their optimizer.
-Under DDP (task gradients all-reduced, losses averaged)
-it gives the update of one process on the global batch (slow test in tests/test_ddp_training.py).
 """
 
 from __future__ import annotations
