@@ -6,14 +6,21 @@ and the tests call :func:`run` on composed configs.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 from multiret.configs import CONFIG_DIR
 from multiret.errors import hydra_task
 from multiret.experiment import stages
+from multiret.experiment.resume import finished_results
 from multiret.experiment.run_folders import register_resolver
 from multiret.experiment.validation import validate
+from multiret.experiment.wall_clock import WallClock
+
+log = logging.getLogger(__name__)
 
 register_resolver()  # conf/hydra/default.yaml names run folders with it
 
@@ -21,12 +28,18 @@ register_resolver()  # conf/hydra/default.yaml names run folders with it
 def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run the configured stages; returns per-task metrics plus their average (empty if not evaluated)."""
     validate(cfg)
+    finished = finished_results(cfg)
+    if finished is not None:
+        log.info("%s already holds this run's scores (resume=true): nothing to do", cfg.paths.output_dir)
+        return finished
+    clock = WallClock()
     model, datamodule = stages.build(cfg)
     loggers = stages.open_run(cfg, datamodule)
     step = 0
     trainer = None
     if "train" in cfg.stages:
-        trainer = stages.train(cfg, model, datamodule, loggers)
+        with clock.stage("train"):
+            trainer = stages.train(cfg, model, datamodule, loggers)
         step = trainer.global_step
     elif model is not None and cfg.ckpt_path:
         stages.load_weights(model, cfg.ckpt_path)
@@ -35,10 +48,15 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         return {}  # under DDP only the first process evaluates
     datamodule.setup("evaluate")
     results: dict[str, dict[str, float]] = {}
-    if indexing and not stages.index(cfg, model, datamodule):
-        return {}  # under DDP every process encodes its shard, only the first builds the index and evaluates
+    if indexing:
+        with clock.stage("index"):
+            built = stages.index(cfg, model, datamodule)
+        if not built:
+            return {}  # under DDP every process encodes its shard, only the first builds the index and evaluates
     if "evaluate" in cfg.stages:
-        results = stages.evaluate(cfg, model, datamodule, loggers, step)
+        with clock.stage("evaluate"):
+            results = stages.evaluate(cfg, model, datamodule, loggers, step)
+    clock.write(Path(cfg.paths.output_dir))
     stages.finish_loggers(loggers)
     return results
 

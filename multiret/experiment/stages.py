@@ -26,6 +26,7 @@ from multiret.data.datamodule import MultitaskDataModule
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.manifest import write_manifest
+from multiret.experiment.resume import resume_checkpoint
 from multiret.experiment.spawned import CloseSpawnedProcessGroup
 from multiret.experiment.validation import check_data_files
 from multiret.index.bm25 import BM25Retriever
@@ -69,12 +70,13 @@ def open_run(cfg: DictConfig, datamodule: MultitaskDataModule) -> list[Any]:
 
 
 def train(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule, loggers: Sequence[Any]) -> L.Trainer:
-    """Fit with the configured gradient method; ``init_from`` starts from a checkpoint's weights, ``ckpt_path`` resumes."""
+    """Fit with the configured gradient method; ``init_from`` starts from a checkpoint's weights, ``ckpt_path`` (or
+    ``resume=true`` in a folder with a ``last.ckpt``) resumes."""
     callbacks = [*instantiate_named(cfg.callbacks), instantiate(cfg.method), CloseSpawnedProcessGroup()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=list(loggers) or False)
     if cfg.get("init_from"):
         load_weights(model, cfg.init_from, "init_from")  # weights only: the optimizer and schedule start afresh
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
     return trainer
 
 
