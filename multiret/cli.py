@@ -1,4 +1,4 @@
-"""`multiret` command line: train, index, evaluate (Hydra apps), kilt-eval, demo."""
+"""`multiret` command line: train, index, evaluate (Hydra apps), kilt-eval, demo, analyze, study, compare."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ commands:
   kilt-eval --gold G --guess P [--ks 1,5,20] [--json]   KILT retrieval metrics of a guess file
   demo [--full]          the whole pipeline on the embedded vital benchmark
   analyze specialization CKPT [CKPT ...]   per-parameter task-specialisation entropy (PNG + JSON)
+  study select ROOT/tune [--out DIR]   each arm's best dev trial → conf/experiment/vital_study/<arm>.yaml + selection.json
+  study report ROOT [--out PAGE] [--figures DIR]   a study's results page (docs/results-vital.md) from its run folders
   compare [RUN_OR_SWEEP ...] [--wandb ENTITY/PROJECT] [--group G] [--out DIR]   multitask vs task-specific table (markdown + PNG)
   prepare kilt --kilt-dir DIR --passages TSV --out DIR [...]   KILT's eight tasks → a folder data=kilt reads
   convert t5-fp16 SRC DST   rescale a T5 v1.0 checkpoint so that it trains in fp16 without overflow
@@ -75,6 +77,14 @@ def dispatch(command: str, rest: list[str]) -> int:
         from multiret.experiment.analyze import main as specialization
 
         return specialization(rest[1:])
+    if command == "study" and rest[:1] == ["select"]:
+        from multiret.experiment.study import main as study_select
+
+        return study_select(rest[1:])
+    if command == "study" and rest[:1] == ["report"]:
+        from multiret.experiment.study_report import main as study_report
+
+        return study_report(rest[1:])
     if command == "compare":
         from multiret.eval.compare import main as compare
 

@@ -25,6 +25,10 @@ WORDS = [f"w{i}" for i in range(120)]  # the words the session's tiny T5 and BER
 METHODS = sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))  # every conf/method option
 # MULTIRET_TEST_TRAINER=gpu runs the tiny trainings on a GPU (bf16) when one is there; CI uses the CPU.
 TRAINER = os.environ.get("MULTIRET_TEST_TRAINER", "cpu")
+TINY_TASKS = {  # the `data.tasks` mapping of the kilt_dir fixture, for module-scoped fixtures (the kilt_tasks fixture is per test)
+    "qa": {"train": "qa-train.jsonl", "dev": "qa-dev.jsonl", "prompt": "QA", "max_query_length": 8},
+    "el": {"train": "el-train.jsonl", "dev": "el-dev.jsonl", "prompt": "EL", "max_query_length": 8},
+}
 
 
 def sweep(key: str, *overrides: str) -> list[str]:

@@ -5,7 +5,7 @@ Reads the run folders that ``multiret train`` writes (``config.yaml`` and
 ones included) or the W&B API (the same numbers, as ``{split}/{task}/{metric}``), groups
 multitask runs by experiment and method (seeds averaged), builds the task-specific column
 from the task-specific runs, and writes a markdown table (per task and average; mean ± std over seeds;
-each multitask column's change against task-specific) and a bar chart; ``--paired A B`` adds
+each multitask column's change against task-specific) and a bar chart (error bars: std over seeds); ``--paired A B`` adds
 paired significance tests between two columns over their runs' per-query scores
 (:mod:`multiret.eval.significance`).
 """
@@ -28,7 +28,7 @@ from multiret.atomic import atomic_write_text
 from multiret.errors import UserError
 from multiret.eval import wandb_store
 from multiret.eval.figures import new_figure, save_figure
-from multiret.eval.significance import mean_over_seeds, paired_test, run_query_scores
+from multiret.eval.significance import PairedResult, mean_over_seeds, paired_test, run_query_scores
 
 TASK_SPECIFIC = "task-specific"
 log = logging.getLogger(__name__)
@@ -185,25 +185,22 @@ def plot(rows: list[str], values: dict[str, dict[str, list[float]]], metric: str
     figure, axes = new_figure(max(6, 1.6 * len(rows)))
     for i, column in enumerate(columns):
         heights = [statistics.fmean(values[column][r]) if values[column].get(r) else 0.0 for r in rows]
-        axes.bar([x + i * width for x in range(len(rows))], heights, width, label=column)
+        errors = [statistics.stdev(values[column][r]) if len(values[column].get(r, [])) > 1 else 0.0 for r in rows]
+        axes.bar([x + i * width for x in range(len(rows))], heights, width, yerr=errors, capsize=3, label=column)
     axes.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows)
     axes.set_ylabel(metric)
     axes.legend(fontsize="small")
     save_figure(figure, path)
 
 
-def paired_section(runs: Sequence[RunResult], pairs: Sequence[Sequence[str]], metric: str, ks: Sequence[int]) -> str:
-    """Markdown rows of paired tests A − B per task and on the average, from the runs' own guess and gold files."""
+def paired_results(
+    runs: Sequence[RunResult], pairs: Sequence[Sequence[str]], metric: str, ks: Sequence[int]
+) -> list[tuple[str, str, str, PairedResult]]:
+    """Paired tests A − B per task and on the average (``(A, B, row, result)``), from the runs' own guess and gold files."""
     rows, _ = table(runs, metric)
     tasks = rows[:-1]
     labels = {r.label for r in runs}
-    lines = [
-        f"### paired tests, {metric} (A − B over queries, each query averaged over seeds; "
-        "95% bootstrap interval, two-sided sign-flip permutation p)",
-        "",
-        "| A − B | task | Δ | 95% interval | p | queries |",
-        "|---|---|---|---|---|---|",
-    ]
+    results = []
     for a_label, b_label in pairs:
         arms = []
         for label in (a_label, b_label):
@@ -214,12 +211,30 @@ def paired_section(runs: Sequence[RunResult], pairs: Sequence[Sequence[str]], me
                 raise ValueError(f"--paired: column {label!r} has runs without an eval/ folder (W&B runs); give their run folders")
             arms.append(mean_over_seeds([run_query_scores(r.source, r.tasks, metric, ks) for r in arm_runs], label))
         for row, row_tasks in [*((t, [t]) for t in tasks), ("average", tasks)]:
-            result = paired_test(arms[0], arms[1], row_tasks)
-            lines.append(
-                f"| {a_label} − {b_label} | {row} | {result.difference:+.3f} | [{result.low:+.3f}, {result.high:+.3f}] "
-                f"| {result.p_value:.4f} | {result.queries} |"
-            )
+            results.append((a_label, b_label, row, paired_test(arms[0], arms[1], row_tasks)))
+    return results
+
+
+def paired_markdown(results: Sequence[tuple[str, str, str, PairedResult]], metric: str) -> str:
+    """Markdown rows of :func:`paired_results`."""
+    lines = [
+        f"### paired tests, {metric} (A − B over queries, each query averaged over seeds; "
+        "95% bootstrap interval, two-sided sign-flip permutation p)",
+        "",
+        "| A − B | task | Δ | 95% interval | p | queries |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a_label, b_label, row, result in results:
+        lines.append(
+            f"| {a_label} − {b_label} | {row} | {result.difference:+.3f} | [{result.low:+.3f}, {result.high:+.3f}] "
+            f"| {result.p_value:.4f} | {result.queries} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def paired_section(runs: Sequence[RunResult], pairs: Sequence[Sequence[str]], metric: str, ks: Sequence[int]) -> str:
+    """Markdown rows of paired tests A − B per task and on the average, from the runs' own guess and gold files."""
+    return paired_markdown(paired_results(runs, pairs, metric, ks), metric)
 
 
 def metric_ks(metrics: Sequence[str]) -> list[int]:

@@ -38,6 +38,20 @@ def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tupl
     model.load_state_dict(checkpoint["state_dict"])
     return measure_importance(model, datamodule.heldout_batches(), steps), list(state["task_names"]), state["method"]
 
+def specialization(checkpoints: list[Path], out: Path, batches: int, measure: bool, low_entropy: float) -> dict[str, Any]:
+    """Entropy summary per checkpoint, written with the histogram to ``out`` (specialization.json, .png); returned."""
+    entropies: dict[str, torch.Tensor] = {}
+    summary: dict[str, Any] = {}
+    for path in checkpoints:
+        importance, tasks, method = checkpoint_importance(path, batches, measure)
+        label = f"{method}: {path.parent.parent.name}"
+        entropy, owner = importance_entropy(importance)
+        entropies[label] = entropy
+        summary[label] = {"checkpoint": str(path), "method": method, "tasks": tasks, **summarize(entropy, owner, tasks, low_entropy)}
+    out.mkdir(parents=True, exist_ok=True)
+    plot_histograms(entropies, out / "specialization.png")
+    atomic_write_text(out / "specialization.json", json.dumps(summary, indent=2))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,17 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure importance on held-out batches for TACO runs too (the same estimator for every run)")
     parser.add_argument("--low-entropy", type=float, default=0.5, help="entropy below which a parameter counts as specialised")
     args = parser.parse_args(argv)
-    entropies: dict[str, torch.Tensor] = {}
-    summary: dict[str, Any] = {}
-    for path in args.checkpoints:
-        importance, tasks, method = checkpoint_importance(path, args.batches, args.measure)
-        label = f"{method}: {path.parent.parent.name}"
-        entropy, owner = importance_entropy(importance)
-        entropies[label] = entropy
-        summary[label] = {"checkpoint": str(path), "method": method, "tasks": tasks, **summarize(entropy, owner, tasks, args.low_entropy)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_histograms(entropies, args.out / "specialization.png")
-    atomic_write_text(args.out / "specialization.json", json.dumps(summary, indent=2))
+    summary = specialization(args.checkpoints, args.out, args.batches, args.measure, args.low_entropy)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out / 'specialization.png'} and {args.out / 'specialization.json'}")
     return 0

@@ -1,0 +1,176 @@
+"""The sections of a study's results page, rendered from numbers (``multiret study report`` reads the runs).
+
+Each function takes what was measured and returns markdown (and, for charts, writes a PNG);
+the closing "what the numbers say" sentences are chosen from the same numbers, so the page
+never claims what they do not show.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from multiret.eval.figures import new_figure, save_figure
+from multiret.eval.significance import PairedResult
+
+ALPHA = 0.05  # significance level of the page's sentences
+Series = Mapping[int, float]  # step -> value
+
+
+def settings_section(settings: Mapping[str, Mapping[str, str]]) -> str:
+    """One row per arm: what its final runs were configured with."""
+    columns = ["method", "prompt", "steps", "seeds", "corpus pages", "eval split"]
+    lines = ["| arm | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {arm} | " + " | ".join(row.get(c, "–") for c in columns) + " |" for arm, row in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def tuning_section(arms: Mapping[str, Mapping]) -> str:
+    """Per arm, every trial's settings and dev score, the chosen one in bold, and whether the budgets were equal."""
+    counts = {arm: len(entry["trials"]) for arm, entry in arms.items()}
+    if len(set(counts.values())) == 1:
+        lines = [f"Every arm had the same search: {next(iter(counts.values()))} trials on dev (seed 13).", ""]
+    else:
+        lines = ["The arms had **different** numbers of trials: " + ", ".join(f"{a} {n}" for a, n in counts.items()) + ".", ""]
+    for arm, entry in arms.items():
+        lines += [f"**{arm}** ({entry['metric']})", "", "| trial | settings | dev R-prec |", "|---|---|---|"]
+        for index, trial in enumerate(entry["trials"]):
+            settings = " ".join(f"`{k}={v}`" for k, v in trial["settings"].items()) or "–"
+            mark = "**" if index == entry["chosen"] else ""
+            lines.append(f"| {mark}{index + 1}{mark} | {settings} | {mark}{trial['score']:.3f}{mark} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_series(series: Mapping[str, Series], ylabel: str, path: Path, zero_line: bool = False) -> None:
+    """One line per label over training steps."""
+    figure, axes = new_figure(7)
+    for label, points in series.items():
+        steps = sorted(points)
+        axes.plot(steps, [points[s] for s in steps], marker="o", markersize=3, label=label)
+    if zero_line:
+        axes.axhline(0.0, color="grey", linewidth=0.8)
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    axes.legend(fontsize="small")
+    save_figure(figure, path)
+
+
+def curve_section(curves: Mapping[str, Series], budgets: Mapping[str, int]) -> str:
+    """Per arm, the best dev step and the dev score at the final runs' step budget."""
+    lines = ["| arm | checkpoints | best dev R-prec (step) | last checkpoint (step) | final runs' steps | dev R-prec there |",
+             "|---|---|---|---|---|---|"]
+    for arm, points in curves.items():
+        best = max(sorted(points), key=lambda s: points[s])
+        last = max(points)
+        budget = budgets.get(arm)
+        at_budget = f"{points[budget]:.3f}" if budget in points else "not on the curve"
+        lines.append(f"| {arm} | {len(points)} | {points[best]:.3f} ({best}) | {points[last]:.3f} ({last}) "
+                     f"| {budget if budget is not None else '–'} | {at_budget} |")
+    return "\n".join(lines) + "\n"
+
+
+def cosine_stats(runs: Sequence[Mapping[str, Series]]) -> dict[str, dict[str, float]]:
+    """Per task pair over an arm's runs: mean over runs of each run's mean cosine, and the share of logged steps below 0."""
+    pairs = sorted({pair for run in runs for pair in run})
+    stats = {}
+    for pair in pairs:
+        logged = [list(run[pair].values()) for run in runs if run.get(pair)]
+        values = [v for run in logged for v in run]
+        stats[pair] = {
+            "mean": statistics.fmean(statistics.fmean(run) for run in logged),
+            "negative_share": sum(v < 0 for v in values) / len(values),
+            "logged": len(values),
+        }
+    return stats
+
+
+def mean_series(runs: Sequence[Series]) -> dict[int, float]:
+    """At each step, the mean over the runs that logged it."""
+    steps = sorted({s for run in runs for s in run})
+    return {s: statistics.fmean(run[s] for run in runs if s in run) for s in steps}
+
+
+def cosine_section(stats: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Per arm and pair: mean cosine over seeds and the share of logged steps with a negative cosine."""
+    lines = ["| arm | task pair | mean cosine | steps with cosine < 0 | logged values |", "|---|---|---|---|---|"]
+    for arm, pairs in stats.items():
+        for pair, row in pairs.items():
+            lines.append(f"| {arm} | {pair} | {row['mean']:+.3f} | {row['negative_share']:.1%} | {int(row['logged'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def wall_section(wall: Mapping[str, Mapping[str, float]], stages: Sequence[str]) -> str:
+    """Measured wall time (sum of every run's ``total``) per arm and stage, and of the whole study."""
+    lines = ["| arm | " + " | ".join(stages) + " | all |", "|---" * (len(stages) + 2) + "|"]
+    for arm, by_stage in wall.items():
+        cells = [duration(by_stage[s]) if s in by_stage else "–" for s in stages]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {duration(sum(by_stage.values()))} |")
+    totals = {s: sum(by_stage[s] for by_stage in wall.values() if s in by_stage) for s in stages
+              if any(s in by_stage for by_stage in wall.values())}
+    cells = [duration(totals[s]) if s in totals else "–" for s in stages]
+    lines.append("| **all arms** | " + " | ".join(cells) + f" | **{duration(sum(totals.values()))}** |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict(result: PairedResult) -> str:
+    """Whether a paired difference is significant: both the permutation p and the bootstrap interval must agree."""
+    interval = f"{result.difference:+.3f}, 95% interval [{result.low:+.3f}, {result.high:+.3f}], p = {result.p_value:.4f}"
+    excludes_zero = result.low > 0 or result.high < 0
+    if result.p_value < ALPHA and excludes_zero:
+        return f"significant at the 5% level ({interval})"
+    if result.p_value >= ALPHA and not excludes_zero:
+        return f"within noise ({interval})"
+    return f"borderline: the permutation test and the bootstrap interval disagree ({interval})"
+
+
+def conclusions(averages: Mapping[str, float], names: Mapping[str, str], tests: Mapping[tuple[str, str], PairedResult],
+                measured: tuple[str, Mapping[str, Mapping[str, float]]] | None) -> str:
+    """Sentences from the numbers: the ordering of the main arms, each difference's significance, the conflict diagnostic.
+
+    ``names`` maps a role (TACO, naive, task-specific) to its arm; ``tests`` holds average R-prec paired tests by role pair;
+    ``measured`` is the arm whose cosine statistics (:func:`cosine_stats`) the diagnostic reads, and those statistics.
+    """
+    cosine_arm, cosines = measured if measured else (None, None)
+    present = {role: arm for role, arm in names.items() if arm in averages}
+    lines = []
+    if present:
+        ordered = sorted(present, key=lambda role: -averages[present[role]])
+        text = f"{ordered[0]} ({averages[present[ordered[0]]]:.3f})"
+        for before, role in zip(ordered, ordered[1:]):
+            same = f"{averages[present[before]]:.3f}" == f"{averages[present[role]]:.3f}"
+            text += f" {'=' if same else '>'} {role} ({averages[present[role]]:.3f})"
+        lines.append(f"- Test average R-precision (mean over seeds, 3 decimals) orders the arms {text}.")
+    for (a, b), result in tests.items():
+        lines.append(f"- {a} − {b}: {verdict(result)}.")
+    naive_vs_specific = tests.get(("naive", "task-specific"))
+    if cosines:
+        negative = [pair for pair, row in cosines.items() if row["mean"] < 0]
+        share = max(row["negative_share"] for row in cosines.values())
+        lines.append(
+            f"- Task-gradient cosines ({cosine_arm} runs): mean per pair from {min(r['mean'] for r in cosines.values()):+.3f} to "
+            f"{max(r['mean'] for r in cosines.values()):+.3f}; at most {share:.0%} of logged steps have a negative cosine"
+            + (f"; pairs with a negative mean: {', '.join(negative)}." if negative else "; no pair has a negative mean.")
+        )
+    if cosines is not None and naive_vs_specific is not None:
+        quiet = naive_vs_specific.p_value >= ALPHA and not (naive_vs_specific.low > 0 or naive_vs_specific.high < 0)
+        if quiet and not any(row["mean"] < 0 for row in cosines.values()):
+            lines.append("- Conflict diagnostic: no pair's gradients point apart on average and naive multitask training is within "
+                         "noise of task-specific training, so these tasks show no measurable conflict for a method like TACO to resolve.")
+        elif not quiet and naive_vs_specific.difference < 0:
+            lines.append("- Conflict diagnostic: naive multitask training is significantly below task-specific training, "
+                         "the signature of task conflict that TACO targets.")
+        elif not quiet and naive_vs_specific.difference > 0 and not any(row["mean"] < 0 for row in cosines.values()):
+            lines.append("- Conflict diagnostic: naive multitask training is significantly above task-specific training and no "
+                         "pair's gradients point apart on average: sharing helps these tasks more than any conflict costs.")
+        else:
+            lines.append("- Conflict diagnostic: the two signals do not agree (see the cosine table and the naive − task-specific "
+                         "test); the page draws no conclusion about conflict.")
+    else:
+        lines.append("- Conflict diagnostic: missing (it needs the cosines of the final runs and the naive − task-specific test).")
+    return "\n".join(lines) + "\n"
