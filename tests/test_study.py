@@ -40,7 +40,7 @@ def tune_folder(tune: Path) -> None:
     plumbing = ["hydra.sweep.dir=x", "seed=13", "resume=true", "data.eval_split=dev", "paths.log_dir=y"]
     grid = [("1e-4", "0.5", 0.40), ("1e-4", "1.0", 0.61), ("3e-4", "0.5", 0.61), ("3e-4", "1.0", 0.20)]
     for number, (lr, tau, score) in enumerate(grid):
-        job(tune / "taco" / str(number), ["experiment=vital_taco", "prompt=none", f"optimizer.lr={lr}", f"method.tau={tau}",
+        job(tune / "taco" / str(number), ["prompt=none", "experiment=vital_taco", f"optimizer.lr={lr}", f"method.tau={tau}",
                                            "data.corpus_max_pages=null", "trainer.max_steps=20", *plumbing],
             {TASKS[0]: score - 0.1, TASKS[1]: score + 0.1})
     number = 0
@@ -144,6 +144,7 @@ def test_report_holds_the_runs_numbers_and_states_missing_parts(study, tmp_path)
     assert f"**{(tune_seconds + final_seconds) / 60:.1f} min**" in all_row
     assert "Every arm had the same search: 4 trials" not in text and "different** numbers of trials: taco 4, task_specific 2" in text
     assert "No cosines logged by naive" in text
+    assert "| **2** | `optimizer.lr=1e-4` `method.tau=1.0` | **0.610** |" in text and "fixed for every trial: `prompt=none`" in text
     assert "## What the numbers say" in text and "orders the arms" in text
 
 
@@ -154,13 +155,15 @@ def test_a_study_without_final_runs_reports_its_curve_and_states_the_rest_missin
         (folder / "eval").mkdir()
         (folder / "eval" / "metrics.json").write_text(json.dumps({t: {"Rprec": s} for t, s in zip(TASKS, scores)}))
         (folder / "wall_seconds.json").write_text(json.dumps({"total": 30.0}))
+    job(tmp_path / "tune" / "naive" / "0", ["optimizer.lr=1e-4"], {TASKS[0]: 0.5})
+    shutil.rmtree(tmp_path / "tune" / "naive" / "0" / "eval")
     page = tmp_path / "page.md"
     assert cli(["study", "report", str(tmp_path), "--out", str(page)]) == 0
     text = page.read_text()
     assert "| naive | 3 | 0.500 (4) | 0.450 (6) | – | not on the curve |" in text
     assert (tmp_path / "page" / "curve.png").is_file()
-    assert "*Missing: the final test-split runs" in text and "*Missing: the tuning runs" in text
-    assert "| **all arms** | – | 1.5 min | – | **1.5 min** |" in text and "| naive | – | 1.5 min | – | 1.5 min |" in text
+    assert "*Missing: the final test-split runs" in text and "*Incomplete: " in text and "naive/0: tuning job without" in text
+    assert "| **all arms** | 0.2 min | 1.5 min | – | **1.7 min** |" in text
 
 
 def test_the_sentences_follow_the_numbers():

@@ -34,9 +34,14 @@ def tuning_section(arms: Mapping[str, Mapping]) -> str:
     else:
         lines = ["The arms had **different** numbers of trials: " + ", ".join(f"{a} {n}" for a, n in counts.items()) + ".", ""]
     for arm, entry in arms.items():
-        lines += [f"**{arm}** ({entry['metric']})", "", "| trial | settings | dev R-prec |", "|---|---|---|"]
-        for index, trial in enumerate(entry["trials"]):
-            settings = " ".join(f"`{k}={v}`" for k, v in trial["settings"].items()) or "–"
+        trials = entry["trials"]
+        keys = list(dict.fromkeys(k for t in trials for k in t["settings"]))
+        swept = [k for k in keys if len({t["settings"].get(k) for t in trials}) > 1]
+        fixed = " ".join(f"`{k}={trials[0]['settings'][k]}`" for k in keys if k not in swept) or "none"
+        lines += [f"**{arm}** ({entry['metric']}; fixed for every trial: {fixed})", "",
+                  "| trial | swept settings | dev R-prec |", "|---|---|---|"]
+        for index, trial in enumerate(trials):
+            settings = " ".join(f"`{k}={trial['settings'].get(k, '–')}`" for k in swept) or "–"
             mark = "**" if index == entry["chosen"] else ""
             lines.append(f"| {mark}{index + 1}{mark} | {settings} | {mark}{trial['score']:.3f}{mark} |")
         lines.append("")

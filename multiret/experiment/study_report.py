@@ -25,7 +25,7 @@ from multiret.errors import UserError
 from multiret.eval import study_page
 from multiret.eval.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, paired_markdown, paired_results, plot, table
 from multiret.experiment.analyze import specialization
-from multiret.experiment.study import arm_trials, best_trial, natural_key
+from multiret.experiment.study import arm_trials, best_trial, natural_key, tune_arms
 
 METRICS = ("Rprec", "recall@5")
 STAGES = ("tune", "curve", "final")
@@ -37,19 +37,23 @@ def missing(what: str, where: Path) -> str:
     return f"*Missing: {what} (nothing under {where} yet).*\n"
 
 
-def tuning(tune: Path) -> tuple[str, dict[str, Any]]:
-    """The tuning section and, per arm, its selection (as ``multiret study select`` chose it)."""
-    arms = sorted(p for p in tune.iterdir() if p.is_dir() and any(p.glob("*/.hydra/overrides.yaml"))) if tune.is_dir() else []
+def tuning(tune: Path) -> str:
+    """The tuning section: every arm's trials and the one ``multiret study select`` chooses."""
+    arms = tune_arms(tune)
     if not arms:
-        return missing("the tuning runs", tune), {}
-    selection = {}
+        return missing("the tuning runs", tune)
+    selection, problems = {}, []
     for arm_dir in arms:
-        trials = arm_trials(arm_dir)
+        try:
+            trials = arm_trials(arm_dir)
+        except UserError as error:  # an unfinished tuning stage is reported on the page, as any missing part
+            problems.append(f"*Incomplete: {error}*\n")
+            continue
         selection[arm_dir.name] = {
             "metric": "dev average R-prec", "chosen": best_trial(trials),
             "trials": [{"settings": t.settings, "score": t.score} for t in trials],
         }
-    return study_page.tuning_section(selection), selection
+    return "\n".join([study_page.tuning_section(selection) if selection else "", *problems])
 
 
 def curves(curve: Path) -> dict[str, dict[int, float]]:
@@ -216,8 +220,7 @@ def report(root: Path, page: Path, figures: Path, roles: dict[str, str], extra_p
     settings_text, final_text, averages, tests, cosines = final_sections(root, figures, page, roles, pairs, batches)
     sections += ["## Settings of the final runs\n", settings_text,
                  "## What the numbers say\n", study_page.conclusions(averages, roles, tests, cosines)]
-    tuning_text, _ = tuning(root / "tune")
-    sections += ["## Tuning on dev\n", tuning_text]
+    sections += ["## Tuning on dev\n", tuning(root / "tune")]
     sections.append("## Learning curve and step budget (dev, seed 13)\n")
     points = curves(root / "curve")
     if points:
