@@ -162,7 +162,7 @@ def test_a_study_without_final_runs_reports_its_curve_and_states_the_rest_missin
     text = page.read_text()
     assert "| naive | 3 | 0.500 (4) | 0.450 (6) | – | not on the curve |" in text
     assert (tmp_path / "page" / "curve.png").is_file()
-    assert "*Missing: the final test-split runs" in text and "*Incomplete: " in text and "naive/0: tuning job without" in text
+    assert "*Missing: the final multitask test-split runs" in text and "*Incomplete: " in text and "naive/0: tuning job without" in text
     assert "| **all arms** | 0.2 min | 1.5 min | – | **1.7 min** |" in text
 
 
