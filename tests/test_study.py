@@ -155,12 +155,17 @@ def test_a_study_without_final_runs_reports_its_curve_and_states_the_rest_missin
         (folder / "eval").mkdir()
         (folder / "eval" / "metrics.json").write_text(json.dumps({t: {"Rprec": s} for t, s in zip(TASKS, scores)}))
         (folder / "wall_seconds.json").write_text(json.dumps({"total": 30.0}))
+    for task, score in zip(TASKS, (0.3, 0.6)):  # a task-specific arm: one model, one folder per task at a step
+        folder = tmp_path / "curve" / "task_specific" / f"step_000004-{task}"
+        (folder / "eval").mkdir(parents=True)
+        (folder / "eval" / "metrics.json").write_text(json.dumps({task: {"Rprec": score}}))
     job(tmp_path / "tune" / "naive" / "0", ["optimizer.lr=1e-4"], {TASKS[0]: 0.5})
     shutil.rmtree(tmp_path / "tune" / "naive" / "0" / "eval")
     page = tmp_path / "page.md"
     assert cli(["study", "report", str(tmp_path), "--out", str(page)]) == 0
     text = page.read_text()
     assert "| naive | 3 | 0.500 (4) | 0.450 (6) | – | not on the curve |" in text
+    assert "| task_specific | 1 | 0.450 (4) | 0.450 (4) |" in text
     assert (tmp_path / "page" / "curve.png").is_file()
     assert "*Missing: the final multitask test-split runs" in text and "*Incomplete: " in text and "naive/0: tuning job without" in text
     assert "| **all arms** | 0.2 min | 1.5 min | – | **1.7 min** |" in text

@@ -57,13 +57,17 @@ def tuning(tune: Path) -> str:
 
 
 def curves(curve: Path) -> dict[str, dict[int, float]]:
-    """Per arm, dev average R-precision of each evaluated checkpoint (``<arm>/step_<N>/eval/metrics.json``)."""
-    result: dict[str, dict[int, float]] = {}
+    """Per arm, dev average R-precision of each evaluated checkpoint (``<arm>/step_<N>[-<job>]/eval/metrics.json``).
+
+    A task-specific arm has one model, hence one folder, per task at each step: its point is the mean over them.
+    """
+    scores: dict[str, dict[int, list[float]]] = {}
     for path in sorted(curve.glob("*/step_*/eval/metrics.json")) if curve.is_dir() else []:
         metrics = json.loads(path.read_text())
-        step = int(path.parent.parent.name.removeprefix("step_"))
-        result.setdefault(path.parent.parent.parent.name, {})[step] = statistics.fmean(m["Rprec"] for m in metrics.values())
-    return result
+        step = int(path.parent.parent.name.removeprefix("step_").split("-")[0])
+        arm = scores.setdefault(path.parent.parent.parent.name, {})
+        arm.setdefault(step, []).extend(m["Rprec"] for m in metrics.values())
+    return {arm: {step: statistics.fmean(values) for step, values in points.items()} for arm, points in scores.items()}
 
 
 def run_cosines(run_dir: Path) -> dict[str, dict[int, float]]:
