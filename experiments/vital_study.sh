@@ -17,6 +17,8 @@ for arg in "$@"; do
   esac
 done
 LOGS="${MULTIRET_LOGS:-$PWD/logs}"
+# The chosen settings go where Hydra finds experiments: conf/ of the installed package (the checkout's conf/ in an editable install).
+CONF_DIR="$("$(dirname "$(command -v multiret)")/python" -c 'from multiret.configs import CONFIG_DIR; print(CONFIG_DIR)')"
 if ((quick)); then  # one seed, fewer steps, two trials per arm, the demo's 2,000-page corpus: the pipeline, not a result
   ROOT="$LOGS/vital_study_quick" CHOSEN=vital_study_quick REPORT="$ROOT/results-vital.md" PAGES=2000
   STEPS=20 CURVE_STEPS=40 CURVE_EVERY=20 SEEDS=13 MAIN_SEEDS=13
@@ -81,7 +83,7 @@ if ((search)); then  # 2. tuning on dev, 3. selection
     multiret train -m task_name="$arm" ${ARM[$arm]} "${COMMON[@]}" ${GRID[$arm]} $(per_task "$arm") \
       data.eval_split=dev seed=13 "hydra.sweep.dir=$ROOT/tune/$arm"
   done
-  multiret study select "$ROOT/tune" --out "conf/experiment/$CHOSEN"
+  multiret study select "$ROOT/tune" --out "$CONF_DIR/experiment/$CHOSEN"
 fi
 
 for arm in "${ARMS[@]}"; do  # 4. the test split, with the chosen settings
