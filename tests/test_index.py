@@ -110,3 +110,26 @@ def test_an_interrupted_one_process_index_encodes_only_the_missing_chunks(tmp_pa
     assert sum(encoded) == len(corpus) - 48
     whole, resumed = (np.load(shard_paths(tmp_path / name, 0, 1)[0]) for name in ("whole", "cut"))
     assert np.array_equal(whole, resumed)
+
+
+def test_tokenising_ahead_in_a_thread_gives_the_vectors_of_a_dataloader_worker(tmp_path, tiny_encoder):
+    """num_workers=0 tokenises the next batches in a thread: same batches, so bit-identical embeddings."""
+    from multiret.index.sharded import shard_paths
+
+    model, corpus, collator = tiny_encoder
+    index_in_process(model, corpus, collator, tmp_path / "thread", chunk_rows=16)
+    index_in_process(model, corpus, collator, tmp_path / "process", chunk_rows=16, num_workers=1)
+    thread, process = (np.load(shard_paths(tmp_path / name, 0, 1)[0]) for name in ("thread", "process"))
+    assert np.array_equal(thread, process)
+
+
+def test_prefetching_collate_hands_back_the_batches_in_sampler_order_and_refuses_another_order():
+    from multiret.index.sharded import PrefetchingCollate
+
+    collate = PrefetchingCollate(lambda rows: {"rows": list(rows)}, [4, 2, 0, 1, 3], batch_size=2)
+    assert [collate(rows)["rows"] for rows in ([4, 2], [0, 1], [3])] == [[4, 2], [0, 1], [3]]
+    collate.close()
+    other = PrefetchingCollate(lambda rows: {"rows": rows}, range(6), batch_size=2)
+    with pytest.raises(RuntimeError, match=r"asked for rows \[2, 3\]... but the next batch tokenised ahead is \[0, 1\]"):
+        other([2, 3])
+    other.close()

@@ -21,7 +21,7 @@ from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.index.bm25 import BM25Retriever
 from multiret.prepare import negatives, pipeline
-from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, search
+from multiret.prepare.bm25_index import _write_vocabulary, build_bm25_index, load_bm25_index, search
 from multiret.prepare.kilt_tasks import KILT_TASKS, aida_window, convert_split
 from multiret.prepare.passages import build_passage_store
 
@@ -105,6 +105,16 @@ def test_bm25_index_over_worker_processes_is_byte_identical_to_one_process_and_o
     vocabulary = load_bm25_index(tmp_path / "parallel").vocab_dict
     assert ("title" in vocabulary) == (template == DEFAULT_PASSAGE_TEMPLATE)  # the template's words are indexed only with it
 
+
+
+@pytest.mark.parametrize("block", [1, 2, 100])
+def test_vocabulary_written_in_blocks_is_one_compact_json_object(tmp_path, block):
+    vocabulary = {"a": 0, 'quo"te': 1, "café": 2, "back\\slash": 3, "naïve": 4}
+    _write_vocabulary(tmp_path / "vocab.json", vocabulary, block)
+    text = (tmp_path / "vocab.json").read_text(encoding="utf-8")
+    assert text == json.dumps(vocabulary, ensure_ascii=False, separators=(",", ":"))
+    _write_vocabulary(tmp_path / "empty.json", {}, block)
+    assert (tmp_path / "empty.json").read_text(encoding="utf-8") == "{}"
 
 def test_prepare_with_worker_processes_writes_the_one_process_files(raw, prepared, tmp_path):
     out, _ = prepared

@@ -15,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +191,37 @@ class ShardSampler(DistributedSampler):
         return sum(stop - start for start, stop in self.chunks)
 
 
+class PrefetchingCollate:
+    """A DataLoader's ``collate_fn`` that tokenises the next batches in a thread while the model encodes this one.
+
+    With no DataLoader worker processes the batches would be tokenised between forwards; the
+    fast tokenizer and the forward both release the GIL, so one thread overlaps them without a
+    process start-up or a copy of the tokenizer. The batches are read off the same sampler in
+    the same order, so each call's rows are the batch tokenised ahead (checked).
+    """
+
+    def __init__(self, collate: Callable[[list[int]], dict[str, torch.Tensor]], sampler: Iterable[int], batch_size: int,
+                 depth: int = 2) -> None:
+        rows = iter(sampler)
+        self.collate, self.depth = collate, depth
+        self.upcoming = iter(lambda: list(islice(rows, batch_size)), [])
+        self.pending: deque[tuple[list[int], Future]] = deque()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+
+    def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        while len(self.pending) < self.depth and (batch := next(self.upcoming, None)) is not None:
+            self.pending.append((batch, self.executor.submit(self.collate, batch)))
+        expected, future = self.pending.popleft() if self.pending else (None, None)
+        if expected != rows:
+            raise RuntimeError(f"the DataLoader asked for rows {rows[:3]}... but the next batch tokenised ahead is "
+                               f"{(expected or [])[:3]}...: the sampler must yield the same order on every pass")
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the thread (batches tokenised ahead and not asked for, e.g. under ``limit_predict_batches``, are dropped)."""
+        self.executor.shutdown(cancel_futures=True)
+
+
 class CorpusEncoder(L.LightningModule):
     """Wraps the bi-encoder for ``trainer.predict``: each rank embeds the chunks of its shard that are not on disk yet."""
 
@@ -204,6 +238,7 @@ class CorpusEncoder(L.LightningModule):
         self.chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
         self.key = encoding_key(model, collator)
         self.progress: ShardProgress | None = None
+        self.prefetch: PrefetchingCollate | None = None  # with num_workers=0: the thread tokenising ahead
         self.allow_zero_length_dataloader_with_multiple_devices = True  # a complete shard leaves its rank nothing to do
 
     def predict_dataloader(self) -> DataLoader:
@@ -212,8 +247,16 @@ class CorpusEncoder(L.LightningModule):
         if not self.progress.pending():
             self.progress.finish()  # every chunk was recorded before an interruption: only the rename was left (no batch runs)
         sampler = ShardSampler(self.corpus, self.progress.pending(), rank, world_size)
-        return DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None)
+        if self.num_workers:
+            return DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
+                              num_workers=self.num_workers, prefetch_factor=4)
+        self.prefetch = PrefetchingCollate(self.collate, sampler, self.batch_size)
+        return DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.prefetch)
+
+    def on_predict_end(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
 
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
         batch = self.collator.passages([self.corpus.passage_text(r) for r in rows])
@@ -246,7 +289,7 @@ def encode_shards(trainer: L.Trainer, model: BiEncoder, corpus: Corpus, collator
                   num_workers: int = 0) -> None:
     """Every process encodes its shard (``trainer`` must carry a :class:`ShardWriter`), then all wait for each other.
 
-    ``num_workers`` DataLoader processes tokenise the next batches while the model encodes.
+    ``num_workers`` DataLoader processes tokenise the next batches while the model encodes (0: one thread does).
     """
     if not any(isinstance(c, ShardWriter) for c in trainer.callbacks):
         raise ValueError("encode_shards needs a trainer built with callbacks=[ShardWriter()]")
