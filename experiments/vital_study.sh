@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The vital study (issue: TACO vs naive vs task-specific, seeded, tuned, tested): docs/results-vital.md.
-# Usage: experiments/vital_study.sh [--quick] [--skip-search]
+# Usage: experiments/vital_study.sh [--quick] [--skip-search] [Hydra overrides for every run, e.g. data.max_eval_queries=500]
+#   sizes from the environment: ROOT, STEPS, CURVE_STEPS, CURVE_EVERY, PAGES, SEEDS, MAIN_SEEDS, ARMS ("naive taco ...")
 #   1. learning curve: every arm once (seed 13, default settings) to CURVE_STEPS, dev R-precision every CURVE_EVERY
 #   2. tuning: the same number of trials per arm on dev (a declared grid, Hydra's basic sweeper), at STEPS
 #   3. selection: the best trial per arm → conf/experiment/<CHOSEN>/<arm>.yaml (rerun without the search: --skip-search)
@@ -8,30 +9,34 @@
 #   5. report: multiret study report → docs/results-vital.md (quick: into the study folder)
 # Every run has a fixed folder under $ROOT and runs with resume=true, so an interrupted study re-runs only what is missing.
 set -euo pipefail
-quick=0 search=1
+quick=0 search=1 EXTRA=()
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --skip-search) search=0 ;;
-    *) echo "vital_study.sh: unknown option $arg (use --quick, --skip-search)" >&2; exit 2 ;;
+    --*) echo "vital_study.sh: unknown option $arg (use --quick, --skip-search, or Hydra overrides)" >&2; exit 2 ;;
+    *) EXTRA+=("$arg") ;;
   esac
 done
 LOGS="${MULTIRET_LOGS:-$PWD/logs}"
 # The chosen settings go where Hydra finds experiments: conf/ of the installed package (the checkout's conf/ in an editable install).
 CONF_DIR="$("$(dirname "$(command -v multiret)")/python" -c 'from multiret.configs import CONFIG_DIR; print(CONFIG_DIR)')"
 if ((quick)); then  # one seed, fewer steps, two trials per arm, the demo's 2,000-page corpus: the pipeline, not a result
-  ROOT="$LOGS/vital_study_quick" CHOSEN=vital_study_quick REPORT="$ROOT/results-vital.md" PAGES=2000
-  STEPS=20 CURVE_STEPS=40 CURVE_EVERY=20 SEEDS=13 MAIN_SEEDS=13
-  LRS=5e-5,2e-4 LR_PAIR=1e-4 TAU=2 ALPHA=1.5 CGD_TAU=100 UNC_LR=1e-3
+  ROOT="${ROOT:-$LOGS/vital_study_quick}" CHOSEN=vital_study_quick REPORT="${ROOT:-$LOGS/vital_study_quick}/results-vital.md"
+  PAGES="${PAGES:-2000}" STEPS="${STEPS:-20}" CURVE_STEPS="${CURVE_STEPS:-40}" CURVE_EVERY="${CURVE_EVERY:-20}"
+  SEEDS="${SEEDS:-13}" MAIN_SEEDS="${MAIN_SEEDS:-13}"
+  LRS=5e-5,2e-4 LR_PAIR=5e-5,2e-4 TAU=2 ALPHA=1.5 CGD_TAU=100 UNC_LR=1e-3  # 2 trials for every arm
 else
-  ROOT="$LOGS/vital_study" CHOSEN=vital_study REPORT=docs/results-vital.md PAGES=null
-  STEPS=200 CURVE_STEPS=400 CURVE_EVERY=100 SEEDS=13,14,15 MAIN_SEEDS=13,14,15,16,17
+  ROOT="${ROOT:-$LOGS/vital_study}" CHOSEN=vital_study REPORT=docs/results-vital.md
+  PAGES="${PAGES:-null}" STEPS="${STEPS:-200}" CURVE_STEPS="${CURVE_STEPS:-400}" CURVE_EVERY="${CURVE_EVERY:-100}"
+  SEEDS="${SEEDS:-13,14,15}" MAIN_SEEDS="${MAIN_SEEDS:-13,14,15,16,17}"
   LRS=2e-5,5e-5,1e-4,2e-4 LR_PAIR=5e-5,1e-4 TAU=1,2 ALPHA=0.5,1.5 CGD_TAU=10,100 UNC_LR=1e-3,1e-2
 fi
-# Fixed for every arm: the full vital corpus (all 10,033 pages; PAGES=null), MiniLM, CSV logs, task-gradient cosines every 5 steps.
+# Fixed for every arm: the full vital corpus (all 10,033 pages; PAGES=null), MiniLM, CSV logs (task-gradient cosines
+# every method.log_every_n_steps), no periodic checkpoints outside the curve, and the overrides given to the script.
 # TACO's β = 0.95: its EMA then averages over ~20 steps, a tenth of the 200-step budget (the reference's 0.999 is for 20k steps).
 COMMON=(data=vital model=minilm logger=csv "data.corpus_max_pages=$PAGES" "trainer.max_steps=$STEPS" resume=true
-        callbacks.model_checkpoint.every_n_train_steps=100000)
+        callbacks.model_checkpoint.every_n_train_steps=100000 ${EXTRA[@]+"${EXTRA[@]}"})
 TASKS="[vital-qa],[vital-el],[vital-clue]"
 declare -A ARM=(  # what each arm is
   [naive]="method=naive"
@@ -57,7 +62,7 @@ declare -A GRID=(  # its search: the same number of trials for every arm (4; 2 w
   [taco_noprompt]="optimizer.lr=$LR_PAIR method.tau=$TAU"
   [task_specific]="optimizer.lr=$LRS"
 )
-ARMS=(naive taco task_specific taco_published pcgrad gradnorm cgd uncertainty naive_noprompt taco_noprompt)
+read -r -a ARMS <<< "${ARMS:-naive taco task_specific taco_published pcgrad gradnorm cgd uncertainty naive_noprompt taco_noprompt}"
 start=$(date +%s)
 
 per_task() { [[ "$1" == task_specific ]] && echo "data.task_names=$TASKS" || true; }

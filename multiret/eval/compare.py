@@ -164,18 +164,17 @@ def cell(values: list[float]) -> str:
 
 
 def markdown(rows: list[str], values: dict[str, dict[str, list[float]]], metric: str) -> str:
+    """One row per task (and the average), one column per arm, then one ``Δ <arm> vs task-specific`` column per multitask arm."""
     columns = sorted(values, key=lambda c: (c == TASK_SPECIFIC, c))
-    lines = [f"### {metric}", "", "| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    base = values.get(TASK_SPECIFIC)
+    compared = [c for c in columns if c != TASK_SPECIFIC] if base is not None else []
+    header = [*columns, *(f"Δ {c} vs task-specific" for c in compared)]
+    lines = [f"### {metric}", "", "| task | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(cell(values[c].get(row, [])) for c in columns) + " |")
-    if TASK_SPECIFIC in values:
-        base = values[TASK_SPECIFIC]
-        for column in (c for c in columns if c != TASK_SPECIFIC):
-            deltas = [
-                f"{statistics.fmean(values[column][r]) - statistics.fmean(base[r]):+.3f}" if base.get(r) and values[column].get(r) else "–"
-                for r in rows
-            ]
-            lines.append(f"| Δ {column} vs task-specific | " + " | ".join(deltas) + " |")
+        cells = [cell(values[c].get(row, [])) for c in columns]
+        cells += [f"{statistics.fmean(values[c][row]) - statistics.fmean(base[row]):+.3f}"
+                  if base.get(row) and values[c].get(row) else "–" for c in compared]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
