@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from multiret.eval.kilt_metrics import evaluate_kilt, gold_page_lists, guess_rec
 log = logging.getLogger(__name__)
 
 COVERAGE = "gold_coverage.json"
+METRICS = "metrics.json"  # every task's scores, as evaluate_task_rankings wrote them
 
 
 def evaluate_task_rankings(
@@ -57,7 +59,7 @@ def evaluate_task_rankings(
             log.warning("%s (%s): %d of %d items have no gold page in the corpus; they are scored as misses, as KILT does",
                         task.name, split, coverage[task.name]["no_gold_page_in_corpus"], coverage[task.name]["items"])
         log.info("%s (%s, %d queries): %s", task.name, split, len(ids), results[task.name])
-    atomic_write_text(out_dir / "metrics.json", json.dumps(results, indent=2))
+    atomic_write_text(out_dir / METRICS, json.dumps(results, indent=2))
     atomic_write_text(out_dir / COVERAGE, json.dumps(coverage, indent=2))
     return results
 
@@ -76,3 +78,9 @@ def with_average(results: Mapping[str, Mapping[str, float]]) -> dict[str, dict[s
         keys = next(iter(rows.values())).keys()
         rows["average"] = {k: sum(m[k] for m in results.values()) / len(results) for k in keys}
     return rows
+
+
+def saved_results(out_dir: str | os.PathLike[str]) -> dict[str, dict[str, float]] | None:
+    """The scores an earlier :func:`evaluate_task_rankings` wrote into ``out_dir``, with their average; None if none."""
+    path = Path(out_dir) / METRICS
+    return with_average(json.loads(path.read_text())) if path.is_file() else None

@@ -28,7 +28,7 @@ from multiret.atomic import atomic_write_text
 from multiret.configs import CONFIG_DIR
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.errors import UserError, hydra_task
-from multiret.eval.retrieval import with_average
+from multiret.eval.retrieval import saved_results
 from multiret.experiment import stages
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.run_folders import register_resolver
@@ -226,9 +226,9 @@ def collect_results(out: Path, count: int) -> dict[str, dict[str, dict[str, floa
     """Every evaluated episode's metrics (with their average) in one file, ``<run>/results.json``, and the log."""
     results = {}
     for episode in range(count):
-        metrics = episode_dir(out, episode) / "eval" / "metrics.json"
-        if metrics.is_file():
-            results[f"episode_{episode}"] = with_average(json.loads(metrics.read_text()))
+        scores = saved_results(episode_dir(out, episode) / "eval")
+        if scores is not None:
+            results[f"episode_{episode}"] = scores
     atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2))
     for name, metrics in results.items():
         log.info("%s: average %s", name, ", ".join(f"{k} {v:.3f}" for k, v in metrics["average"].items()))

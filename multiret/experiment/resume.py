@@ -10,13 +10,12 @@ result is the one an uninterrupted run gives). A folder that holds another confi
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from multiret.errors import UserError
-from multiret.eval.retrieval import with_average
+from multiret.eval.retrieval import saved_results
 
 
 def finished_results(cfg: DictConfig) -> dict[str, dict[str, float]] | None:
@@ -25,10 +24,7 @@ def finished_results(cfg: DictConfig) -> dict[str, dict[str, float]] | None:
     if not cfg.get("resume") or not (out / "config.yaml").is_file():
         return None
     check_same_config(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = out / "eval" / "metrics.json"
-    if "evaluate" in cfg.stages and metrics.is_file():
-        return with_average(json.loads(metrics.read_text()))
-    return None
+    return saved_results(out / "eval") if "evaluate" in cfg.stages else None
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:

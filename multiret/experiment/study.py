@@ -110,11 +110,7 @@ def arm_trials(arm_dir: Path) -> list[Trial]:
 
 def best_trial(trials: list[Trial]) -> int:
     """Index of the best dev score; ties go to the first trial in folder order."""
-    best = 0
-    for index, trial in enumerate(trials):
-        if trial.score > trials[best].score:
-            best = index
-    return best
+    return max(range(len(trials)), key=lambda index: trials[index].score)  # max keeps the first of equals
 
 
 def yaml_value(value: Any) -> str:
