@@ -2,6 +2,7 @@
 
     python benchmarks/encode_throughput.py                      # MiniLM and the tiny T5, 5 rounds each
     python benchmarks/encode_throughput.py --models t5 --rounds 3 --threads 1
+    python benchmarks/encode_throughput.py --models minilm --precision  # index.precision: float32 vs bfloat16
 
 Our path is ``index_corpus``'s encoder (``trainer.predict`` over the corpus with the shard and
 chunk writer: tokenisation, forward, pooling, the memory-mapped shard) into a fresh folder.
@@ -9,7 +10,9 @@ The bare path is the model's own forward (``AutoModel(...)(**batch)``, in infere
 the very same batches, tokenised beforehand: the limit the model sets. Both run in one process
 on the same synthetic passages, interleaved round by round (the order alternating); prints one
 JSON object with, per model, the median seconds of each path and ``ratio`` = bare / ours (our
-throughput as a fraction of the model's).
+throughput as a fraction of the model's). With ``--precision`` the two paths are instead our
+encoding at ``index.precision=float32`` and at ``bfloat16``: ``ratio`` = float32 / bfloat16 seconds
+(the speed-up), and ``min_cosine``, the least cosine between a passage's two embeddings.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
-from multiret.index.sharded import ShardSampler, ShardWriter, encode_shards
+from multiret.index.sharded import ShardSampler, ShardWriter, encode_shards, shard_paths
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 from multiret.testing import build_tiny_t5
@@ -58,13 +62,18 @@ def load_model(name: str, corpus: Corpus, folder: Path) -> BiEncoder:
     return model
 
 
-def ours(model: BiEncoder, corpus: Corpus, collator: PromptCollator, batch_size: int, folder: Path, workers: int) -> float:
-    """Seconds of `multiret index`'s encoding of the whole corpus into a fresh folder (one process)."""
+def ours(model: BiEncoder, corpus: Corpus, collator: PromptCollator, batch_size: int, folder: Path, workers: int,
+         precision: str = "float32") -> float:
+    """Seconds of `multiret index`'s encoding of the whole corpus into a fresh folder (one process); the embeddings in folder/last."""
     start = time.perf_counter()
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    encode_shards(trainer, model, corpus, collator, tempfile.mkdtemp(dir=folder), batch_size, num_workers=workers)
-    return time.perf_counter() - start
+    out = tempfile.mkdtemp(dir=folder)
+    encode_shards(trainer, model, corpus, collator, out, batch_size, num_workers=workers, precision=precision)
+    seconds = time.perf_counter() - start
+    (folder / "last").unlink(missing_ok=True)
+    (folder / "last").symlink_to(shard_paths(out, 0, 1)[0])
+    return seconds
 
 
 def bare_batches(corpus: Corpus, collator: PromptCollator, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -84,6 +93,27 @@ def bare(model: BiEncoder, batches: list[dict[str, torch.Tensor]]) -> float:
             else:
                 network(**batch)
     return time.perf_counter() - start
+
+
+def measure_precision(name: str, count: int, rounds: int, batch_size: int, max_length: int, folder: Path, workers: int) -> dict:
+    """Our encoding at float32 against bfloat16 (index.precision), interleaved; the speed-up and the embeddings' agreement."""
+    corpus = passages(count)
+    model = load_model(name, corpus, folder)
+    collator = PromptCollator(model.tokenizer, None, max_length)
+    ours(model, corpus, collator, batch_size, folder, workers)  # warm-up
+    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    vectors: dict[str, np.ndarray] = {}
+    for round_ in range(rounds):
+        for precision in (("float32", "bfloat16") if round_ % 2 == 0 else ("bfloat16", "float32")):
+            times[precision].append(ours(model, corpus, collator, batch_size, folder, workers, precision))
+            vectors[precision] = np.load(folder / "last")
+            print(f"{name} round {round_}: {precision} {times[precision][-1]:.3f} s", file=sys.stderr)
+    a, b = vectors["float32"], vectors["bfloat16"]
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    medians = {precision: statistics.median(values) for precision, values in times.items()}
+    return {"passages": count, "batch_size": batch_size, "max_length": max_length, "rounds": rounds,
+            "float32_s": medians["float32"], "bfloat16_s": medians["bfloat16"], "ratio": medians["float32"] / medians["bfloat16"],
+            "min_cosine": float(cosine.min()), "threads": torch.get_num_threads()}
 
 
 def measure(name: str, count: int, rounds: int, batch_size: int, max_length: int, folder: Path, workers: int) -> dict:
@@ -115,12 +145,14 @@ def main() -> None:
     parser.add_argument("--t5-passages", type=int, default=4096)
     parser.add_argument("--workers", type=int, default=0, help="tokenising processes (index.num_workers, default 0)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a shared machine")
+    parser.add_argument("--precision", action="store_true", help="time index.precision=float32 against bfloat16 instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = {"minilm": args.minilm_passages, "t5": args.t5_passages}
     with tempfile.TemporaryDirectory() as folder:
-        results = {name: measure(name, sizes[name], args.rounds, args.batch_size, args.max_length, Path(folder), args.workers)
+        run = measure_precision if args.precision else measure
+        results = {name: run(name, sizes[name], args.rounds, args.batch_size, args.max_length, Path(folder), args.workers)
                    for name in args.models.split(",")}
     print(json.dumps({**results, "ratios": {name: round(r["ratio"], 3) for name, r in results.items()}}, indent=2))
 

@@ -121,10 +121,10 @@ def tiny_model_and_data(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
     return model, datamodule
 
 
-def encode_in_process(model, datamodule, directory, **trainer_options) -> None:
+def encode_in_process(model, datamodule, directory, precision="float32", **trainer_options) -> None:
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, **trainer_options)
-    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, directory, batch_size=16)
+    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, directory, batch_size=16, precision=precision)
 
 
 def test_complete_shard_is_kept_and_other_weights_are_encoded_again(tmp_path, tiny_model_and_data):
@@ -142,6 +142,18 @@ def test_complete_shard_is_kept_and_other_weights_are_encoded_again(tmp_path, ti
     assert json.loads(json_path.read_text())["stop"] == 80
 
 
+def test_bfloat16_encoding_is_a_new_shard_close_to_float32_and_stored_as_float32(tmp_path, tiny_model_and_data):
+    model, datamodule = tiny_model_and_data
+    encode_in_process(model, datamodule, tmp_path)
+    array_path, _ = shard_paths(tmp_path, 0, 1)
+    exact = np.load(array_path)
+    encode_in_process(model, datamodule, tmp_path, precision="bfloat16")  # another encoding key: not the float32 shard
+    approx = np.load(array_path)
+    assert approx.dtype == np.float32 and not np.array_equal(approx, exact)
+    cosine = (approx * exact).sum(1) / np.linalg.norm(approx, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosine.min() > 0.99  # bfloat16 keeps ~3 significant digits per product; the direction barely moves
+
+
 def test_a_shard_cut_short_is_never_marked_complete(tmp_path, tiny_model_and_data):
     model, datamodule = tiny_model_and_data
     with pytest.raises(RuntimeError, match="32 of the shard's 80 passages were encoded; unset trainer.limit_predict_batches"):
@@ -156,3 +168,5 @@ def test_gpu_index_without_gpu_faiss_fails_at_validation_with_the_fix(tmp_path, 
         validate(cfg)
     with pytest.raises(ValueError, match=r"index.gpu_placement='split'; choose one of \['replicated', 'sharded'\]"):
         validate(tiny_config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "index.gpu_placement=split"))
+    with pytest.raises(ValueError, match=r"index.precision='fp16'; choose one of \['float32', 'bfloat16'\]"):
+        validate(tiny_config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "index.precision=fp16"))

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (("BM25", "vital_bm25"), ("zero-shot", "vital_zeroshot"), ("naive", "vital_naive"), ("TACO", "vital_taco"))
 TASK_SPECIFIC = "task-specific"
+DEMO_OVERRIDES = ("trainer.max_steps=50", "index.precision=bfloat16")  # the vital study's step budget and corpus encoding
 FULL_OVERRIDES = ("data.corpus_max_pages=null",)
 SHOWN = ("Rprec", "recall@5")
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = (args.out or Path("logs") / "demo" / stamp).resolve()
     group = f"demo-{stamp}"
-    overrides = [*(FULL_OVERRIDES if args.full else ()), *args.overrides]
+    overrides = [*DEMO_OVERRIDES, *(FULL_OVERRIDES if args.full else ()), *args.overrides]
     console = Console()
     results: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, float] = {}

@@ -90,7 +90,8 @@ def index(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule) ->
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(), CloseSpawnedProcessGroup()], logger=False,
                                      enable_checkpointing=False)
     built = index_corpus(trainer, model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
-                         cfg.index.batch_size, cfg.index.train_sample, num_workers=cfg.index.num_workers)
+                         cfg.index.batch_size, cfg.index.train_sample, num_workers=cfg.index.num_workers,
+                         precision=cfg.index.precision)
     return built is not None
 
 

@@ -28,7 +28,8 @@ from multiret.errors import UserError
 
 TASK_SPECIFIC = "task-specific"
 SCORE_METRIC = "Rprec"
-PLUMBING_KEYS = {"seed", "resume", "data.eval_split", "task_name", "job_type"}  # set by the study itself, not tuned
+# set by the study itself per stage, not tuned (the dev stages search a sub-corpus, the final runs the full corpus)
+PLUMBING_KEYS = {"seed", "resume", "data.eval_split", "data.corpus_max_pages", "task_name", "job_type"}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from multiret.errors import UserError, require_writable_folder
 from multiret.index.faiss_index import DEVICES, GPU_PLACEMENTS, require_gpu_faiss
+from multiret.index.sharded import PRECISIONS
 from multiret.model.loading import load_checkpoint
 
 STAGES = ("train", "index", "evaluate")
@@ -38,6 +39,8 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"index.gpu_placement={cfg.index.gpu_placement!r}; choose one of {list(GPU_PLACEMENTS)}")
         if cfg.index.device == "gpu":
             require_gpu_faiss()
+        if cfg.index.precision not in PRECISIONS:
+            raise UserError(f"index.precision={cfg.index.precision!r}; choose one of {list(PRECISIONS)}")
     if cfg.get("init_from") and "train" not in cfg.stages:
         raise UserError("init_from only starts training; to index or evaluate a checkpoint's weights use ckpt_path")
     if "evaluate" in cfg.stages:

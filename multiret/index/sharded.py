@@ -36,6 +36,7 @@ from multiret.index.faiss_index import DenseIndex
 from multiret.model.biencoder import BiEncoder
 
 SHARDS = "shards"
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # index.precision: the encoder's arithmetic (None: no autocast)
 CHUNK_ROWS = 1 << 18  # passages encoded between two completion records (and whose texts are held at once)
 
 
@@ -62,10 +63,12 @@ def progress_paths(directory: str | os.PathLike[str], rank: int, world_size: int
     return array_path.with_name(f".{array_path.name}.tmp"), array_path.with_name(f".{array_path.stem}.chunks.json")
 
 
-def encoding_key(model: BiEncoder, collator: PromptCollator) -> str:
-    """A digest of what decides a passage's embedding besides its text: the passage encoder's weights and length limit."""
+def encoding_key(model: BiEncoder, collator: PromptCollator, precision: str = "float32") -> str:
+    """A digest of what decides a passage's embedding besides its text: the passage encoder's weights, length limit and arithmetic."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str(collator.max_passage_length).encode())
+    if precision != "float32":  # float32 keys stay what they were, so shards written before this setting existed are reused
+        digest.update(precision.encode())
     for name, tensor in model.passage_encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -226,8 +229,9 @@ class CorpusEncoder(L.LightningModule):
     """Wraps the bi-encoder for ``trainer.predict``: each rank embeds the chunks of its shard that are not on disk yet."""
 
     def __init__(self, model: BiEncoder, corpus: Corpus, collator: PromptCollator, directory: str | os.PathLike[str],
-                 batch_size: int, chunk_rows: int = CHUNK_ROWS, num_workers: int = 0) -> None:
+                 batch_size: int, chunk_rows: int = CHUNK_ROWS, num_workers: int = 0, precision: str = "float32") -> None:
         super().__init__()
+        self.autocast_dtype = PRECISIONS[precision]
         self.model = model
         self.corpus = corpus
         self.collator = collator
@@ -236,7 +240,7 @@ class CorpusEncoder(L.LightningModule):
         self.num_workers = num_workers
         # whole batches per chunk, so a resumed run batches every chunk exactly as an uninterrupted one
         self.chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
-        self.key = encoding_key(model, collator)
+        self.key = encoding_key(model, collator, precision)
         self.progress: ShardProgress | None = None
         self.prefetch: PrefetchingCollate | None = None  # with num_workers=0: the thread tokenising ahead
         self.allow_zero_length_dataloader_with_multiple_devices = True  # a complete shard leaves its rank nothing to do
@@ -263,8 +267,8 @@ class CorpusEncoder(L.LightningModule):
         return {**batch, "rows": torch.tensor(rows, dtype=torch.long)}
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # no autocast: float32 embeddings whatever trainer.precision says, the same under any number of processes
-        with torch.autocast(self.device.type, enabled=False):
+        # index.precision alone decides (not trainer.precision): the same embeddings under any number of processes
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             vectors = self.model.encode_passages(batch["input_ids"], batch["attention_mask"])
         return batch["rows"].cpu(), vectors.float().cpu()
 
@@ -286,14 +290,15 @@ class ShardWriter(BasePredictionWriter):
 
 def encode_shards(trainer: L.Trainer, model: BiEncoder, corpus: Corpus, collator: PromptCollator,
                   directory: str | os.PathLike[str], batch_size: int = 64, chunk_rows: int = CHUNK_ROWS,
-                  num_workers: int = 0) -> None:
+                  num_workers: int = 0, precision: str = "float32") -> None:
     """Every process encodes its shard (``trainer`` must carry a :class:`ShardWriter`), then all wait for each other.
 
-    ``num_workers`` DataLoader processes tokenise the next batches while the model encodes (0: one thread does).
+    ``num_workers`` DataLoader processes tokenise the next batches while the model encodes (0: one thread does);
+    ``precision`` "bfloat16" runs the encoder under autocast (the stored embeddings are float32 either way).
     """
     if not any(isinstance(c, ShardWriter) for c in trainer.callbacks):
         raise ValueError("encode_shards needs a trainer built with callbacks=[ShardWriter()]")
-    encoder = CorpusEncoder(model, corpus, collator, directory, batch_size, chunk_rows, num_workers)
+    encoder = CorpusEncoder(model, corpus, collator, directory, batch_size, chunk_rows, num_workers, precision)
     trainer.predict(encoder, return_predictions=False)
     trainer.strategy.barrier("corpus shards written")
 
