@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from multiret.errors import UserErrorExit, full_traceback_wanted, one_line, user_error_in
@@ -46,6 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+# Plain commands: (command, subcommand or None) → the module whose main(argv) runs it (imported only when called)
+PLAIN_COMMANDS = {
+    ("kilt-eval", None): "multiret.eval.kilt_eval_cli",
+    ("demo", None): "multiret.experiment.demo",
+    ("analyze", "specialization"): "multiret.experiment.analyze",
+    ("study", "select"): "multiret.experiment.study",
+    ("study", "report"): "multiret.experiment.study_report",
+    ("compare", None): "multiret.eval.compare",
+    ("prepare", "kilt"): "multiret.prepare.pipeline",
+    ("convert", "t5-fp16"): "multiret.model.t5_fp16",
+}
+
+
 def dispatch(command: str, rest: list[str]) -> int:
     """Run ``command`` with its arguments ``rest``; returns the exit status."""
     if command in DEFAULT_STAGES:
@@ -65,39 +79,11 @@ def dispatch(command: str, rest: list[str]) -> int:
         sys.argv = [episodes.__file__, *rest]  # a runnable script, as for train (trainer=ddp re-runs argv)
         episodes.main()
         return 0
-    if command == "kilt-eval":
-        from multiret.eval.kilt_eval_cli import main as kilt_eval
-
-        return kilt_eval(rest)
-    if command == "demo":
-        from multiret.experiment.demo import main as demo
-
-        return demo(rest)
-    if command == "analyze" and rest[:1] == ["specialization"]:
-        from multiret.experiment.analyze import main as specialization
-
-        return specialization(rest[1:])
-    if command == "study" and rest[:1] == ["select"]:
-        from multiret.experiment.study import main as study_select
-
-        return study_select(rest[1:])
-    if command == "study" and rest[:1] == ["report"]:
-        from multiret.experiment.study_report import main as study_report
-
-        return study_report(rest[1:])
-    if command == "compare":
-        from multiret.eval.compare import main as compare
-
-        return compare(rest)
-    if command == "prepare" and rest[:1] == ["kilt"]:
-        from multiret.prepare.pipeline import main as prepare_kilt
-
-        return prepare_kilt(rest[1:])
-    if command == "convert" and rest[:1] == ["t5-fp16"]:
-        from multiret.model.t5_fp16 import main as convert_t5
-
-        return convert_t5(rest[1:])
-    print(f"multiret: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    subcommand = rest[0] if rest else None
+    for key, argv in (((command, None), rest), ((command, subcommand), rest[1:])):
+        if key in PLAIN_COMMANDS:
+            return importlib.import_module(PLAIN_COMMANDS[key]).main(argv)
+    print(f"multiret: unknown command {' '.join(a for a in (command, subcommand) if a)!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
 
