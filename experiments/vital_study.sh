@@ -2,9 +2,10 @@
 # The vital study (issue: TACO vs naive vs task-specific, seeded, tuned, tested): docs/results-vital.md.
 # Usage: experiments/vital_study.sh [--quick] [--skip-search] [Hydra overrides for every run, e.g. data.max_eval_queries=500]
 #   sizes from the environment: ROOT, STEPS, CURVE_STEPS, CURVE_EVERY, PAGES, DEV_PAGES, SEEDS, MAIN_SEEDS, LRS, ARMS ("naive taco ...")
-#   1. learning curve: every arm once (seed 13, default settings) to CURVE_STEPS, dev R-precision every CURVE_EVERY
-#   2. tuning: the same trials for every arm on dev (the learning rates LRS, Hydra's basic sweeper), at STEPS
-#   3. selection: the best trial per arm → conf/experiment/<CHOSEN>/<arm>.yaml (rerun without the search: --skip-search)
+#   1. tuning: the same trials for every arm on dev (the learning rates LRS, Hydra's basic sweeper), at STEPS, seed 13
+#   2. selection: the best trial per arm → conf/experiment/<CHOSEN>/<arm>.yaml (rerun without the search: --skip-search)
+#   3. learning curve: every arm with its chosen settings (seed 13) to CURVE_STEPS, dev R-precision every CURVE_EVERY:
+#      does the score still rise after STEPS?
 #   4. final: every arm with its chosen settings, SEEDS (MAIN_SEEDS for naive, TACO, task-specific), on the test split
 #   5. report: multiret study report → docs/results-vital.md (quick: into the study folder)
 # Every run has a fixed folder under $ROOT and runs with resume=true, so an interrupted study re-runs only what is missing.
@@ -56,22 +57,7 @@ start=$(date +%s)
 
 per_task() { [[ "$1" == task_specific ]] && echo "data.task_names=$TASKS" || true; }
 
-for arm in "${ARMS[@]}"; do  # 1. learning curve (default settings, one seed)
-  # shellcheck disable=SC2046,SC2086  # the arm's and the task sweep's overrides are word lists
-  multiret train -m task_name="$arm" ${ARM[$arm]} "${COMMON[@]}" "data.corpus_max_pages=$DEV_PAGES" "trainer.max_steps=$CURVE_STEPS" stages=[train] \
-    "callbacks.model_checkpoint.every_n_train_steps=$CURVE_EVERY" $(per_task "$arm") seed=13 \
-    "hydra.sweep.dir=$ROOT/curve/$arm/train"
-  for ckpt in "$ROOT/curve/$arm/train"/*/checkpoints/step*.ckpt; do
-    job=$(basename "$(dirname "$(dirname "$ckpt")")") step=$(basename "$ckpt" .ckpt)  # step000100
-    step="step_${step#step}"  # step_000100, read by multiret study report
-    # shellcheck disable=SC2086
-    multiret evaluate task_name="$arm" ${ARM[$arm]} "${COMMON[@]}" "data.corpus_max_pages=$DEV_PAGES" "trainer.max_steps=$CURVE_STEPS" "ckpt_path=$ckpt" \
-      $( [[ "$arm" == task_specific ]] && grep -o 'data.task_names=\[[^]]*\]' "$ROOT/curve/$arm/train/$job/.hydra/overrides.yaml" ) \
-      data.eval_split=dev seed=13 "hydra.run.dir=$ROOT/curve/$arm/$step-$job"
-  done
-done
-
-if ((search)); then  # 2. tuning on dev, 3. selection
+if ((search)); then  # 1. tuning on dev, 2. selection
   for arm in "${ARMS[@]}"; do
     # shellcheck disable=SC2046,SC2086
     multiret train -m task_name="$arm" ${ARM[$arm]} "${COMMON[@]}" "data.corpus_max_pages=$DEV_PAGES" "optimizer.lr=$LRS" $(per_task "$arm") \
@@ -80,7 +66,23 @@ if ((search)); then  # 2. tuning on dev, 3. selection
   multiret study select "$ROOT/tune" --out "$CONF_DIR/experiment/$CHOSEN"
 fi
 
-for arm in "${ARMS[@]}"; do  # 4. the test split, with the chosen settings
+for arm in "${ARMS[@]}"; do  # 3. learning curve with the chosen settings (one seed) to CURVE_STEPS, dev every CURVE_EVERY
+  # shellcheck disable=SC2046
+  multiret train -m "experiment=$CHOSEN/$arm" $(per_task "$arm") seed=13 resume=true "data.corpus_max_pages=$DEV_PAGES" \
+    "trainer.max_steps=$CURVE_STEPS" stages=[train] "callbacks.model_checkpoint.every_n_train_steps=$CURVE_EVERY" \
+    "hydra.sweep.dir=$ROOT/curve/$arm/train"
+  for ckpt in "$ROOT/curve/$arm/train"/*/checkpoints/step*.ckpt; do
+    job=$(basename "$(dirname "$(dirname "$ckpt")")") step=$(basename "$ckpt" .ckpt)  # step000100
+    step="step_${step#step}"  # step_000100, read by multiret study report
+    # shellcheck disable=SC2046
+    multiret evaluate "experiment=$CHOSEN/$arm" seed=13 resume=true "data.corpus_max_pages=$DEV_PAGES" \
+      "trainer.max_steps=$CURVE_STEPS" "ckpt_path=$ckpt" data.eval_split=dev \
+      $( [[ "$arm" == task_specific ]] && grep -o 'data.task_names=\[[^]]*\]' "$ROOT/curve/$arm/train/$job/.hydra/overrides.yaml" ) \
+      "hydra.run.dir=$ROOT/curve/$arm/$step-$job"
+  done
+done
+
+for arm in "${ARMS[@]}"; do  # 4. the test split, with the chosen settings, every seed
   seeds=$SEEDS
   [[ "$arm" == naive || "$arm" == taco || "$arm" == task_specific ]] && seeds=$MAIN_SEEDS
   # shellcheck disable=SC2046
