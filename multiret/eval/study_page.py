@@ -168,8 +168,10 @@ def conclusions(averages: Mapping[str, float], names: Mapping[str, str], tests: 
             lines.append("- Conflict diagnostic: no pair's gradients point apart on average and naive multitask training is within "
                          "noise of task-specific training, so these tasks show no measurable conflict for a method like TACO to resolve.")
         elif not quiet and naive_vs_specific.difference < 0:
-            lines.append("- Conflict diagnostic: naive multitask training is significantly below task-specific training, "
-                         "the signature of task conflict that TACO targets.")
+            lines.append("- Conflict diagnostic: naive multitask training is significantly below task-specific training: the "
+                         "signature of task conflict that TACO targets, or of each task-specific model seeing its own task "
+                         "in every query of a step (the same steps and batch size, one task instead of all); the cosines "
+                         "tell the two apart (conflict shows as pairs whose gradients point apart).")
         elif not quiet and naive_vs_specific.difference > 0 and not any(row["mean"] < 0 for row in cosines.values()):
             lines.append("- Conflict diagnostic: naive multitask training is significantly above task-specific training and no "
                          "pair's gradients point apart on average: sharing helps these tasks more than any conflict costs.")
