@@ -54,6 +54,9 @@ declare -A ARM=(  # what each arm is
 )
 read -r -a ARMS <<< "${ARMS:-naive taco task_specific taco_published pcgrad gradnorm cgd uncertainty naive_noprompt taco_noprompt}"
 start=$(date +%s)
+mkdir -p "$ROOT"  # each invocation, finished or interrupted, adds "<start> <end> <seconds>" (UTC) to invocations.log
+trap 'echo "$(date -u -d "@$start" +%FT%TZ) $(date -u +%FT%TZ) $(( $(date +%s) - start ))" >> "$ROOT/invocations.log"' EXIT
+trap 'exit 143' TERM INT  # an interrupted invocation is logged too
 
 per_task() { [[ "$1" == task_specific ]] && echo "data.task_names=$TASKS" || true; }
 
@@ -90,6 +93,6 @@ for arm in "${ARMS[@]}"; do  # 4. the test split, with the chosen settings, ever
     "hydra.sweep.dir=$ROOT/final/$arm"
 done
 
-echo "study runs: $(( $(date +%s) - start )) s this invocation" | tee -a "$ROOT/invocations.log"
+echo "study runs: $(( $(date +%s) - start )) s this invocation"
 multiret study report "$ROOT" --out "$REPORT" --pair naive naive_noprompt --pair taco taco_noprompt --pair taco taco_published  # 5. the page (tables, tests, curves, specialisation, cosines, times)
 echo "report: $REPORT"

@@ -147,9 +147,10 @@ def test_report_holds_the_runs_numbers_and_states_missing_parts(study, tmp_path)
     assert "No cosines logged by naive" in text
     assert "| **2** | `optimizer.lr=1e-4` `method.tau=1.0` | **0.610** |" in text and "fixed for every trial: `prompt=none`" in text
     assert "## What the numbers say" in text and "orders the arms" in text
+    assert "The script's invocations were not logged (no invocations.log)" in text
 
 
-def test_a_study_without_final_runs_reports_its_curve_and_states_the_rest_missing(tmp_path):
+def test_a_study_without_final_runs_reports_its_curve_and_states_the_rest_missing(tmp_path, capsys):
     for step, scores in ((2, (0.2, 0.4)), (4, (0.5, 0.5)), (6, (0.4, 0.5))):
         folder = tmp_path / "curve" / "naive" / f"step_{step:06d}"
         folder.mkdir(parents=True)
@@ -162,9 +163,15 @@ def test_a_study_without_final_runs_reports_its_curve_and_states_the_rest_missin
         (folder / "eval" / "metrics.json").write_text(json.dumps({task: {"Rprec": score}}))
     job(tmp_path / "tune" / "naive" / "0", ["optimizer.lr=1e-4"], {TASKS[0]: 0.5})
     shutil.rmtree(tmp_path / "tune" / "naive" / "0" / "eval")
+    (tmp_path / "invocations.log").write_text("2026-12-02T04:19:29Z 2026-12-02T04:43:20Z 1431\n"  # interrupted, then resumed
+                                              "2026-12-02T04:43:25Z 2026-12-02T06:00:25Z 4620\n")
     page = tmp_path / "page.md"
     assert cli(["study", "report", str(tmp_path), "--out", str(page)]) == 0
     text = page.read_text()
+    assert "The script ran 2 time(s), 1.68 h of wall clock in all (from 2026-12-02T04:19:29Z to 2026-12-02T06:00:25Z" in text
+    (tmp_path / "invocations.log").write_text("2026-12-02T04:19:29Z 1431\n")
+    assert cli(["study", "report", str(tmp_path), "--out", str(page)]) == 2
+    assert "invocations.log:1: expected '<start> <end> <seconds>', got '2026-12-02T04:19:29Z 1431'" in capsys.readouterr().err
     assert "| naive | 3 | 0.500 (4) | 0.450 (6) | – | not on the curve |" in text
     assert "| task_specific | 1 | 0.450 (4) | 0.450 (4) |" in text
     assert (tmp_path / "page" / "curve.png").is_file()

@@ -123,6 +123,16 @@ def wall_section(wall: Mapping[str, Mapping[str, float]], stages: Sequence[str])
     return "\n".join(lines) + "\n"
 
 
+def invocations_sentence(rows: Sequence[tuple[str, str, float]]) -> str:
+    """The study's whole wall clock: the script's invocations, process start-ups and interrupted runs included."""
+    if not rows:
+        return "The script's invocations were not logged (no invocations.log): the table above is the study's only time.\n"
+    total = sum(seconds for _, _, seconds in rows)
+    return (f"The script ran {len(rows)} time(s), {duration(total)} of wall clock in all (from {rows[0][0]} to {rows[-1][1]}, "
+            "pauses between invocations excluded): the table's run times plus each process's start-up, the selection, "
+            "and any run interrupted and redone.\n")
+
+
 def verdict(result: PairedResult) -> str:
     """Whether a paired difference is significant: both the permutation p and the bootstrap interval must agree."""
     interval = f"{result.difference:+.3f}, 95% interval [{result.low:+.3f}, {result.high:+.3f}], p = {result.p_value:.4f}"

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (("BM25", "vital_bm25"), ("zero-shot", "vital_zeroshot"), ("naive", "vital_naive"), ("TACO", "vital_taco"))
 TASK_SPECIFIC = "task-specific"
-DEMO_OVERRIDES = ("trainer.max_steps=50", "index.precision=bfloat16")  # the vital study's step budget and corpus encoding
+# the vital study's step budget, its pilot's learning rate and its corpus encoding (docs/study.md)
+DEMO_OVERRIDES = ("trainer.max_steps=50", "optimizer.lr=2e-4", "index.precision=bfloat16")
 FULL_OVERRIDES = ("data.corpus_max_pages=null",)
 SHOWN = ("Rprec", "recall@5")
 

@@ -86,6 +86,19 @@ def natural_key_of_parent(path: Path) -> list[Any]:
     return natural_key(path.parent)
 
 
+def invocations(log: Path) -> list[tuple[str, str, float]]:
+    """The script's invocations (``<start> <end> <seconds>`` per line, written on exit, interrupted ones included)."""
+    if not log.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise UserError(f"{log}:{number}: expected '<start> <end> <seconds>', got {line!r}")
+        rows.append((parts[0], parts[1], float(parts[2])))
+    return rows
+
+
 def wall_times(root: Path) -> dict[str, dict[str, float]]:
     """Per arm and stage, the summed ``total`` of every run's ``wall_seconds.json``."""
     wall: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -239,6 +252,7 @@ def report(root: Path, page: Path, figures: Path, roles: dict[str, str], extra_p
     sections.append("## Measured wall time\n")
     wall = wall_times(root)
     sections.append(study_page.wall_section(wall, STAGES) if wall else missing("wall_seconds.json of any run", root))
+    sections.append(study_page.invocations_sentence(invocations(root / "invocations.log")))
     text = "\n".join(sections)
     atomic_write_text(page, text)
     return text
