@@ -29,7 +29,7 @@ if ((quick)); then  # one seed, 5 steps, 2 trials per arm, 100 training and 50 e
   SEEDS="${SEEDS:-13}" MAIN_SEEDS="${MAIN_SEEDS:-13}" SIZE=(data.max_train_queries=100 data.max_eval_queries=50)
 else  # sized for 4 hours on 2 cores (docs/study.md): 5 seeds for naive, TACO and task-specific did not fit
   ROOT="${ROOT:-$LOGS/vital_study}" CHOSEN=vital_study REPORT=docs/results-vital.md
-  PAGES="${PAGES:-null}" STEPS="${STEPS:-50}" CURVE_STEPS="${CURVE_STEPS:-100}" CURVE_EVERY="${CURVE_EVERY:-25}"
+  PAGES="${PAGES:-null}" STEPS="${STEPS:-50}" CURVE_STEPS="${CURVE_STEPS:-75}" CURVE_EVERY="${CURVE_EVERY:-25}"
   SEEDS="${SEEDS:-13,14,15}" MAIN_SEEDS="${MAIN_SEEDS:-13,14,15}"
 fi
 DEV_PAGES="${DEV_PAGES:-2000}"  # curve and tuning search a sub-corpus (every gold page of the sampled queries plus random ones)
