@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 from multiret.data.batches import MultitaskBatches, TaskStream
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import read_corpus, select_pages, subsample_pages
+from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.jsonl import DataFormatError
 from multiret.data.kilt import attach_positives, read_queries
 from multiret.data.mixing import task_batch_sizes, temperature_rates
@@ -70,6 +71,22 @@ def test_subsample_keeps_every_required_page(kilt_dir):
     pages = set(small.page_ids)
     assert {"5", "7"} <= pages and len(pages) == 4
     assert set(subsample_pages(corpus, ["5", "7"], max_pages=4, seed=1).page_ids) == pages
+
+
+def test_a_sub_corpus_is_the_same_whichever_offered_tasks_are_trained(kilt_dir, kilt_tasks):
+    """One model per task must search the pages a multitask model of the same seed searches (the study compares them)."""
+    def pages(task_names):
+        module = MultitaskDataModule(str(kilt_dir), "corpus.tsv", kilt_tasks, task_names, max_train_queries=4,
+                                     max_eval_queries=2, corpus_max_pages=12, seed=5, negatives_miner=None)
+        module.setup("evaluate")
+        return set(module.corpus.page_ids), module
+
+    both, multitask = pages(["qa", "el"])
+    only_qa, single = pages(["qa"])
+    el_gold = {p for qs in (multitask.train_queries["el"], multitask.eval_queries["el"]) for q in qs for p in q.gold_pages}
+    assert only_qa == both and el_gold <= only_qa and len(both) == 12
+    assert set(single.eval_queries) == {"qa"}
+    assert (kilt_dir / "el-train.jsonl") in single.data_files()  # read for its gold pages: in the run's manifest
 
 
 def test_temperature_mixing_by_hand():
