@@ -29,6 +29,18 @@ def test_experiment_composes_and_resolves(experiment, tmp_path):
     assert cfg.trainer.max_steps > 0
 
 
+STUDY_ARMS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment" / "vital_study").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("arm", STUDY_ARMS)
+def test_the_vital_study_chosen_settings_compose_as_its_final_runs_use_them(arm):
+    """`multiret study select` wrote them; the final runs read them with the study's per-stage settings added."""
+    cfg = _compose(f"experiment=vital_study/{arm}", "seed=14", "data.eval_split=test", "data.corpus_max_pages=null")
+    assert cfg.task_name == arm and cfg.data.corpus_max_pages is None and cfg.index.precision == "bfloat16"
+    assert cfg.optimizer.lr > 0 and cfg.trainer.max_steps == 50
+    assert cfg.job_type == ("task-specific" if arm == "task_specific" else "multitask")
+
+
 @pytest.mark.parametrize("group", ["method", "model", "prompt", "optimizer", "scheduler", "trainer", "index", "logger", "callbacks", "data", "debug"])
 def test_every_option_of_a_group_composes(group):
     for option in sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")):
