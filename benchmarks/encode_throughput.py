@@ -63,17 +63,14 @@ def load_model(name: str, corpus: Corpus, folder: Path) -> BiEncoder:
 
 
 def ours(model: BiEncoder, corpus: Corpus, collator: PromptCollator, batch_size: int, folder: Path, workers: int,
-         precision: str = "float32") -> float:
-    """Seconds of `multiret index`'s encoding of the whole corpus into a fresh folder (one process); the embeddings in folder/last."""
+         precision: str = "float32") -> tuple[float, Path]:
+    """Seconds of `multiret index`'s encoding of the whole corpus into a fresh folder (one process), and the shard written."""
     start = time.perf_counter()
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     out = tempfile.mkdtemp(dir=folder)
     encode_shards(trainer, model, corpus, collator, out, batch_size, num_workers=workers, precision=precision)
-    seconds = time.perf_counter() - start
-    (folder / "last").unlink(missing_ok=True)
-    (folder / "last").symlink_to(shard_paths(out, 0, 1)[0])
-    return seconds
+    return time.perf_counter() - start, shard_paths(out, 0, 1)[0]
 
 
 def bare_batches(corpus: Corpus, collator: PromptCollator, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -105,8 +102,9 @@ def measure_precision(name: str, count: int, rounds: int, batch_size: int, max_l
     vectors: dict[str, np.ndarray] = {}
     for round_ in range(rounds):
         for precision in (("float32", "bfloat16") if round_ % 2 == 0 else ("bfloat16", "float32")):
-            times[precision].append(ours(model, corpus, collator, batch_size, folder, workers, precision))
-            vectors[precision] = np.load(folder / "last")
+            seconds, shard = ours(model, corpus, collator, batch_size, folder, workers, precision)
+            times[precision].append(seconds)
+            vectors[precision] = np.load(shard)
             print(f"{name} round {round_}: {precision} {times[precision][-1]:.3f} s", file=sys.stderr)
     a, b = vectors["float32"], vectors["bfloat16"]
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -126,7 +124,7 @@ def measure(name: str, count: int, rounds: int, batch_size: int, max_length: int
     times: dict[str, list[float]] = {"bare": [], "ours": []}
     for round_ in range(rounds):
         for path in (("bare", "ours") if round_ % 2 == 0 else ("ours", "bare")):
-            seconds = bare(model, batches) if path == "bare" else ours(model, corpus, collator, batch_size, folder, workers)
+            seconds = bare(model, batches) if path == "bare" else ours(model, corpus, collator, batch_size, folder, workers)[0]
             times[path].append(seconds)
             print(f"{name} round {round_}: {path} {seconds:.3f} s", file=sys.stderr)
     medians = {path: statistics.median(values) for path, values in times.items()}

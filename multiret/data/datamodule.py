@@ -74,7 +74,7 @@ class MultitaskDataModule(L.LightningDataModule):
         specs = {name: {k: (str(self.root / v) if k in ("train", "dev", "test") and v else v) for k, v in spec.items()}
                  for name, spec in tasks.items()}
         self.tasks: list[TaskSpec] = select_tasks(specs, list(task_names))
-        # a sub-corpus keeps the gold pages of every offered task's sampled queries (see _required_pages)
+        # a sub-corpus keeps the gold pages of every offered task's sampled queries (see _other_tasks_gold_pages)
         self.other_tasks = [TaskSpec(name=name, **spec) for name, spec in specs.items() if name not in task_names]
         self.passage_layout = passage_layout
         self.passage_template = check_template(passage_template)
@@ -103,8 +103,7 @@ class MultitaskDataModule(L.LightningDataModule):
     def data_files(self) -> list[Path]:
         """Every file this module reads (corpus, or a prepared store's files, and the configured splits), for the run's manifest."""
         corpus = sorted(self.corpus_path.iterdir()) if self.corpus_path.is_dir() else [self.corpus_path]
-        others = [Path(p) for t in self.other_tasks for p in (t.train, getattr(t, self.eval_split))
-                  if self.corpus_max_pages is not None and p is not None and Path(p).is_file()]
+        others = [path for path, _ in self._other_task_files()]
         return [*corpus, *(Path(t.split_path(s)) for t in self.tasks for s in ("train", self.eval_split)), *others]
 
     def prepare_data(self) -> None:
@@ -131,8 +130,7 @@ class MultitaskDataModule(L.LightningDataModule):
             raise UserError(f"no item in the {self.eval_split} file(s) {', '.join(map(str, empty))} (empty or blank): "
                             "every score would be 0; fill them, or choose data.eval_split or data.task_names")
         gold = {p for qs in (*train.values(), *evaluation.values()) for q in qs for p in q.gold_pages}
-        if self.corpus_max_pages is not None:
-            gold |= self._other_tasks_gold_pages(key)
+        gold |= self._other_tasks_gold_pages(key)
         self.corpus = subsample_pages(corpus, gold, self.corpus_max_pages, self.seed)
         self.train_queries = {
             name: attach_positives(name, qs, self.corpus, name in self.all_passages_positive) for name, qs in train.items()
@@ -147,13 +145,16 @@ class MultitaskDataModule(L.LightningDataModule):
         from (vital-el's contexts are other articles) would otherwise be missing, and a
         task-specific dev score would be measured on an easier corpus.
         """
-        pages = set()
-        for task in self.other_tasks:
-            for split, limit in (("train", self.max_train_queries), (self.eval_split, self.max_eval_queries)):
-                path = getattr(task, split)
-                if path is not None and Path(path).is_file():
-                    pages.update(p for q in read_queries(path, limit, self.seed, page_key) for p in q.gold_pages)
-        return pages
+        return {p for path, limit in self._other_task_files() for q in read_queries(path, limit, self.seed, page_key)
+                for p in q.gold_pages}
+
+    def _other_task_files(self) -> list[tuple[Path, int | None]]:
+        """The unselected tasks' train and eval-split files that exist, with their sampling caps; none without a sub-corpus."""
+        if self.corpus_max_pages is None:
+            return []
+        splits = (("train", self.max_train_queries), (self.eval_split, self.max_eval_queries))
+        candidates = [(getattr(task, split), limit) for task in self.other_tasks for split, limit in splits]
+        return [(Path(path), limit) for path, limit in candidates if path is not None and Path(path).is_file()]
 
     def _prepare_training(self) -> None:
         assert self.corpus is not None
