@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # The vital study (issue: TACO vs naive vs task-specific, seeded, tuned, tested): docs/results-vital.md.
-# Usage: experiments/vital_study.sh [--quick] [--skip-search] [Hydra overrides for every run, e.g. data.max_eval_queries=500]
+# Usage: experiments/vital_study.sh [--quick] [--skip-search] [--skip-curve] [Hydra overrides for every run, e.g. data.max_eval_queries=500]
 #   sizes from the environment: ROOT, STEPS, CURVE_STEPS, CURVE_EVERY, PAGES, DEV_PAGES, SEEDS, MAIN_SEEDS, LRS, ARMS ("naive taco ...")
 #   1. tuning: the same trials for every arm on dev (the learning rates LRS, Hydra's basic sweeper), at STEPS, seed 13
 #   2. selection: the best trial per arm → conf/experiment/<CHOSEN>/<arm>.yaml (rerun without the search: --skip-search)
 #   3. learning curve: every arm with its chosen settings (seed 13) to CURVE_STEPS, dev R-precision every CURVE_EVERY:
-#      does the score still rise after STEPS?
+#      does the score still rise after STEPS? (--skip-curve: not now; the final runs do not depend on it)
 #   4. final: every arm with its chosen settings, SEEDS (MAIN_SEEDS for naive, TACO, task-specific), on the test split
 #   5. report: multiret study report → docs/results-vital.md (quick: into the study folder)
 # Every run has a fixed folder under $ROOT and runs with resume=true, so an interrupted study re-runs only what is missing.
 set -euo pipefail
-quick=0 search=1 EXTRA=()
+quick=0 search=1 curve=1 EXTRA=()
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --skip-search) search=0 ;;
-    --*) echo "vital_study.sh: unknown option $arg (use --quick, --skip-search, or Hydra overrides)" >&2; exit 2 ;;
+    --skip-curve) curve=0 ;;
+    --*) echo "vital_study.sh: unknown option $arg (use --quick, --skip-search, --skip-curve, or Hydra overrides)" >&2; exit 2 ;;
     *) EXTRA+=("$arg") ;;
   esac
 done
@@ -70,7 +71,7 @@ if ((search)); then  # 1. tuning on dev, 2. selection
   multiret study select "$ROOT/tune" --out "$CONF_DIR/experiment/$CHOSEN"
 fi
 
-for arm in "${ARMS[@]}"; do  # 3. learning curve with the chosen settings (one seed) to CURVE_STEPS, dev every CURVE_EVERY
+for arm in $( ((curve)) && echo "${ARMS[@]}" ); do  # 3. learning curve with the chosen settings (one seed) to CURVE_STEPS, dev every CURVE_EVERY
   # shellcheck disable=SC2046
   multiret train -m "experiment=$CHOSEN/$arm" $(per_task "$arm") seed=13 resume=true "data.corpus_max_pages=$DEV_PAGES" \
     "trainer.max_steps=$CURVE_STEPS" stages=[train] "callbacks.model_checkpoint.every_n_train_steps=$CURVE_EVERY" \
