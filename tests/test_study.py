@@ -133,6 +133,11 @@ def test_report_holds_the_runs_numbers_and_states_missing_parts(study, tmp_path)
         section = text[text.index(f"### {name}\n"):]
         qa_row = next(line for line in section.splitlines() if line.startswith("| qa |"))
         assert f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" in qa_row.split(" | ")[1:3]
+    taco_qa = [metric(study / "final" / "taco" / job, "qa", "Rprec") for job in ("0", "1")]
+    summary = text[text.index("### Summary: one row per arm\n"):].splitlines()
+    assert summary[2].startswith("| arm | qa R-prec | el R-prec | average R-prec | average recall@5 |")
+    assert [line.split(" | ")[0] for line in summary[4:7]] == ["| naive", "| taco", "| task_specific"]  # the main arms first
+    assert summary[5].startswith(f"| taco | {statistics.fmean(taco_qa):.3f} ± {statistics.stdev(taco_qa):.3f} |")
     assert "| naive: Naive − task-specific | average |" in text and "| taco: TACO − naive: Naive | qa |" in text
     assert "*Missing: the learning-curve evaluations" in text
     cosines = [run_cosines(study / "final" / "taco" / job)["qa~el"] for job in ("0", "1")]
@@ -191,3 +196,4 @@ def test_the_sentences_follow_the_numbers():
     assert "show no measurable conflict" in text
     text = conclusions({}, roles, {("naive", "task-specific"): worse}, ("taco", {"a~b": {"mean": -0.1, "negative_share": 0.6, "logged": 10}}))
     assert "significantly below task-specific training" in text and "pairs with a negative mean: a~b" in text
+

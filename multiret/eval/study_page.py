@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from multiret.eval.compare import cell
 from multiret.eval.figures import new_figure, save_figure
 from multiret.eval.significance import PairedResult
 
@@ -23,6 +24,21 @@ def settings_section(settings: Mapping[str, Mapping[str, str]]) -> str:
     columns = ["method", "prompt", "steps", "seeds", "corpus pages", "eval split"]
     lines = ["| arm | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {arm} | " + " | ".join(row.get(c, "–") for c in columns) + " |" for arm, row in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def summary_section(values: Mapping[str, Mapping[str, Mapping[str, list[float]]]], tasks: Sequence[str], first: Sequence[str]) -> str:
+    """One row per arm (``first`` on top): each task's R-precision, then the average R-precision and recall@5, mean ± std over seeds.
+
+    ``values`` maps arm -> metric -> row (a task or ``average``) -> one value per seed; the README quotes these rows verbatim.
+    """
+    arms = sorted(values, key=lambda arm: (arm not in first, list(first).index(arm) if arm in first else 0, arm))
+    header = [*(f"{task} R-prec" for task in tasks), "average R-prec", "average recall@5"]
+    lines = ["| arm | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for arm in arms:
+        cells = [cell(values[arm]["Rprec"].get(task, [])) for task in tasks]
+        cells += [cell(values[arm]["Rprec"].get("average", [])), cell(values[arm]["recall@5"].get("average", []))]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -149,15 +149,20 @@ def final_sections(root: Path, figures: Path, page: Path, roles: dict[str, str],
     label = {arm_of(r, final): r.label for r in runs}
     figures_link = os.path.relpath(figures, page.parent)
     sections = ["## Test split (mean ± std over seeds)\n"]
-    averages = {}
+    averages, per_arm = {}, defaultdict(dict)
     for metric in METRICS:
         rows, values = table(runs, metric)
+        for arm, lab in label.items():
+            per_arm[arm][metric] = values[lab]
         sections.append(markdown(rows, values, metric))
         name = f"final-{metric.replace('@', '_at_')}.png"
         plot(rows, values, metric, figures / name)
         sections.append(f"![{metric} per task, error bars: std over seeds]({figures_link}/{name})\n")
         if metric == "Rprec":
             averages = {arm: statistics.fmean(values[lab]["average"]) for arm, lab in label.items() if values[lab].get("average")}
+    main_arms = [roles[role] for role in ("naive", "TACO", "task-specific")]
+    tasks = [row for row in rows if row != "average"]
+    sections[1:1] = ["### Summary: one row per arm\n", study_page.summary_section(per_arm, tasks, main_arms)]
     sections.append("## Paired significance (queries pooled across seeds)\n")
     wanted = [(a, b) for a, b in pairs if a in label and b in label]
     absent = [f"{a} − {b}" for a, b in pairs if (a, b) not in wanted]
