@@ -41,6 +41,11 @@ def test_seeds_are_averaged_per_query_and_query_sets_must_agree():
         mean_over_seeds([{"qa": {"1": 1.0}}, {"qa": {"2": 1.0}}], "arm")
     with pytest.raises(ValueError, match="task qa: the two arms were evaluated on different queries"):
         paired_test({"qa": {"1": 1.0}}, {"qa": {"2": 1.0}}, ["qa"])
+    drawn = [{"qa": {"1": 1.0, "2": 0.0}}, {"qa": {"2": 1.0, "3": 0.0}}]  # each seed sampled its own queries: pooled
+    assert mean_over_seeds(drawn, "arm", seeds=[13, 14]) == {"qa": {"seed 13: 1": 1.0, "seed 13: 2": 0.0,
+                                                                 "seed 14: 2": 1.0, "seed 14: 3": 0.0}}
+    with pytest.raises(ValueError, match="runs of task qa were evaluated on different queries"):
+        mean_over_seeds(drawn, "arm", seeds=[13, 13])
 
 
 def test_item_scores_average_to_evaluate_kilt():

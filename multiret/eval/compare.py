@@ -208,7 +208,8 @@ def paired_results(
             arm_runs = [r for r in runs if r.label == label]
             if not all(Path(r.source, "eval").is_dir() for r in arm_runs):
                 raise ValueError(f"--paired: column {label!r} has runs without an eval/ folder (W&B runs); give their run folders")
-            arms.append(mean_over_seeds([run_query_scores(r.source, r.tasks, metric, ks) for r in arm_runs], label))
+            seeds = [int(OmegaConf.load(Path(r.source) / "config.yaml").seed) for r in arm_runs]
+            arms.append(mean_over_seeds([run_query_scores(r.source, r.tasks, metric, ks) for r in arm_runs], label, seeds))
         for row, row_tasks in [*((t, [t]) for t in tasks), ("average", tasks)]:
             results.append((a_label, b_label, row, paired_test(arms[0], arms[1], row_tasks)))
     return results
@@ -217,7 +218,8 @@ def paired_results(
 def paired_markdown(results: Sequence[tuple[str, str, str, PairedResult]], metric: str) -> str:
     """Markdown rows of :func:`paired_results`."""
     lines = [
-        f"### paired tests, {metric} (A − B over queries, each query averaged over seeds; "
+        f"### paired tests, {metric} (A − B over queries, each query averaged over seeds, or one unit per seed and query "
+        "where the seeds drew different queries; "
         "95% bootstrap interval, two-sided sign-flip permutation p)",
         "",
         "| A − B | task | Δ | 95% interval | p | queries |",

@@ -47,22 +47,29 @@ def run_query_scores(run_dir: str | Path, tasks: Sequence[str], metric: str, ks:
     return scores
 
 
-def mean_over_seeds(runs: Sequence[QueryScores], label: str) -> dict[str, dict[str, float]]:
+def mean_over_seeds(runs: Sequence[QueryScores], label: str, seeds: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
     """Average each query's score over the arm's runs that hold its task (seeds; task-specific: one task a run).
 
-    Every run of a task must hold the same queries, or the average would mix query sets.
+    Where the seeds drew different queries of a task (``data.max_eval_queries`` samples per seed), each seed's query is
+    its own unit, keyed ``seed <s>: <query>``, so an arm run with the same seeds pairs query for query; without
+    ``seeds`` (or with a seed repeated for a task) such runs are refused, since an average would mix query sets.
     """
-    by_task: dict[str, list[Mapping[str, float]]] = defaultdict(list)
-    for run in runs:
+    by_task: dict[str, list[tuple[int | None, Mapping[str, float]]]] = defaultdict(list)
+    for number, run in enumerate(runs):
         for task, queries in run.items():
-            by_task[task].append(queries)
+            by_task[task].append((None if seeds is None else seeds[number], queries))
     if not by_task:
         raise ValueError(f"{label}: no run to test")
     means: dict[str, dict[str, float]] = {}
     for task, task_runs in by_task.items():
-        if any(set(r) != set(task_runs[0]) for r in task_runs):
+        first = task_runs[0][1]
+        if all(set(r) == set(first) for _, r in task_runs):
+            means[task] = {q: sum(r[q] for _, r in task_runs) / len(task_runs) for q in first}
+            continue
+        run_seeds = [seed for seed, _ in task_runs]
+        if None in run_seeds or len(set(run_seeds)) != len(run_seeds):
             raise ValueError(f"{label}: its runs of task {task} were evaluated on different queries; a paired test needs the same ones")
-        means[task] = {q: sum(r[q] for r in task_runs) / len(task_runs) for q in task_runs[0]}
+        means[task] = {f"seed {seed}: {q}": score for seed, r in task_runs for q, score in r.items()}
     return means
 
 
