@@ -36,13 +36,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunResult:
-    """One evaluated run: where it is (a folder or a W&B run path), its column label, its tasks and their metrics."""
+    """One evaluated run: where it is (a folder or a W&B run path), its column label, its tasks, their metrics and its seed."""
 
     source: str
     label: str
     job_type: str
     tasks: tuple[str, ...]
     metrics: dict[str, dict[str, float]]
+    seed: int | None = None
 
 
 def run_result(source: str, config: Mapping[str, Any], metrics: dict[str, dict[str, float]], job_type: str = "multitask") -> RunResult:
@@ -55,7 +56,8 @@ def run_result(source: str, config: Mapping[str, Any], metrics: dict[str, dict[s
     method = str(cfg.method._target_).rsplit(".", 1)[-1]
     job_type = str(cfg.get("job_type", job_type))
     label = TASK_SPECIFIC if job_type == TASK_SPECIFIC else f"{cfg.task_name}: {method}"
-    return RunResult(source, label, job_type, tuple(cfg.data.task_names), metrics)
+    seed = cfg.get("seed")
+    return RunResult(source, label, job_type, tuple(cfg.data.task_names), metrics, None if seed is None else int(seed))
 
 
 def summary_metrics(source: str, config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, dict[str, float]] | None:
@@ -208,8 +210,8 @@ def paired_results(
             arm_runs = [r for r in runs if r.label == label]
             if not all(Path(r.source, "eval").is_dir() for r in arm_runs):
                 raise ValueError(f"--paired: column {label!r} has runs without an eval/ folder (W&B runs); give their run folders")
-            seeds = [int(OmegaConf.load(Path(r.source) / "config.yaml").seed) for r in arm_runs]
-            arms.append(mean_over_seeds([run_query_scores(r.source, r.tasks, metric, ks) for r in arm_runs], label, seeds))
+            scores = [run_query_scores(r.source, r.tasks, metric, ks) for r in arm_runs]
+            arms.append(mean_over_seeds(scores, label, [r.seed for r in arm_runs]))
         for row, row_tasks in [*((t, [t]) for t in tasks), ("average", tasks)]:
             results.append((a_label, b_label, row, paired_test(arms[0], arms[1], row_tasks)))
     return results

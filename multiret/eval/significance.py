@@ -47,12 +47,12 @@ def run_query_scores(run_dir: str | Path, tasks: Sequence[str], metric: str, ks:
     return scores
 
 
-def mean_over_seeds(runs: Sequence[QueryScores], label: str, seeds: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
+def mean_over_seeds(runs: Sequence[QueryScores], label: str, seeds: Sequence[int | None] | None = None) -> dict[str, dict[str, float]]:
     """Average each query's score over the arm's runs that hold its task (seeds; task-specific: one task a run).
 
     Where the seeds drew different queries of a task (``data.max_eval_queries`` samples per seed), each seed's query is
     its own unit, keyed ``seed <s>: <query>``, so an arm run with the same seeds pairs query for query; without
-    ``seeds`` (or with a seed repeated for a task) such runs are refused, since an average would mix query sets.
+    ``seeds`` (or with a seed unknown or repeated for a task) such runs are refused, since an average would mix query sets.
     """
     by_task: dict[str, list[tuple[int | None, Mapping[str, float]]]] = defaultdict(list)
     for number, run in enumerate(runs):
