@@ -75,7 +75,7 @@ def ours(model: BiEncoder, corpus: Corpus, collator: PromptCollator, batch_size:
 
 def bare_batches(corpus: Corpus, collator: PromptCollator, batch_size: int) -> list[dict[str, torch.Tensor]]:
     """Our path's batches (same rows in the same order, same padding), tokenised up front."""
-    rows = list(ShardSampler(corpus, [(0, len(corpus))], 0, 1))
+    rows = list(ShardSampler(corpus, [(0, len(corpus))]))
     return [collator.passages([corpus.passage_text(r) for r in rows[i:i + batch_size]]) for i in range(0, len(rows), batch_size)]
 
 

@@ -25,8 +25,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from multiret.atomic import atomic_write_text
 from multiret.data.collator import PromptCollator
@@ -174,15 +173,11 @@ class ShardProgress:
         self.complete = True
 
 
-class ShardSampler(DistributedSampler):
-    """This rank's rows of the chunks still to encode, chunk by chunk, longest passage first within a chunk (less padding).
+class ShardSampler(Sampler[int]):
+    """This rank's rows of the chunks still to encode, chunk by chunk, longest passage first within a chunk (less padding)."""
 
-    Being a ``DistributedSampler``, Lightning keeps it as is instead of injecting its own
-    sampler, which would interleave the rows across ranks.
-    """
-
-    def __init__(self, corpus: Corpus, chunks: Sequence[tuple[int, int]], rank: int, world_size: int) -> None:
-        super().__init__(range(len(corpus)), num_replicas=world_size, rank=rank, shuffle=False)
+    def __init__(self, corpus: Corpus, chunks: Sequence[tuple[int, int]]) -> None:
+        super().__init__()
         self.corpus = corpus
         self.chunks = list(chunks)
 
@@ -250,12 +245,14 @@ class CorpusEncoder(L.LightningModule):
         self.progress = ShardProgress(self.directory, self.corpus, rank, world_size, self.key, self.chunk_rows)
         if not self.progress.pending():
             self.progress.finish()  # every chunk was recorded before an interruption: only the rename was left (no batch runs)
-        sampler = ShardSampler(self.corpus, self.progress.pending(), rank, world_size)
+        sampler = ShardSampler(self.corpus, self.progress.pending())
         if self.num_workers:
-            return DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
-                              num_workers=self.num_workers, prefetch_factor=4)
-        self.prefetch = PrefetchingCollate(self.collate, sampler, self.batch_size)
-        return DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.prefetch)
+            loader = DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
+                                num_workers=self.num_workers, prefetch_factor=4)
+        else:
+            self.prefetch = PrefetchingCollate(self.collate, sampler, self.batch_size)
+            loader = DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.prefetch)
+        return UnrecordedBatches(loader)
 
     def on_predict_end(self) -> None:
         if self.prefetch is not None:
@@ -273,15 +270,31 @@ class CorpusEncoder(L.LightningModule):
         return batch["rows"].cpu(), vectors.float().cpu()
 
 
-class ShardWriter(BasePredictionWriter):
+class UnrecordedBatches:
+    """A DataLoader that Lightning's predict loop iterates as it is, without recording the rows of every batch.
+
+    Lightning rebuilds a predict ``DataLoader`` around a batch sampler that keeps each batch's
+    indices for prediction writers: a Python int per passage, 43 bytes measured, which for KILT's
+    36M passages is 1.5 GB held until encoding ends. Any other iterable is left alone; the rows
+    travel in the batch itself (``rows``), and each rank's sampler is already its shard.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class ShardWriter(L.Callback):
     """Hands each batch's embeddings to the rank's :class:`ShardProgress`; finishes the shard at the end."""
 
-    def __init__(self) -> None:
-        super().__init__(write_interval="batch")
-
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
-                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
-        rows, vectors = prediction
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        rows, vectors = outputs
         pl_module.progress.write(rows.numpy(), vectors.numpy())
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
