@@ -3,6 +3,7 @@
     python benchmarks/encode_throughput.py                      # MiniLM and the tiny T5, 5 rounds each
     python benchmarks/encode_throughput.py --models t5 --rounds 3 --threads 1
     python benchmarks/encode_throughput.py --models minilm --precision  # index.precision: float32 vs bfloat16
+    python benchmarks/encode_throughput.py --models t5 --tokenize       # the collator vs the tokenizer's own tensors
 
 Our path is ``index_corpus``'s encoder (``trainer.predict`` over the corpus with the shard and
 chunk writer: tokenisation, forward, pooling, the memory-mapped shard) into a fresh folder.
@@ -10,9 +11,14 @@ The bare path is the model's own forward (``AutoModel(...)(**batch)``, in infere
 the very same batches, tokenised beforehand: the limit the model sets. Both run in one process
 on the same synthetic passages, interleaved round by round (the order alternating); prints one
 JSON object with, per model, the median seconds of each path and ``ratio`` = bare / ours (our
-throughput as a fraction of the model's). With ``--precision`` the two paths are instead our
-encoding at ``index.precision=float32`` and at ``bfloat16``: ``ratio`` = float32 / bfloat16 seconds
-(the speed-up), and ``min_cosine``, the least cosine between a passage's two embeddings.
+throughput as a fraction of the model's), and ``paired_ratio``, the median over rounds of each
+round's own bare / ours: the two runs of a round are seconds apart, so a slow spell of a shared
+machine moves both and cancels in the pair, where it can fall on one path's median alone. With
+``--precision`` the two paths are instead our encoding at ``index.precision=float32`` and at
+``bfloat16``: ``ratio`` = float32 / bfloat16 seconds (the speed-up), and ``min_cosine``, the least
+cosine between a passage's two embeddings. With
+``--tokenize`` they are the collator's tokenisation of every batch (``PromptCollator.passages``)
+and the tokenizer's own ``return_tensors="pt"`` on the same texts: ``ratio`` = tokenizer / collator.
 """
 
 from __future__ import annotations
@@ -92,6 +98,11 @@ def bare(model: BiEncoder, batches: list[dict[str, torch.Tensor]]) -> float:
     return time.perf_counter() - start
 
 
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of the rounds' own ratios (the two runs of a round were timed back to back)."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
+
+
 def measure_precision(name: str, count: int, rounds: int, batch_size: int, max_length: int, folder: Path, workers: int) -> dict:
     """Our encoding at float32 against bfloat16 (index.precision), interleaved; the speed-up and the embeddings' agreement."""
     corpus = passages(count)
@@ -111,7 +122,38 @@ def measure_precision(name: str, count: int, rounds: int, batch_size: int, max_l
     medians = {precision: statistics.median(values) for precision, values in times.items()}
     return {"passages": count, "batch_size": batch_size, "max_length": max_length, "rounds": rounds,
             "float32_s": medians["float32"], "bfloat16_s": medians["bfloat16"], "ratio": medians["float32"] / medians["bfloat16"],
-            "min_cosine": float(cosine.min()), "threads": torch.get_num_threads()}
+            "paired_ratio": paired_ratio(times["float32"], times["bfloat16"]), "min_cosine": float(cosine.min()),
+            "threads": torch.get_num_threads()}
+
+
+def measure_tokenize(name: str, count: int, rounds: int, batch_size: int, max_length: int, folder: Path, workers: int) -> dict:
+    """The collator's batches against the tokenizer building the same tensors itself, interleaved."""
+    corpus = passages(count)
+    model = load_model(name, corpus, folder)
+    collator = PromptCollator(model.tokenizer, None, max_length)
+    texts = [[corpus.passage_text(r) for r in range(i, min(i + batch_size, count))] for i in range(0, count, batch_size)]
+
+    def tokenizer_tensors() -> None:
+        for batch in texts:
+            model.tokenizer(batch, max_length=max_length, truncation=True, padding=True, return_tensors="pt")
+
+    def collator_tensors() -> None:
+        for batch in texts:
+            collator.passages(batch)
+
+    paths = {"tokenizer": tokenizer_tensors, "collator": collator_tensors}
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for path in (("tokenizer", "collator") if round_ % 2 == 0 else ("collator", "tokenizer")):
+            start = time.perf_counter()
+            paths[path]()
+            if round_:
+                times[path].append(time.perf_counter() - start)
+    medians = {path: statistics.median(values) for path, values in times.items()}
+    return {"passages": count, "batch_size": batch_size, "max_length": max_length, "rounds": rounds,
+            "tokenizer_s": medians["tokenizer"], "collator_s": medians["collator"],
+            "ratio": medians["tokenizer"] / medians["collator"],
+            "paired_ratio": paired_ratio(times["tokenizer"], times["collator"])}
 
 
 def measure(name: str, count: int, rounds: int, batch_size: int, max_length: int, folder: Path, workers: int) -> dict:
@@ -130,7 +172,7 @@ def measure(name: str, count: int, rounds: int, batch_size: int, max_length: int
     medians = {path: statistics.median(values) for path, values in times.items()}
     return {"passages": count, "batch_size": batch_size, "max_length": max_length, "rounds": rounds,
             "bare_s": medians["bare"], "ours_s": medians["ours"], "ratio": medians["bare"] / medians["ours"],
-            "threads": torch.get_num_threads(), "num_workers": workers}
+            "paired_ratio": paired_ratio(times["bare"], times["ours"]), "threads": torch.get_num_threads(), "num_workers": workers}
 
 
 def main() -> None:
@@ -144,15 +186,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="tokenising processes (index.num_workers, default 0)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a shared machine")
     parser.add_argument("--precision", action="store_true", help="time index.precision=float32 against bfloat16 instead")
+    parser.add_argument("--tokenize", action="store_true", help="time the collator against the tokenizer's own tensors instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = {"minilm": args.minilm_passages, "t5": args.t5_passages}
     with tempfile.TemporaryDirectory() as folder:
-        run = measure_precision if args.precision else measure
+        run = measure_precision if args.precision else measure_tokenize if args.tokenize else measure
         results = {name: run(name, sizes[name], args.rounds, args.batch_size, args.max_length, Path(folder), args.workers)
                    for name in args.models.split(",")}
-    print(json.dumps({**results, "ratios": {name: round(r["ratio"], 3) for name, r in results.items()}}, indent=2))
+    summary = {name: {key: round(value, 3) for key, value in r.items() if key.endswith("ratio")} for name, r in results.items()}
+    print(json.dumps({**results, "summary": summary}, indent=2))
 
 
 if __name__ == "__main__":
