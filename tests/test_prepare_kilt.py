@@ -21,7 +21,7 @@ from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.index.bm25 import BM25Retriever
 from multiret.prepare import negatives, pipeline
-from multiret.prepare.bm25_index import _write_vocabulary, build_bm25_index, load_bm25_index, search
+from multiret.prepare.bm25_index import _write_vocabulary, build_bm25_index, load_bm25_index, search, top_rows
 from multiret.prepare.kilt_tasks import KILT_TASKS, aida_window, convert_split
 from multiret.prepare.passages import build_passage_store
 
@@ -86,7 +86,25 @@ def test_chunked_bm25_index_scores_as_bm25s_in_memory(raw, tmp_path):
     _rows, scores = ours.retrieve(tokens, k=10, show_progress=False)
     ref_rows, ref_scores = reference._bm25.retrieve(tokens, k=10, show_progress=False)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
-    assert (search(ours, queries, 10)[scores > 0] == ref_rows[scores > 0]).all()
+    for query, words, rows in zip(queries, tokens, search(ours, queries, 10)):
+        full = reference._bm25.get_scores(words)  # every passage's in-memory score
+        matched = np.flatnonzero(full)
+        expected = matched[np.lexsort((matched, -full[matched]))][:10]  # best first, equal scores by row
+        assert rows.tolist() == expected.tolist() + [-1] * (10 - len(expected)), query
+
+
+def test_top_rows_takes_non_zero_scores_best_first_and_equal_ones_by_row():
+    scores = np.array([0, 2.5, 0, 1.0, 2.5, 0, 1.0, 3.0, 1.0], dtype=np.float32)
+    assert top_rows(scores, 4).tolist() == [7, 1, 4, 3]  # of the three rows at 1.0, the first
+    assert top_rows(scores, 7).tolist() == [7, 1, 4, 3, 6, 8, -1]  # six match: the seventh is no hit
+    assert top_rows(np.zeros(5, dtype=np.float32), 2).tolist() == [-1, -1]
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # mostly zeros and many equal scores, as BM25 gives
+        scores = rng.choice(np.array([0, 0, 0, 0.5, 1.25, 2.0], dtype=np.float32), size=int(rng.integers(1, 60)))
+        k = int(rng.integers(1, 70))
+        matched = np.flatnonzero(scores)
+        expected = sorted(matched.tolist(), key=lambda r: (-scores[r], r))[:k]
+        assert top_rows(scores, k).tolist() == expected + [-1] * (k - len(expected))
 
 
 def _folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -210,8 +228,9 @@ def test_negatives_are_top_bm25_passages_outside_the_gold_pages(prepared, split)
         pools = {r["id"]: r["negatives"] for r in read_jsonl(negatives_file(out / "negatives", task, split))}
         assert set(pools) == {q.qid for q in queries}
         for query in queries:
-            assert 0 < len(pools[query.qid]) <= 8
+            assert len(pools[query.qid]) <= 8  # empty where only gold passages share a word with the query
             assert not {store.page_ids[store.row(p)] for p in pools[query.qid]} & set(query.gold_pages)
+        assert report["negatives"][task][split]["empty"] == sum(not p for p in pools.values())
         read_negatives(out / "negatives", task, queries, store, split)
         assert report["negatives"][task][split]["queries"] == len(queries)
 
@@ -221,7 +240,7 @@ def test_negatives_follow_the_bm25_ranking(prepared):
     store = PassageStore(out / "passages")
     nq0 = next(q for q in read_queries(out / "nq-train.jsonl") if q.qid == "nq0")
     ranked = search(load_bm25_index(out / "bm25"), [nq0.text], 8)[0]
-    expected = [store.ids[r] for r in ranked if store.page_ids[r] != "10"]
+    expected = [store.ids[r] for r in ranked if r >= 0 and store.page_ids[r] != "10"]
     assert len(expected) < 8 and next(r["negatives"] for r in read_jsonl(out / "negatives" / "nq.jsonl") if r["id"] == "nq0") == expected
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import bm25s
 import numpy as np
-from bm25s import selection
 from bm25s.tokenization import Tokenizer
 from tqdm.auto import tqdm
 
@@ -45,6 +44,7 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 _CHUNK = 50_000
 _STOPWORDS = "en"
 _SEARCH_BATCH = 64  # queries a worker scores per task
+SELECTION = "non-zero scores, best first, equal scores by row"  # top_rows's rule, recorded with the negatives it gives
 _PASS_ONE = ("tokens.i32", "tf.u16", "distinct.i32", "length.i32")  # scratch files: per posting, then per passage
 _SCRATCH = (*_PASS_ONE, "doc_starts.i64", "idf.f64")
 
@@ -218,15 +218,38 @@ def _query_ids(index: bm25s.BM25, texts: Sequence[str]) -> list[list[int]]:
     return [index.get_tokens_ids(words) for words in tokens]
 
 
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best-scoring rows among those with a non-zero score, best first, equal scores by row; -1 where fewer match.
+
+    A passage sharing no word with the query scores exactly 0, and most of KILT's 36M do for any
+    one query: ``np.argpartition`` over such a vector (bm25s's numpy selection) took 30–60 times
+    as long as this selection among its non-zero rows (``benchmarks/bm25_selection.py``, 70–99.9%
+    zeros: 0.4 s a query at 2M passages, so seconds at 36M). Zero-score rows were arbitrary fill,
+    not hits: they are left out (-1, which :func:`multiret.data.negatives.drop_gold_pages` drops
+    as it does FAISS's padding).
+    """
+    matched = np.count_nonzero(scores)
+    rows = np.flatnonzero(scores) if 2 * matched < len(scores) else None  # mostly zeros: select among the others
+    values = scores if rows is None else scores[rows]
+    if matched > k:
+        kth = np.partition(values, len(values) - k)[len(values) - k]  # the k-th largest score (not 0: more than k match)
+        above, tied = np.flatnonzero(values > kth), np.flatnonzero(values == kth)
+        keep = np.concatenate([above, tied[:k - len(above)]])  # of the rows scoring exactly the k-th, the first
+    else:
+        keep = np.flatnonzero(values)
+    best = keep if rows is None else rows[keep]
+    order = np.lexsort((best, -values[keep]))
+    return np.concatenate([best[order], np.full(k - len(best), -1, dtype=np.int64)])
+
+
 def _top_rows(index: bm25s.BM25, batch: tuple[list[list[int]], int]) -> np.ndarray:
-    """Rows of the top-``k`` passages per query, best first: bm25s's own scoring and selection, query by query."""
+    """Rows of the top-``k`` passages per query, best first: bm25s's scoring, then :func:`top_rows`, query by query."""
     queries, k = batch
-    return np.array([selection.topk(index.get_scores_from_ids(ids), k=k, backend="auto", sorted=True)[1] for ids in queries],
-                    dtype=np.int64).reshape(len(queries), k)
+    return np.array([top_rows(index.get_scores_from_ids(ids), k) for ids in queries], dtype=np.int64).reshape(len(queries), k)
 
 
 def search(index: bm25s.BM25, texts: Sequence[str], k: int) -> np.ndarray:
-    """Passage rows of the top-``k`` BM25 hits per text, best first (in this process)."""
+    """Passage rows of the top-``k`` BM25 hits per text, best first, -1 after the last passage that matches (in this process)."""
     return _top_rows(index, (_query_ids(index, texts), k))
 
 

@@ -31,7 +31,7 @@ from multiret.data.prepared import REPORT
 from multiret.data.store import META as STORE_META, PassageStore
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError, require_writable_folder
-from multiret.prepare.bm25_index import BM25Searcher, build_bm25_index
+from multiret.prepare.bm25_index import SELECTION, BM25Searcher, build_bm25_index
 from multiret.prepare.kilt_tasks import (
     AIDA_WINDOW_WORDS,
     DEFAULT_MAX_TRAIN,
@@ -208,7 +208,7 @@ def prepare_kilt(
                                               bm25_top_k, pools[split], show_progress=show_progress)
                         for split in SPLITS}
 
-            params = {"top_k": bm25_top_k, "bm25": bm25_identity,
+            params = {"top_k": bm25_top_k, "bm25": bm25_identity, "selection": SELECTION,
                       "queries": {split: _file_identity(path) for split, path in queries_files.items()}}
             report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, list(pools.values()), negatives)
 
