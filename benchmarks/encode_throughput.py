@@ -16,9 +16,9 @@ round's own bare / ours: the two runs of a round are seconds apart, so a slow sp
 machine moves both and cancels in the pair, where it can fall on one path's median alone. With
 ``--precision`` the two paths are instead our encoding at ``index.precision=float32`` and at
 ``bfloat16``: ``ratio`` = float32 / bfloat16 seconds (the speed-up), and ``min_cosine``, the least
-cosine between a passage's two embeddings. With
-``--tokenize`` they are the collator's tokenisation of every batch (``PromptCollator.passages``)
-and the tokenizer's own ``return_tensors="pt"`` on the same texts: ``ratio`` = tokenizer / collator.
+cosine between a passage's two embeddings. With ``--tokenize`` they are the collator's
+tokenisation of every batch (``PromptCollator.passages``) and the tokenizer's own
+``return_tensors="pt"`` on the same texts: ``ratio`` = tokenizer / collator.
 """
 
 from __future__ import annotations

@@ -227,9 +227,12 @@ def test_negatives_are_top_bm25_passages_outside_the_gold_pages(prepared, split)
         queries = read_queries(out / f"{task}-{split}.jsonl")
         pools = {r["id"]: r["negatives"] for r in read_jsonl(negatives_file(out / "negatives", task, split))}
         assert set(pools) == {q.qid for q in queries}
-        for query in queries:
-            assert len(pools[query.qid]) <= 8  # empty where only gold passages share a word with the query
+        ranked = search(load_bm25_index(out / "bm25"), [q.text for q in queries], 8)
+        for query, rows in zip(queries, ranked):
+            assert len(pools[query.qid]) <= 8
             assert not {store.page_ids[store.row(p)] for p in pools[query.qid]} & set(query.gold_pages)
+            # empty only where every passage sharing a word with the query is of a gold page
+            assert pools[query.qid] == [store.ids[r] for r in rows if r >= 0 and store.page_ids[r] not in query.gold_pages]
         assert report["negatives"][task][split]["empty"] == sum(not p for p in pools.values())
         read_negatives(out / "negatives", task, queries, store, split)
         assert report["negatives"][task][split]["queries"] == len(queries)
