@@ -4,6 +4,7 @@
     python benchmarks/encode_throughput.py --models t5 --rounds 3 --threads 1
     python benchmarks/encode_throughput.py --models minilm --precision  # index.precision: float32 vs bfloat16
     python benchmarks/encode_throughput.py --models t5 --tokenize       # the collator vs the tokenizer's own tensors
+    python benchmarks/encode_throughput.py --models t5 --kept-tokens    # ours reading index.tokens_dir, no tokenizer
 
 Our path is ``index_corpus``'s encoder (``trainer.predict`` over the corpus with the shard and
 chunk writer: tokenisation, forward, pooling, the memory-mapped shard) into a fresh folder.
@@ -18,12 +19,15 @@ machine moves both and cancels in the pair, where it can fall on one path's medi
 ``bfloat16``: ``ratio`` = float32 / bfloat16 seconds (the speed-up), and ``min_cosine``, the least
 cosine between a passage's two embeddings. With ``--tokenize`` they are the collator's
 tokenisation of every batch (``PromptCollator.passages``) and the tokenizer's own
-``return_tensors="pt"`` on the same texts: ``ratio`` = tokenizer / collator.
+``return_tensors="pt"`` on the same texts: ``ratio`` = tokenizer / collator. With ``--kept-tokens``
+our encoding reads the passages' token ids that the warm-up encoding kept (``index.tokens_dir``),
+as every encoding after a corpus's first does; ``warm_up_s`` is that first, token-writing encoding.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -69,13 +73,14 @@ def load_model(name: str, corpus: Corpus, folder: Path) -> BiEncoder:
 
 
 def ours(model: BiEncoder, corpus: Corpus, collator: PromptCollator, batch_size: int, folder: Path, workers: int,
-         precision: str = "float32") -> tuple[float, Path]:
+         precision: str = "float32", tokens_dir: Path | None = None) -> tuple[float, Path]:
     """Seconds of `multiret index`'s encoding of the whole corpus into a fresh folder (one process), and the shard written."""
     start = time.perf_counter()
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     out = tempfile.mkdtemp(dir=folder)
-    encode_shards(trainer, model, corpus, collator, out, batch_size, num_workers=workers, precision=precision)
+    encode_shards(trainer, model, corpus, collator, out, batch_size, num_workers=workers, precision=precision,
+                  tokens_dir=tokens_dir)
     return time.perf_counter() - start, shard_paths(out, 0, 1)[0]
 
 
@@ -156,23 +161,29 @@ def measure_tokenize(name: str, count: int, rounds: int, batch_size: int, max_le
             "paired_ratio": paired_ratio(times["tokenizer"], times["collator"])}
 
 
-def measure(name: str, count: int, rounds: int, batch_size: int, max_length: int, folder: Path, workers: int) -> dict:
+def measure(name: str, count: int, rounds: int, batch_size: int, max_length: int, folder: Path, workers: int,
+            kept_tokens: bool = False) -> dict:
+    """Our encoding against the bare forward, interleaved; with ``kept_tokens`` ours reads index.tokens_dir, filled by the warm-up."""
     corpus = passages(count)
     model = load_model(name, corpus, folder)
     collator = PromptCollator(model.tokenizer, None, max_length)
     batches = bare_batches(corpus, collator, batch_size)
-    ours(model, corpus, collator, batch_size, folder, workers)  # warm-up: first-call allocations, Lightning's imports
+    tokens_dir = folder / f"tokens-{name}" if kept_tokens else None
+    # warm-up: first-call allocations, Lightning's imports (and, with kept_tokens, the token files written)
+    fill_s = ours(model, corpus, collator, batch_size, folder, workers, tokens_dir=tokens_dir)[0]
     bare(model, batches)
     times: dict[str, list[float]] = {"bare": [], "ours": []}
     for round_ in range(rounds):
         for path in (("bare", "ours") if round_ % 2 == 0 else ("ours", "bare")):
-            seconds = bare(model, batches) if path == "bare" else ours(model, corpus, collator, batch_size, folder, workers)[0]
+            seconds = (bare(model, batches) if path == "bare"
+                       else ours(model, corpus, collator, batch_size, folder, workers, tokens_dir=tokens_dir)[0])
             times[path].append(seconds)
             print(f"{name} round {round_}: {path} {seconds:.3f} s", file=sys.stderr)
     medians = {path: statistics.median(values) for path, values in times.items()}
     return {"passages": count, "batch_size": batch_size, "max_length": max_length, "rounds": rounds,
             "bare_s": medians["bare"], "ours_s": medians["ours"], "ratio": medians["bare"] / medians["ours"],
-            "paired_ratio": paired_ratio(times["bare"], times["ours"]), "threads": torch.get_num_threads(), "num_workers": workers}
+            "paired_ratio": paired_ratio(times["bare"], times["ours"]), "threads": torch.get_num_threads(), "num_workers": workers,
+            "kept_tokens": kept_tokens, "warm_up_s": fill_s}
 
 
 def main() -> None:
@@ -187,12 +198,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a shared machine")
     parser.add_argument("--precision", action="store_true", help="time index.precision=float32 against bfloat16 instead")
     parser.add_argument("--tokenize", action="store_true", help="time the collator against the tokenizer's own tensors instead")
+    parser.add_argument("--kept-tokens", action="store_true",
+                        help="our encoding reads the token ids the warm-up kept (index.tokens_dir) instead of tokenising")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = {"minilm": args.minilm_passages, "t5": args.t5_passages}
     with tempfile.TemporaryDirectory() as folder:
-        run = measure_precision if args.precision else measure_tokenize if args.tokenize else measure
+        run = (measure_precision if args.precision else measure_tokenize if args.tokenize
+               else functools.partial(measure, kept_tokens=args.kept_tokens))
         results = {name: run(name, sizes[name], args.rounds, args.batch_size, args.max_length, Path(folder), args.workers)
                    for name in args.models.split(",")}
     summary = {name: {key: round(value, 3) for key, value in r.items() if key.endswith("ratio")} for name, r in results.items()}

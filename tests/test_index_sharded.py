@@ -58,7 +58,9 @@ def test_two_processes_encode_shards_that_equal_one_process(tmp_path, tiny_t5_di
     assert len(corpus) == 79
     stages = "stages=[index,evaluate]"
     one = run(tiny_config(tmp_path / "one", tiny_t5_dir, odd_kilt_dir, kilt_tasks, stages))
-    two = run(tiny_config(tmp_path / "two", tiny_t5_dir, odd_kilt_dir, kilt_tasks, stages, *DDP))
+    tokens = tmp_path / "tokens"
+    two = run(tiny_config(tmp_path / "two", tiny_t5_dir, odd_kilt_dir, kilt_tasks, stages, *DDP, f"index.tokens_dir={tokens}"))
+    assert len(list(tokens.rglob("*.npy"))) == 2  # each process kept its shard's token ids
     index_dir = tmp_path / "two" / "index"
     shards = [np.load(shard_paths(index_dir, r, 2)[0]) for r in range(2)]
     assert [len(s) for s in shards] == [40, 39]

@@ -91,7 +91,7 @@ def index(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule) ->
                                      enable_checkpointing=False)
     built = index_corpus(trainer, model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
                          cfg.index.batch_size, cfg.index.train_sample, num_workers=cfg.index.num_workers,
-                         precision=cfg.index.precision)
+                         precision=cfg.index.precision, tokens_dir=cfg.index.tokens_dir)
     return built is not None
 
 

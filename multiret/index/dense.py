@@ -30,16 +30,18 @@ def index_corpus(
     chunk_rows: int = CHUNK_ROWS,
     num_workers: int = 0,
     precision: str = "float32",
+    tokens_dir: str | Path | None = None,
 ) -> DenseIndex | None:
     """Embed every passage into ``<out_dir>/shards/`` and build the FAISS index over them; None on processes after the first.
 
     ``trainer`` (carrying a :class:`ShardWriter`) decides the processes: each encodes its shard
     chunk by chunk, keeping finished chunks across interruptions; memory holds one chunk's texts
     and what the FAISS index itself holds; ``num_workers`` processes tokenise while the model encodes;
-    ``precision`` is the encoder's arithmetic (float32, or bfloat16 under autocast).
+    ``precision`` is the encoder's arithmetic (float32, or bfloat16 under autocast); ``tokens_dir`` keeps
+    the passages' token ids for later encodings (:mod:`multiret.index.token_cache`).
     """
     model.eval()
-    encode_shards(trainer, model, corpus, collator, out_dir, batch_size, chunk_rows, num_workers, precision)
+    encode_shards(trainer, model, corpus, collator, out_dir, batch_size, chunk_rows, num_workers, precision, tokens_dir)
     if trainer.global_rank > 0:
         return None
     return build_from_shards(out_dir, corpus, trainer.world_size, factory, train_sample)

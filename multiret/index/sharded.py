@@ -32,6 +32,7 @@ from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.errors import UserError
 from multiret.index.faiss_index import DenseIndex
+from multiret.index.token_cache import TokenCache
 from multiret.model.biencoder import BiEncoder
 
 SHARDS = "shards"
@@ -130,8 +131,8 @@ class ShardProgress:
             return set()
         return {i for i, (a, _) in enumerate(self.chunks) if record["chunks"].get(str(a)) == self.digests[i]}
 
-    def write(self, rows: np.ndarray, vectors: np.ndarray) -> None:
-        """Put a batch's embeddings in place; record every chunk this batch completes (after flushing the file)."""
+    def write(self, rows: np.ndarray, vectors: np.ndarray) -> list[int]:
+        """Put a batch's embeddings in place; record every chunk this batch completes (after flushing the file) and return them."""
         if self._array is None:
             self._open(vectors.shape[1])
         assert self._array is not None
@@ -146,6 +147,7 @@ class ShardProgress:
             record = {"start": self.start, "stop": self.stop, "encoding": self.key,
                       "chunks": {str(self.chunks[i][0]): self.digests[i] for i in sorted(self.done)}}
             atomic_write_text(self.record_path, json.dumps(record))
+        return finished.tolist()
 
     def _open(self, dim: int) -> None:
         self.json_path.unlink(missing_ok=True)  # the shard is incomplete until its description is written again
@@ -224,7 +226,8 @@ class CorpusEncoder(L.LightningModule):
     """Wraps the bi-encoder for ``trainer.predict``: each rank embeds the chunks of its shard that are not on disk yet."""
 
     def __init__(self, model: BiEncoder, corpus: Corpus, collator: PromptCollator, directory: str | os.PathLike[str],
-                 batch_size: int, chunk_rows: int = CHUNK_ROWS, num_workers: int = 0, precision: str = "float32") -> None:
+                 batch_size: int, chunk_rows: int = CHUNK_ROWS, num_workers: int = 0, precision: str = "float32",
+                 tokens_dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         self.autocast_dtype = PRECISIONS[precision]
         self.model = model
@@ -233,10 +236,12 @@ class CorpusEncoder(L.LightningModule):
         self.directory = Path(directory)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.tokens_dir = tokens_dir
         # whole batches per chunk, so a resumed run batches every chunk exactly as an uninterrupted one
         self.chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
         self.key = encoding_key(model, collator, precision)
         self.progress: ShardProgress | None = None
+        self.tokens: TokenCache | None = None  # with index.tokens_dir: the chunks' token ids on disk
         self.prefetch: PrefetchingCollate | None = None  # with num_workers=0: the thread tokenising ahead
         self.allow_zero_length_dataloader_with_multiple_devices = True  # a complete shard leaves its rank nothing to do
 
@@ -245,6 +250,8 @@ class CorpusEncoder(L.LightningModule):
         self.progress = ShardProgress(self.directory, self.corpus, rank, world_size, self.key, self.chunk_rows)
         if not self.progress.pending():
             self.progress.finish()  # every chunk was recorded before an interruption: only the rename was left (no batch runs)
+        if self.tokens_dir is not None:
+            self.tokens = TokenCache(self.tokens_dir, self.collator, self.progress.chunks, self.progress.digests)
         sampler = ShardSampler(self.corpus, self.progress.pending())
         if self.num_workers:
             loader = DataLoader(range(len(self.corpus)), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
@@ -260,7 +267,9 @@ class CorpusEncoder(L.LightningModule):
             self.prefetch = None
 
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
-        batch = self.collator.passages([self.corpus.passage_text(r) for r in rows])
+        batch = self.tokens.batch(rows) if self.tokens is not None else None
+        if batch is None:
+            batch = self.collator.passages([self.corpus.passage_text(r) for r in rows])
         return {**batch, "rows": torch.tensor(rows, dtype=torch.long)}
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,23 +304,32 @@ class ShardWriter(L.Callback):
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         rows, vectors = outputs
-        pl_module.progress.write(rows.numpy(), vectors.numpy())
+        if pl_module.tokens is not None:
+            pl_module.tokens.record(rows.numpy(), batch["input_ids"].cpu().numpy(), batch["attention_mask"].cpu().numpy())
+        finished = pl_module.progress.write(rows.numpy(), vectors.numpy())
+        if pl_module.tokens is not None:
+            pl_module.tokens.finish(finished)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.progress.finish()
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if pl_module.tokens is not None:
+            pl_module.tokens.discard()  # the chunk files being built are incomplete; the finished ones stay
+
 
 def encode_shards(trainer: L.Trainer, model: BiEncoder, corpus: Corpus, collator: PromptCollator,
                   directory: str | os.PathLike[str], batch_size: int = 64, chunk_rows: int = CHUNK_ROWS,
-                  num_workers: int = 0, precision: str = "float32") -> None:
+                  num_workers: int = 0, precision: str = "float32", tokens_dir: str | os.PathLike[str] | None = None) -> None:
     """Every process encodes its shard (``trainer`` must carry a :class:`ShardWriter`), then all wait for each other.
 
     ``num_workers`` DataLoader processes tokenise the next batches while the model encodes (0: one thread does);
-    ``precision`` "bfloat16" runs the encoder under autocast (the stored embeddings are float32 either way).
+    ``precision`` "bfloat16" runs the encoder under autocast (the stored embeddings are float32 either way);
+    ``tokens_dir`` keeps each chunk's token ids for the next encoding of the same passages (:mod:`multiret.index.token_cache`).
     """
     if not any(isinstance(c, ShardWriter) for c in trainer.callbacks):
         raise ValueError("encode_shards needs a trainer built with callbacks=[ShardWriter()]")
-    encoder = CorpusEncoder(model, corpus, collator, directory, batch_size, chunk_rows, num_workers, precision)
+    encoder = CorpusEncoder(model, corpus, collator, directory, batch_size, chunk_rows, num_workers, precision, tokens_dir)
     trainer.predict(encoder, return_predictions=False)
     trainer.strategy.barrier("corpus shards written")
 
