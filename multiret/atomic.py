@@ -24,22 +24,35 @@ def atomic_path(path: str | os.PathLike[str], durable: bool = False) -> Iterator
     """A temporary file name beside ``path`` (same suffix, for writers that infer the format from it), renamed
     over ``path`` when the block succeeds; ``durable`` also syncs the file and the rename to the disk."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temporary_beside(path)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
-        if durable:
-            _fsync(tmp, os.O_RDONLY)
-        os.replace(tmp, path)
+        publish(tmp, path, durable)
     except BaseException as error:
         try:
             tmp.unlink(missing_ok=True)
         except OSError as cleanup:  # the write's own error is the one to report
             error.add_note(f"the temporary file {tmp} could not be removed either: {cleanup}")
         raise
+
+
+def temporary_beside(path: Path) -> Path:
+    """An empty temporary file beside ``path`` (same suffix), a name no other writer gets, for :func:`publish`.
+
+    For writes that outlive one block (a file filled over many calls); :func:`atomic_path` is both steps around a block.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    return Path(name)
+
+
+def publish(tmp: Path, path: Path, durable: bool = False) -> None:
+    """Rename the finished ``tmp`` over ``path``; ``durable`` also syncs the file and the rename to the disk."""
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
+    if durable:
+        _fsync(tmp, os.O_RDONLY)
+    os.replace(tmp, path)
     if durable:
         _fsync(path.parent, os.O_RDONLY)  # the rename itself reaches the disk
 

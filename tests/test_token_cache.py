@@ -1,5 +1,7 @@
 """Passages' token ids kept on disk: batches read back equal the collator's, and an encoding from them equals one that tokenises."""
 
+import os
+
 import lightning as L
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ def test_batches_read_back_equal_the_collators(tmp_path, tiny_t5_dir, tiny_bert_
         assert writer.batch([10, 11]) is None
         for rows in ([13, 10], [12, 11], [15, 14]):
             batch = collator.passages([TEXTS[r - 10] for r in rows])
-            writer.record(np.array(rows), batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+            writer.record(np.array(rows), batch["input_ids"], batch["attention_mask"])
         writer.finish([0, 1])
         reader = TokenCache(tmp_path, collator, chunks, digests)
         assert reader.cached == {0, 1}
@@ -70,6 +72,9 @@ def test_encoding_from_kept_tokens_never_tokenises_and_gives_the_same_vectors(tm
     index_in_process(model, corpus, collator, tmp_path / "plain")
     index_in_process(model, corpus, collator, tmp_path / "filling", tokens_dir=tokens)
     assert len(list(tokens.rglob("*.npy"))) == len(corpus) // 16 and not list(tokens.rglob(".*"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {path.stat().st_mode & 0o777 for path in tokens.rglob("*.npy")} == {0o666 & ~umask}  # as open() makes them
     tokenised: list[int] = []
     real = collator.passages
     monkeypatch.setattr(collator, "passages", lambda texts: tokenised.append(len(texts)) or real(texts))

@@ -305,7 +305,7 @@ class ShardWriter(L.Callback):
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         rows, vectors = outputs
         if pl_module.tokens is not None:
-            pl_module.tokens.record(rows.numpy(), batch["input_ids"].cpu().numpy(), batch["attention_mask"].cpu().numpy())
+            pl_module.tokens.record(rows.numpy(), batch["input_ids"], batch["attention_mask"])
         finished = pl_module.progress.write(rows.numpy(), vectors.numpy())
         if pl_module.tokens is not None:
             pl_module.tokens.finish(finished)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from multiret.atomic import publish, temporary_beside
 from multiret.data.collator import PromptCollator
 from multiret.errors import UserError
 
@@ -108,26 +108,22 @@ class TokenCache:
         mask = torch.from_numpy((np.arange(longest) < lengths[:, None]).astype(np.int64))
         return {"input_ids": ids, "attention_mask": mask}
 
-    def record(self, rows: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
-        """Write a tokenised batch into its chunk's file under construction (nothing when the chunk came from disk)."""
+    def record(self, rows: np.ndarray, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Write a tokenised batch (on any device) into its chunk's file under construction; nothing when the chunk came from disk."""
         chunk = self._chunk_of(rows)
         if chunk in self.cached:
             return
         if chunk not in self._building:
             start, stop = self.chunks[chunk]
-            self.folder.mkdir(parents=True, exist_ok=True)
             # a name of its own: two runs (on two nodes of a shared file system) may build one chunk at once
-            handle, name = tempfile.mkstemp(prefix=f".{self.digests[chunk]}.", suffix=".tmp", dir=self.folder)
-            os.close(handle)
-            tmp = Path(name)
+            tmp = temporary_beside(self.path(chunk))
             self._building[chunk] = tmp, np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
                                                                     shape=(stop - start, self.width + 1))
         array = self._building[chunk][1]
         local = rows - self.chunks[chunk][0]
-        lengths = attention_mask.sum(axis=1)
-        array[local, 0] = lengths
+        array[local, 0] = attention_mask.sum(dim=1).cpu().numpy()
         array[local, 1:] = self.pad
-        array[local, 1:1 + input_ids.shape[1]] = np.where(attention_mask.astype(bool), input_ids, self.pad)
+        array[local, 1:1 + input_ids.shape[1]] = input_ids.cpu().numpy()  # padded on the right with the pad id already
 
     def finish(self, chunks: Iterable[int]) -> None:
         """Move the files of these chunks, now encoded whole, into place (a later encoding reads them)."""
@@ -137,7 +133,7 @@ class TokenCache:
             tmp, array = self._building.pop(chunk)
             array.flush()
             del array
-            os.replace(tmp, self.path(chunk))
+            publish(tmp, self.path(chunk))
 
     def discard(self) -> None:
         """Delete the files of chunks left unfinished (an encoding that failed, or was cut short by ``limit_predict_batches``)."""
