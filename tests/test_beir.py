@@ -233,3 +233,14 @@ def test_bad_dataset_is_one_line_and_exit_2(tmp_path, beir_root, tiny_t5_dir, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a BEIR or MS MARCO dataset folder" in err[0]
     assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file() and path.parent.name == "eval"]
+
+
+def test_a_sub_corpus_keeps_every_sampled_querys_relevant_documents(beir_root):
+    module = BeirDataModule(str(beir_root), ["sci", "marco"], max_train_queries=2, max_eval_queries=2,
+                            corpus_max_pages=6, eval_split="dev", negatives_miner=None)
+    module.setup("evaluate")
+    for task in ("sci", "marco"):
+        corpus = module.corpus_of(task)
+        gold = {p for qs in (module.train_queries[task], module.eval_queries[task]) for q in qs for p in q.gold_pages}
+        assert len(corpus) == 6 and gold <= set(corpus.ids) and len(module.qrels[task]) == 2
+        assert all(corpus.ids[r] in q.gold_pages for q in module.train_queries[task] for r in q.positives)
