@@ -25,24 +25,26 @@ from multiret.errors import UserError
 
 @dataclass
 class TaskStream:
-    """One task's training queries and its per-step share of the batch."""
+    """One task's training queries, its per-step share of the batch, and its own corpus if it has one."""
 
     task: TaskSpec
     queries: list[Query]
     batch_size: int
+    corpus: Passages | None = None  # None: the shared corpus of the batches
 
 
 class MultitaskBatches(IterableDataset):
     """Yields, from optimizer step ``start_step`` on, forever, a list of ``micro_batches`` micro-batches
     ``{task: {"query": tensors, "passage": tensors}}`` per step (gradient accumulation).
 
-    Each query contributes ``1 + n_negatives`` passages, positive first.
+    Each query contributes ``1 + n_negatives`` passages, positive first, from its task's corpus
+    (the stream's own, else ``corpus``), so in-batch negatives come from that corpus too.
     """
 
     def __init__(
         self,
         streams: Sequence[TaskStream],
-        corpus: Passages,
+        corpus: Passages | None,
         collator: PromptCollator,
         n_negatives: int,
         seed: int,
@@ -93,21 +95,23 @@ class MultitaskBatches(IterableDataset):
         n = len(stream.queries)
         local = stream.batch_size // self.world_size
         first = step * stream.batch_size + self.rank * local
+        corpus = stream.corpus if stream.corpus is not None else self.corpus
+        assert corpus is not None, f"task {stream.task.name} has no corpus"
         queries: list[str] = []
         passages: list[str] = []
         for position in range(first, first + local):
             rng = np.random.default_rng([self.seed, task_index, position, 1])
             query = stream.queries[int(self._permutation(task_index, position // n, n)[position % n])]
             queries.append(query.text)
-            rows = [int(rng.choice(query.positives)), *self._negatives(query, rng)]
-            passages.extend(self.corpus.passage_text(r) for r in rows)
+            rows = [int(rng.choice(query.positives)), *self._negatives(query, rng, corpus)]
+            passages.extend(corpus.passage_text(r) for r in rows)
         return {"query": self.collator.queries(queries, stream.task), "passage": self.collator.passages(passages)}
 
-    def _negatives(self, query: Query, rng: np.random.Generator) -> list[int]:
+    def _negatives(self, query: Query, rng: np.random.Generator, corpus: Passages) -> list[int]:
         pool = query.negatives
         if len(pool) >= self.n_negatives:
             return [pool[i] for i in sorted(rng.choice(len(pool), self.n_negatives, replace=False))]
         chosen = list(pool)
         while len(chosen) < self.n_negatives:
-            chosen.extend(drop_gold_pages(self.corpus, query.gold_pages, [int(rng.integers(len(self.corpus)))]).tolist())
+            chosen.extend(drop_gold_pages(corpus, query.gold_pages, [int(rng.integers(len(corpus)))]).tolist())
         return chosen

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from multiret.data.batches import MultitaskBatches, TaskStream
+from multiret.data.beir import Qrels
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Passages, read_corpus, subsample_pages
 from multiret.data.kilt import Query, attach_positives, read_queries
@@ -33,12 +34,16 @@ NegativesMiner = Callable[[Passages, Mapping[str, list[Query]], int], None]  # c
 
 
 class MultitaskDataModule(L.LightningDataModule):
-    """Loads the configured tasks over one shared corpus and streams multitask batches.
+    """Loads the configured tasks over one shared corpus (or each over its own) and streams multitask batches.
 
     ``builder`` (optional) is called with ``root`` before anything is read, so an embedded
     benchmark such as ``vital`` is built on first use and reused afterwards. ``negatives_miner``
     (optional) fills the negative pools, ``bm25_top_k`` deep, of queries that ``negatives_dir``
     has no file for, e.g. :func:`multiret.prepare.negatives.bm25_negatives`.
+
+    A subclass whose tasks each bring their own corpus (:class:`multiret.data.beir_datamodule.BeirDataModule`)
+    fills ``task_corpora``: such a task is searched in, and draws its positives and negatives from, its
+    corpus (:meth:`corpus_of`); ``qrels`` holds the graded judgements its eval split is scored by.
     """
 
     def __init__(
@@ -96,6 +101,8 @@ class MultitaskDataModule(L.LightningDataModule):
         self.step_offset = step_offset
         self.seed = seed
         self.corpus: Passages | None = None
+        self.task_corpora: dict[str, Passages] = {}  # a task's own corpus where it has one; else it uses self.corpus
+        self.qrels: dict[str, Qrels] = {}  # the eval split's graded judgements of tasks scored with IR measures
         self.train_queries: dict[str, list[Query]] = {}
         self.eval_queries: dict[str, list[Query]] = {}
         self.task_batch_sizes: dict[str, int] = {}
@@ -112,7 +119,7 @@ class MultitaskDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read everything once; mine BM25 negatives only when fitting."""
-        if self.corpus is None:
+        if self.corpus is None and not self.task_corpora:
             self._load()
         if stage == "fit" and not self.task_batch_sizes:
             self._prepare_training()
@@ -137,6 +144,21 @@ class MultitaskDataModule(L.LightningDataModule):
         }
         self.eval_queries = evaluation
 
+    def corpus_of(self, task: str) -> Passages:
+        """The corpus a task is searched in and draws its passages from: its own, else the shared one."""
+        corpus = self.task_corpora.get(task, self.corpus)
+        if corpus is None:
+            raise RuntimeError("the data module is not set up: call setup() first")
+        return corpus
+
+    def corpus_groups(self, tasks: Sequence[str]) -> list[tuple[Passages, list[str]]]:
+        """The tasks grouped by the corpus they search, in order: one group over a shared corpus, one per task's own."""
+        groups: dict[int, tuple[Passages, list[str]]] = {}
+        for task in tasks:
+            corpus = self.corpus_of(task)
+            groups.setdefault(id(corpus), (corpus, []))[1].append(task)
+        return list(groups.values())
+
     def _other_tasks_gold_pages(self, page_key: str) -> set[str]:
         """Gold pages of the queries the offered but unselected tasks would sample with this seed (from their files that exist).
 
@@ -157,7 +179,6 @@ class MultitaskDataModule(L.LightningDataModule):
         return [(Path(path), limit) for path, limit in candidates if path is not None and Path(path).is_file()]
 
     def _prepare_training(self) -> None:
-        assert self.corpus is not None
         empty = [name for name, qs in self.train_queries.items() if not qs]
         if empty:
             raise UserError(f"task(s) {empty} have no usable training item (see the warnings above)")
@@ -166,9 +187,10 @@ class MultitaskDataModule(L.LightningDataModule):
         self.task_batch_sizes = dict(
             zip((t.name for t in self.tasks), task_batch_sizes(self.batch_size, sizes, self.mix_temperature))
         )
+        corpora = "; ".join(f"{len(corpus)} passages of {corpus.num_pages} pages" + (f" ({', '.join(tasks)})" if self.task_corpora else "")
+                            for corpus, tasks in self.corpus_groups([t.name for t in self.tasks]))
         log.info(
-            "corpus: %d passages of %d pages; per task (train items, eval items, batch share): %s",
-            len(self.corpus), self.corpus.num_pages,
+            "corpus: %s; per task (train items, eval items, batch share): %s", corpora,
             {t.name: (len(self.train_queries[t.name]), len(self.eval_queries[t.name]), self.task_batch_sizes[t.name])
              for t in self.tasks},
         )
@@ -184,14 +206,16 @@ class MultitaskDataModule(L.LightningDataModule):
         if self.negatives_dir is not None and (not heldout or all(
                 negatives_file(self.negatives_dir, task, split).is_file() for task in queries_by_task)):
             for task, queries in queries_by_task.items():
-                read_negatives(self.negatives_dir, task, queries, self.corpus, split)
+                read_negatives(self.negatives_dir, task, queries, self.corpus_of(task), split)
         elif self.negatives_miner is not None and self.n_negatives > 0 and self.bm25_top_k > 0:
-            self.negatives_miner(self.corpus, queries_by_task, self.bm25_top_k)
+            for corpus, tasks in self.corpus_groups(list(queries_by_task)):
+                self.negatives_miner(corpus, {task: queries_by_task[task] for task in tasks}, self.bm25_top_k)
 
     def _batches(self, queries_by_task: Mapping[str, list[Query]], seed: int, start_step: int) -> MultitaskBatches:
         if self.collator is None:
             raise RuntimeError("batches need a tokenizer: build the data module with the model's tokenizer")
-        streams = [TaskStream(t, queries_by_task[t.name], self.task_batch_sizes[t.name]) for t in self.tasks]
+        streams = [TaskStream(t, queries_by_task[t.name], self.task_batch_sizes[t.name], self.task_corpora.get(t.name))
+                   for t in self.tasks]
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         return MultitaskBatches(
             streams, self.corpus, self.collator, self.n_negatives, seed,
@@ -206,7 +230,7 @@ class MultitaskDataModule(L.LightningDataModule):
         """Multitask batches of the eval split, built like training batches (to measure task gradients)."""
         self.setup("fit")
         heldout = {
-            name: attach_positives(name, queries, self.corpus, name in self.all_passages_positive)
+            name: attach_positives(name, queries, self.corpus_of(name), name in self.all_passages_positive)
             for name, queries in self.eval_queries.items()
         }
         self._mine_negatives(heldout, heldout=True)

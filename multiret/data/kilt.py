@@ -75,10 +75,15 @@ def read_queries(
             raise DataFormatError(f"{where}: duplicate id {qid!r}")
         seen.add(qid)
         queries.append(Query(qid=qid, text=text, gold_pages=_gold_pages(record, where, page_key)))
-    if limit is not None and limit < len(queries):
-        keep = set(random.Random(seed).sample(range(len(queries)), limit))
-        queries = [q for i, q in enumerate(queries) if i in keep]
-    return queries
+    return sample_in_order(queries, limit, seed)
+
+
+def sample_in_order(queries: list[Query], limit: int | None, seed: int) -> list[Query]:
+    """A seeded random sample of ``limit`` queries, kept in their order (all of them without ``limit``)."""
+    if limit is None or limit >= len(queries):
+        return queries
+    keep = set(random.Random(seed).sample(range(len(queries)), limit))
+    return [q for i, q in enumerate(queries) if i in keep]
 
 
 def keyed_by_title(record: dict) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
@@ -21,8 +22,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from multiret.atomic import atomic_write_text
-from multiret.data.corpus import Corpus
+from multiret.data.corpus import Corpus, Passages
 from multiret.data.datamodule import MultitaskDataModule
+from multiret.data.tasks import TaskSpec
+from multiret.eval.ir_metrics import evaluate_task_runs, ranking_run
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
 from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.manifest import write_manifest
@@ -30,7 +33,7 @@ from multiret.experiment.resume import resume_checkpoint
 from multiret.experiment.spawned import CloseSpawnedProcessGroup
 from multiret.experiment.validation import check_data_files
 from multiret.index.bm25 import BM25Retriever
-from multiret.index.dense import index_corpus, model_device, search_tasks
+from multiret.index.dense import index_corpus, model_device, search_tasks_scored
 from multiret.index.faiss_index import DenseIndex
 from multiret.index.mining import mine_negatives
 from multiret.index.sharded import ShardWriter
@@ -89,47 +92,72 @@ def index(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule) ->
     """
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(), CloseSpawnedProcessGroup()], logger=False,
                                      enable_checkpointing=False)
-    built = index_corpus(trainer, model, datamodule.corpus, datamodule.collator, cfg.index.dir, cfg.index.factory,
-                         cfg.index.batch_size, cfg.index.train_sample, num_workers=cfg.index.num_workers,
-                         precision=cfg.index.precision, tokens_dir=cfg.index.tokens_dir)
+    built = None
+    for corpus, _, directory in corpora(cfg, datamodule):
+        if built is not None:  # a fresh trainer per corpus: each predict run writes its own shards
+            trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(), CloseSpawnedProcessGroup()], logger=False,
+                                  enable_checkpointing=False)
+        built = index_corpus(trainer, model, corpus, datamodule.collator, directory, cfg.index.factory,
+                             cfg.index.batch_size, cfg.index.train_sample, num_workers=cfg.index.num_workers,
+                             precision=cfg.index.precision, tokens_dir=cfg.index.tokens_dir)
     return built is not None
+
+
+def corpora(cfg: DictConfig, datamodule: MultitaskDataModule) -> list[tuple[Passages, list[TaskSpec], Path]]:
+    """Each corpus to index and search, with its tasks and its index folder: ``index.dir`` for the shared corpus,
+    ``index.dir/<task>`` for a task's own (BEIR datasets)."""
+    specs = {task.name: task for task in datamodule.tasks}
+    return [(corpus, [specs[name] for name in names],
+             Path(cfg.index.dir) / names[0] if names[0] in datamodule.task_corpora else Path(cfg.index.dir))
+            for corpus, names in datamodule.corpus_groups(list(specs))]
 
 
 def evaluate(cfg: DictConfig, model: BiEncoder | None, datamodule: MultitaskDataModule, loggers: Sequence[Any] = (),
              step: int = 0) -> dict[str, dict[str, float]]:
-    """Retrieve for every eval query, score the pages against KILT gold into ``<output_dir>/eval/``, log them at ``step``.
+    """Retrieve for every eval query and score into ``<output_dir>/eval/``, log the scores at ``step``: pages against
+    KILT gold, or, for tasks with graded judgements (``datamodule.qrels``), documents with IR measures and a TREC run file.
 
     Returns the per-task metrics and their average.
     """
     queries = datamodule.eval_queries
-    if cfg.retriever == "bm25":
-        retriever = BM25Retriever(datamodule.corpus)
-        rankings = {t: retriever.search([q.text for q in qs], cfg.index.top_k) for t, qs in queries.items()}
-    else:
-        model.to(model_device())
-        rankings = search_tasks(model, load_index(cfg, datamodule.corpus), datamodule.collator, datamodule.tasks, queries,
-                                cfg.index.top_k, cfg.index.batch_size)
+    scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for corpus, tasks, directory in corpora(cfg, datamodule):
+        if cfg.retriever == "bm25":
+            retriever = BM25Retriever(corpus)
+            scored.update({t.name: retriever.search_scored([q.text for q in queries[t.name]], cfg.index.top_k) for t in tasks})
+        else:
+            model.to(model_device())
+            scored.update(search_tasks_scored(model, load_index(cfg, corpus, directory), datamodule.collator, tasks, queries,
+                                              cfg.index.top_k, cfg.index.batch_size))
     query_ids = {t: [q.qid for q in qs] for t, qs in queries.items()}
     out_dir = Path(cfg.paths.output_dir) / "eval"
-    results = with_average(evaluate_task_rankings(
-        datamodule.tasks, datamodule.eval_split, query_ids, rankings, datamodule.corpus, out_dir, list(cfg.index.ks)
-    ))
+    if datamodule.qrels:
+        runs = {t.name: ranking_run(query_ids[t.name], *scored[t.name], datamodule.corpus_of(t.name)) for t in datamodule.tasks}
+        results = with_average(evaluate_task_runs(runs, datamodule.qrels, out_dir, f"multiret-{cfg.retriever}"))
+    else:
+        rankings = {task: rows for task, (_, rows) in scored.items()}
+        results = with_average(evaluate_task_rankings(
+            datamodule.tasks, datamodule.eval_split, query_ids, rankings, datamodule.corpus, out_dir, list(cfg.index.ks)
+        ))
     log_results(loggers, results, datamodule.eval_split, step)
-    log.info("scores, guess and gold files: %s", out_dir)
+    log.info("scores with their guess and gold (or run) files: %s", out_dir)
     return results
 
 
 def mine(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule) -> list[Path]:
     """Hard negatives for every training query into ``<output_dir>/negatives/``, searched as :func:`evaluate` searches."""
     model.to(model_device())
-    return mine_negatives(model, load_index(cfg, datamodule.corpus), datamodule.corpus, datamodule.collator,
-                          datamodule.tasks, datamodule.train_queries, Path(cfg.paths.output_dir) / "negatives",
-                          cfg.episodes.mine_depth, cfg.episodes.mine_top_k, cfg.index.batch_size)
+    return [path for corpus, tasks, directory in corpora(cfg, datamodule)
+            for path in mine_negatives(model, load_index(cfg, corpus, directory), corpus, datamodule.collator, tasks,
+                                       {t.name: datamodule.train_queries[t.name] for t in tasks},
+                                       Path(cfg.paths.output_dir) / "negatives", cfg.episodes.mine_depth,
+                                       cfg.episodes.mine_top_k, cfg.index.batch_size)]
 
 
-def load_index(cfg: DictConfig, corpus: Corpus) -> DenseIndex:
-    """The index of ``index.dir`` for this corpus, placed and tuned as ``index.device``, ``gpu_placement``, ``search_parameters`` say."""
-    loaded = DenseIndex.load(cfg.index.dir, corpus)
+def load_index(cfg: DictConfig, corpus: Corpus, directory: str | Path | None = None) -> DenseIndex:
+    """The index of ``directory`` (default ``index.dir``) for this corpus, placed and tuned as ``index.device``,
+    ``gpu_placement``, ``search_parameters`` say."""
+    loaded = DenseIndex.load(cfg.index.dir if directory is None else directory, corpus)
     if cfg.index.device == "gpu":
         loaded.to_gpus(cfg.index.gpu_placement)
     loaded.set_search_parameters(cfg.index.search_parameters)

@@ -27,7 +27,11 @@ class BM25Retriever:
 
     def search(self, queries: Sequence[str], k: int) -> np.ndarray:
         """Corpus rows of the top-``k`` passages per query, best first: an int array ``(len(queries), k)``."""
+        return self.search_scored(queries, k)[1]
+
+    def search_scored(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with the BM25 scores: ``(scores, rows)``, each ``(len(queries), k)``."""
         k = min(k, len(self.corpus))
         tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
-        rows, _ = self._bm25.retrieve(tokens, k=k, show_progress=self._show_progress, n_threads=0)
-        return np.asarray(rows)
+        rows, scores = self._bm25.retrieve(tokens, k=k, show_progress=self._show_progress, n_threads=0)
+        return np.asarray(scores), np.asarray(rows)

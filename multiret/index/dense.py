@@ -58,8 +58,23 @@ def search_tasks(
     show_progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """Top-``top_k`` corpus rows per query of every task (queries carry their task's prompt, text or soft); -1 pads."""
+    scored = search_tasks_scored(model, index, collator, tasks, queries, top_k, batch_size, show_progress)
+    return {task: rows for task, (_, rows) in scored.items()}
+
+
+def search_tasks_scored(
+    model: BiEncoder,
+    index: DenseIndex,
+    collator: PromptCollator,
+    tasks: Sequence[TaskSpec],
+    queries: Mapping[str, Sequence[Query]],
+    top_k: int = 100,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`search_tasks` with the scores: ``(scores, rows)`` per task, as FAISS returns them (for run files)."""
     model.eval()
-    rankings: dict[str, np.ndarray] = {}
+    rankings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for task in tasks:
         texts = [q.text for q in queries[task.name]]
         vectors = encode_texts(
@@ -71,7 +86,7 @@ def search_tasks(
             f"encoding {task.name} queries",
             show_progress,
         )
-        rankings[task.name] = index.search(vectors, top_k)[1]  # FAISS ids are corpus rows
+        rankings[task.name] = index.search(vectors, top_k)  # FAISS ids are corpus rows
     return rankings
 
 
