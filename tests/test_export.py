@@ -8,6 +8,8 @@ a T5 pooled at its first decoder output and a soft-prompted BERT through the Hug
 import io
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,3 +165,16 @@ def test_best_checkpoint_is_taken_when_the_run_kept_one(bert_run):
         assert find_checkpoint(bert_run, "last").path.name == "last.ckpt"
     finally:
         best.unlink()
+
+
+@pytest.mark.slow
+def test_sentence_transformers_export_loads_where_multiret_cannot_be_imported(bert_run, tmp_path):
+    out = tmp_path / "st"
+    assert cli(["export", str(bert_run), "--out", str(out)]) == 0
+    expected = Retriever.from_run(bert_run).encode_queries(["w1 w2 w3"], "qa")
+    script = ("import sys, json; sys.modules['multiret'] = None\n"  # any import of multiret now fails
+              "from sentence_transformers import SentenceTransformer\n"
+              f"model = SentenceTransformer({str(out)!r}, device='cpu')\n"
+              "print(json.dumps(model.encode(['w1 w2 w3'], prompt_name='qa').tolist()))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
+    np.testing.assert_allclose(np.array(json.loads(done.stdout.splitlines()[-1])), expected, atol=ATOL)

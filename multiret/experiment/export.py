@@ -39,7 +39,8 @@ def sentence_transformers_obstacle(retriever: Retriever) -> str | None:
     """Why a sentence-transformers folder cannot encode as this model does, or None when it can."""
     model = retriever.model
     if model.query_encoder.pooling not in ST_POOLING:
-        return "T5 pooled at its first decoder output has no sentence-transformers pooling"
+        # sentence-transformers loads T5 as its encoder alone (T5EncoderModel): no module reaches the decoder
+        return "T5 pooled at its first decoder output cannot be expressed in sentence-transformers (it loads T5's encoder alone)"
     if model.soft_prompt is not None:
         return "soft prompts (learned vectors) are no text a sentence-transformers prompt can hold"
     if model.prompt_template is not None and not model.prompt_template.endswith("{query}"):

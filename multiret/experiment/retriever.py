@@ -220,10 +220,10 @@ class Retriever:
 
 
 def index_command(config: DictConfig) -> str:
-    """The command that builds a run's index: its own command line as ``multiret index`` with its last checkpoint."""
+    """The command that builds a run's index: its own overrides (from ``manifest.json``) as ``multiret index`` with its last checkpoint."""
     run = Path(config.paths.output_dir)
     manifest = run / "manifest.json"
-    overrides: list[str] = []
+    overrides = ["<the run's overrides>"]
     if manifest.is_file():
         command = json.loads(manifest.read_text(encoding="utf-8")).get("command") or []
         overrides = [a for a in command[1:] if "=" in a and not a.startswith(("stages=", "+stages=", "ckpt_path="))]
