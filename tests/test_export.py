@@ -2,7 +2,8 @@
 
 The Retriever's vectors must be the evaluation stage's (its index shards and guess files), and
 an exported model's must be the Retriever's: a MiniLM-shaped BERT through sentence-transformers,
-a T5 pooled at its first decoder output and a soft-prompted BERT through the Hugging Face folder.
+a T5 pooled at its first decoder output, a soft-prompted BERT and a BERT with separate query and
+passage encoders through the Hugging Face folder.
 """
 
 import io
@@ -46,6 +47,15 @@ def soft_run(tmp_path_factory, tiny_bert_dir, kilt_dir):
     out = tmp_path_factory.mktemp("soft-run")
     run(tiny_config(out, tiny_bert_dir, kilt_dir, TINY_TASKS, "prompt=soft", "trainer.max_steps=2", "stages=[train]",
                     model="minilm"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory, tiny_bert_dir, kilt_dir):
+    """A BERT run with separate query and passage encoders, trained 2 steps (no index)."""
+    out = tmp_path_factory.mktemp("split-run")
+    run(tiny_config(out, tiny_bert_dir, kilt_dir, TINY_TASKS, "model.shared_encoder=false", "trainer.max_steps=2",
+                    "stages=[train]", model="minilm"))
     return out
 
 
@@ -100,7 +110,7 @@ def test_sentence_transformers_export_encodes_as_the_run(bert_run, kilt_dir, tmp
         assert expected in card
 
 
-@pytest.mark.parametrize("run_fixture", ["t5_run", "soft_run"])
+@pytest.mark.parametrize("run_fixture", ["t5_run", "soft_run", "split_run"])
 def test_what_sentence_transformers_cannot_express_exports_as_hugging_face(request, run_fixture, kilt_dir, tmp_path, capsys):
     run_dir = request.getfixturevalue(run_fixture)
     out = tmp_path / "hf"

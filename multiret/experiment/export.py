@@ -4,7 +4,8 @@ The sentence-transformers folder holds the trained encoder, its pooling and norm
 the passage length limit, and each task's text prompt as a named prompt, so that
 ``SentenceTransformer(DIR)`` encodes as the run did without multiret. What such a folder
 cannot hold (T5 pooled at its first decoder output, soft prompts, a prompt with text after
-the query) is exported as a Hugging Face folder plus ``multiret.json`` (and the soft prompts)
+the query, separate query and passage encoders) is exported as a Hugging Face folder plus
+``multiret.json`` (and the soft prompts, or the passage encoder in ``passage/``)
 for :meth:`multiret.Retriever.from_export`.
 """
 
@@ -24,6 +25,7 @@ from multiret.experiment.model_card import model_card
 from multiret.experiment.retriever import (
     CHECKPOINTS,
     EXPORT_CONFIG,
+    PASSAGE_ENCODER,
     SOFT_PROMPT_FILE,
     Retriever,
     TrainedCheckpoint,
@@ -41,6 +43,8 @@ def sentence_transformers_obstacle(retriever: Retriever) -> str | None:
     if model.query_encoder.pooling not in ST_POOLING:
         # sentence-transformers loads T5 as its encoder alone (T5EncoderModel): no module reaches the decoder
         return "T5 pooled at its first decoder output cannot be expressed in sentence-transformers (it loads T5's encoder alone)"
+    if model.passage_encoder is not model.query_encoder:
+        return "separate query and passage encoders (model.shared_encoder=false) do not fit one sentence-transformers model"
     if model.soft_prompt is not None:
         return "soft prompts (learned vectors) are no text a sentence-transformers prompt can hold"
     if model.prompt_template is not None and not model.prompt_template.endswith("{query}"):
@@ -83,6 +87,8 @@ def write_hugging_face(retriever: Retriever, out: Path) -> None:
     """The encoder and tokenizer as ``save_pretrained`` writes them, plus what :meth:`Retriever.from_export` reads."""
     retriever.model.query_encoder.model.save_pretrained(out)
     retriever.model.tokenizer.save_pretrained(out)
+    if retriever.model.passage_encoder is not retriever.model.query_encoder:
+        retriever.model.passage_encoder.model.save_pretrained(out / PASSAGE_ENCODER)
     if retriever.model.soft_prompt is not None:
         save_file({"vectors": retriever.model.soft_prompt.vectors.detach().cpu().contiguous()}, out / SOFT_PROMPT_FILE)
     atomic_write_text(out / EXPORT_CONFIG, json.dumps(retriever.export_config(), indent=2) + "\n")
@@ -92,9 +98,6 @@ def export(found: TrainedCheckpoint, out: Path, fmt: str = "sentence-transformer
     """Write the model of ``found`` into ``out`` (replaced whole); returns the format written and why not the one asked."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not found.config.model.get("shared_encoder", True):
-        raise UserError(f"{found.run} trained separate query and passage encoders (model.shared_encoder=false), "
-                        "which export does not write yet; use multiret.Retriever.from_run on the run folder")
     retriever = Retriever.from_config(found.config, found.path)
     obstacle = sentence_transformers_obstacle(retriever) if fmt == "sentence-transformers" else None
     written = "hf" if obstacle or fmt == "hf" else fmt

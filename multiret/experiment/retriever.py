@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = ("best", "last")
 EXPORT_CONFIG = "multiret.json"  # what an exported Hugging Face folder adds for the Retriever
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"
+PASSAGE_ENCODER = "passage"  # the passage encoder's folder in an export, when it is not the query encoder
 PAGE_DEPTH = 10  # passages searched per page asked for, since pages are ranked by their first passage (as KILT scores)
 
 
@@ -150,17 +151,21 @@ class Retriever:
         saved = json.loads((folder / EXPORT_CONFIG).read_text(encoding="utf-8"))
         encoder = TextEncoder(str(folder), saved["pooling"], saved["normalize"])
         model = BiEncoder(encoder, optimizer=None, prompt=saved["prompt"])  # encoding only: no optimizer
+        if not saved["shared_encoder"]:
+            model.passage_encoder = TextEncoder(str(folder / PASSAGE_ENCODER), saved["pooling"], saved["normalize"])
         if model.soft_prompt is not None:
             model.soft_prompt.load_state_dict(load_file(folder / SOFT_PROMPT_FILE))
         tasks = [TaskSpec(train=None, dev=None, **spec) for spec in saved["tasks"]]
         return cls(model, tasks, saved["max_passage_length"], saved["passage_template"], None, batch_size)
 
     def export_config(self) -> dict[str, Any]:
-        """What :meth:`from_export` reads back: pooling, prompt, tasks (prompt words, query lengths), passage length and template."""
+        """What :meth:`from_export` reads back: pooling, encoders shared or not, prompt, tasks (prompt words, query lengths),
+        passage length and template."""
         encoder: TextEncoder = self.model.query_encoder
         return {
             "pooling": encoder.pooling,
             "normalize": encoder.normalize,
+            "shared_encoder": self.model.passage_encoder is encoder,
             "prompt": asdict(self.model.prompt),
             "tasks": [{"name": t.name, "prompt": t.prompt, "max_query_length": t.max_query_length}
                       for t in self.tasks.values()],
