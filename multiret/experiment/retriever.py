@@ -26,7 +26,7 @@ from multiret.data.tasks import TaskSpec, select_tasks
 from multiret.data.template import format_passage
 from multiret.errors import UserError
 from multiret.experiment import stages
-from multiret.index.dense import model_device
+from multiret.index.dense import encode_task_queries, model_device
 from multiret.index.encode import encode_texts
 from multiret.index.faiss_index import INDEX, DenseIndex
 from multiret.model.biencoder import BiEncoder
@@ -181,13 +181,7 @@ class Retriever:
 
     def encode_queries(self, texts: Sequence[str], task: str, show_progress: bool = False) -> np.ndarray:
         """``(len(texts), dim)`` float32 query vectors, prompted (text or soft) and truncated as ``task``'s were."""
-        spec = self.task(task)
-        return encode_texts(
-            list(texts),
-            lambda batch: self.collator.queries(batch, spec),
-            lambda ids, mask: self.model.encode_queries(ids, mask, task=spec.name),
-            self.batch_size, self.model.device, f"encoding {task} queries", show_progress,
-        )
+        return encode_task_queries(self.model, self.collator, self.task(task), texts, self.batch_size, show_progress)
 
     def passage_texts(self, passages: Sequence[tuple[str, str]]) -> list[str]:
         """The strings the passage encoder sees: each ``(title, text)`` filled into the run's passage template."""
