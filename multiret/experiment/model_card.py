@@ -37,9 +37,10 @@ def model_card(found: TrainedCheckpoint, retriever: Retriever, fmt: str, prefixe
         "",
         "## Tasks",
         "",
-        "| task | query prompt (text before the query) | max query tokens |",
-        "| --- | --- | --- |",
-        *(f"| {name} | `{prefixes[name]!r}` | {task.max_query_length} |" for name, task in retriever.tasks.items()),
+        "| task | training file | query prompt (text before the query) | max query tokens |",
+        "| --- | --- | --- | --- |",
+        *(f"| {name} | `{task.train}` | `{prefixes[name]!r}` | {task.max_query_length} |"
+          for name, task in retriever.tasks.items()),
         "",
         f"Passages (max {retriever.collator.max_passage_length} tokens) are encoded from the template "
         f"`{template}`" + (" (the text alone)" if template is None else "") + "; queries never see it.",
