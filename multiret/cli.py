@@ -21,6 +21,8 @@ commands:
   study report ROOT [--out PAGE] [--figures DIR]   a study's results page (docs/results-vital.md) from its run folders
   compare [RUN_OR_SWEEP ...] [--wandb ENTITY/PROJECT] [--group G] [--out DIR]   multitask vs task-specific table (markdown + PNG)
   prepare kilt --kilt-dir DIR --passages TSV --out DIR [...]   KILT's eight tasks → a folder data=kilt reads
+  export RUN_OR_CKPT --out DIR [--format sentence-transformers|hf] [--checkpoint best|last]   the trained model for use elsewhere
+  search RUN --task T [-k 10] [--json] [QUERY ...]   a run's index answers queries (stdin, one a line, when none given)
   convert t5-fp16 SRC DST   rescale a T5 v1.0 checkpoint so that it trains in fp16 without overflow
 """
 
@@ -57,6 +59,8 @@ PLAIN_COMMANDS = {
     ("compare", None): "multiret.eval.compare",
     ("prepare", "kilt"): "multiret.prepare.pipeline",
     ("convert", "t5-fp16"): "multiret.model.t5_fp16",
+    ("export", None): "multiret.experiment.export",
+    ("search", None): "multiret.experiment.search",
 }
 
 

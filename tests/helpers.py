@@ -41,13 +41,14 @@ def sweep(key: str, *overrides: str) -> list[str]:
 
 
 def tiny_config(out: Path, model_dir: Path, kilt_dir: Path, tasks: dict, *overrides: str,
-                config_name: str = "train") -> DictConfig:
-    """The real root config (``train`` or ``episodes``) shrunk to the tiny T5 and the tiny KILT fixture, with ``overrides``."""
+                config_name: str = "train", model: str = "t5_prompted") -> DictConfig:
+    """The real root config (``train`` or ``episodes``) shrunk to a tiny model (``model``: the tiny T5's config, or
+    ``minilm`` for the tiny BERT) and the tiny KILT fixture, with ``overrides``."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             config_name,
             overrides=[
-                "model=t5_prompted", f"model.encoder.path={model_dir}", "logger=csv", f"paths.output_dir={out}",
+                f"model={model}", f"model.encoder.path={model_dir}", "logger=csv", f"paths.output_dir={out}",
                 "data=kilt_files", f"data.root={kilt_dir}", "data.corpus=corpus.tsv", "data.task_names=[qa,el]",
                 "data.batch_size=8", "data.max_passage_length=16", "data.bm25_top_k=5", "optimizer.lr=3e-3",
                 f"trainer={TRAINER}", "trainer.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=2", "index.batch_size=16",

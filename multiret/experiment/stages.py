@@ -38,7 +38,7 @@ from multiret.index.faiss_index import DenseIndex
 from multiret.index.mining import mine_negatives
 from multiret.index.sharded import ShardWriter
 from multiret.model.biencoder import BiEncoder
-from multiret.model.loading import load_checkpoint
+from multiret.model.loading import CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,13 @@ def mine(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule) -> 
                                        cfg.episodes.mine_top_k, cfg.index.batch_size)]
 
 
-def load_index(cfg: DictConfig, corpus: Corpus, directory: str | Path | None = None) -> DenseIndex:
+def load_index(cfg: DictConfig, corpus: Corpus, directory: str | Path | None = None, mmap: bool = False) -> DenseIndex:
     """The index of ``directory`` (default ``index.dir``) for this corpus, placed and tuned as ``index.device``,
-    ``gpu_placement``, ``search_parameters`` say."""
-    loaded = DenseIndex.load(cfg.index.dir if directory is None else directory, corpus)
+    ``gpu_placement``, ``search_parameters`` say.
+
+    ``mmap`` maps the index file rather than reading it (``multiret search``: the first answer comes before the whole index is read).
+    """
+    loaded = DenseIndex.load(cfg.index.dir if directory is None else directory, corpus, mmap=mmap)
     if cfg.index.device == "gpu":
         loaded.to_gpus(cfg.index.gpu_placement)
     loaded.set_search_parameters(cfg.index.search_parameters)
@@ -165,8 +168,17 @@ def load_index(cfg: DictConfig, corpus: Corpus, directory: str | Path | None = N
 
 
 def load_weights(model: torch.nn.Module, ckpt_path: str, key: str = "ckpt_path") -> None:
-    """Load a training checkpoint's weights into a freshly built model (for index/evaluate, or ``init_from``)."""
-    model.load_state_dict(load_checkpoint(ckpt_path, key, lazy=True)["state_dict"])
+    """Load a training checkpoint's weights into a freshly built model (for index/evaluate, or ``init_from``).
+
+    A checkpoint of another model shape (another encoder, pooling head, prompt kind) is refused in one line.
+    """
+    state = load_checkpoint(ckpt_path, key, lazy=True)["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise CheckpointError(f"{key}={str(ckpt_path)!r} holds a model of another shape than the configured one ({first}); "
+                              "use a checkpoint of a run with this model config") from error
 
 
 def log_results(loggers: Sequence[Any], results: dict[str, dict[str, float]], split: str, step: int) -> None:

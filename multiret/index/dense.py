@@ -76,18 +76,32 @@ def search_tasks_scored(
     model.eval()
     rankings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for task in tasks:
-        texts = [q.text for q in queries[task.name]]
-        vectors = encode_texts(
-            texts,
-            lambda batch, task=task: collator.queries(batch, task),
-            lambda ids, mask, task=task: model.encode_queries(ids, mask, task=task.name),
-            batch_size,
-            model.device,
-            f"encoding {task.name} queries",
-            show_progress,
-        )
+        vectors = encode_task_queries(model, collator, task, [q.text for q in queries[task.name]], batch_size, show_progress)
         rankings[task.name] = index.search(vectors, top_k)  # FAISS ids are corpus rows
     return rankings
+
+
+def encode_task_queries(
+    model: BiEncoder,
+    collator: PromptCollator,
+    task: TaskSpec,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> np.ndarray:
+    """``(len(texts), dim)`` float32 vectors of one task's queries, with its prompt (text or soft) and length limit.
+
+    The one place queries are encoded for search: the evaluation, mining's searches and ``multiret.Retriever``.
+    """
+    return encode_texts(
+        list(texts),
+        lambda batch: collator.queries(batch, task),
+        lambda ids, mask: model.encode_queries(ids, mask, task=task.name),
+        batch_size,
+        model.device,
+        f"encoding {task.name} queries",
+        show_progress,
+    )
 
 
 def model_device() -> torch.device:

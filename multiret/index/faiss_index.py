@@ -106,8 +106,11 @@ class DenseIndex:
         atomic_write_text(directory / META, json.dumps(meta))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], corpus: Corpus) -> DenseIndex:
-        """The index in ``directory``, refused unless it was built over exactly ``corpus``'s passages in its order."""
+    def load(cls, directory: str | os.PathLike[str], corpus: Corpus, mmap: bool = False) -> DenseIndex:
+        """The index in ``directory``, refused unless it was built over exactly ``corpus``'s passages in its order.
+
+        ``mmap`` maps the file instead of reading it, so that a search answers before a large index is read whole.
+        """
         directory = Path(directory)
         missing = [name for name in (INDEX, META) if not (directory / name).is_file()]
         if missing:
@@ -118,7 +121,8 @@ class DenseIndex:
         if meta["size"] != len(corpus) or meta["corpus_ids"] != corpus.id_digest():
             raise ValueError(f"{directory}: the index holds {meta['size']:,} passages of another corpus than the configured one "
                              f"({len(corpus):,} passages); run `multiret index` with this data config, or point index.dir at its index")
-        return cls(faiss.read_index(str(directory / INDEX)), meta["corpus_ids"])
+        flags = faiss.IO_FLAG_MMAP if mmap else 0
+        return cls(faiss.read_index(str(directory / INDEX), flags), meta["corpus_ids"])
 
 
 def require_gpu_faiss() -> None:
