@@ -21,6 +21,7 @@ commands:
   study report ROOT [--out PAGE] [--figures DIR]   a study's results page (docs/results-vital.md) from its run folders
   compare [RUN_OR_SWEEP ...] [--wandb ENTITY/PROJECT] [--group G] [--out DIR]   multitask vs task-specific table (markdown + PNG)
   prepare kilt --kilt-dir DIR --passages TSV --out DIR [...]   KILT's eight tasks → a folder data=kilt reads
+  prepare dpr --files DIR --passages TSV --out DIR [--kilt-dev DIR] [...]   the reference's multikilt DPR files → a folder data=kilt reads
   convert t5-fp16 SRC DST   rescale a T5 v1.0 checkpoint so that it trains in fp16 without overflow
 """
 
@@ -56,6 +57,7 @@ PLAIN_COMMANDS = {
     ("study", "report"): "multiret.experiment.study_report",
     ("compare", None): "multiret.eval.compare",
     ("prepare", "kilt"): "multiret.prepare.pipeline",
+    ("prepare", "dpr"): "multiret.prepare.dpr",
     ("convert", "t5-fp16"): "multiret.model.t5_fp16",
 }
 
