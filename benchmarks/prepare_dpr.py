@@ -1,6 +1,6 @@
 """Items per second and peak memory of `multiret prepare dpr` on synthetic multikilt files of growing size.
 
-    python benchmarks/prepare_dpr.py --items 100000,300000,1000000 --out /tmp/prepare-dpr.json
+    python benchmarks/prepare_dpr.py --items 100000,300000,1000000 --out prepare-dpr.json
 
 Writes a synthetic passage TSV (KILT's 6 columns) and, per size, one gzip multikilt file shaped
 as the reference's (a question, 1 positive, 5 negative and 5 hard negative contexts of 100 words
@@ -29,21 +29,21 @@ CONTEXT_WORDS = 100
 HARD_NEGATIVES = 5
 
 
-def write_passages(path: Path) -> None:
+def write_passages(path: Path, passages: int) -> None:
     with path.open("w", encoding="utf-8") as handle:
         handle.write("id\ttext\twikipedia_title\twikipedia_id\tstart_paragraph_id\tend_paragraph_id\n")
-        for i in range(1, PASSAGES + 1):
+        for i in range(1, passages + 1):
             handle.write(f"{i}\tpassage {i} text\tPage {i // 5}\t{i // 5}\t{i % 5}\t{i % 5}\n")
 
 
-def write_items(path: Path, items: int, seed: int = 0) -> None:
+def write_items(path: Path, items: int, passages: int, seed: int = 0) -> None:
     """One JSON array, written item by item (the generator holds one item too)."""
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(5000)]
     text = " ".join(rng.choices(words, k=CONTEXT_WORDS))
 
     def ctx() -> dict:
-        pid = rng.randrange(1, PASSAGES + 1)
+        pid = rng.randrange(1, passages + 1)
         return {"title": f"Page {pid // 5}", "text": text, "score": round(rng.random() * 30, 3), "psg_id": pid}
 
     with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as handle:
@@ -77,6 +77,7 @@ def child(source: Path, store: Path, out: Path, passages: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", default="100000,300000,1000000", help="comma-separated file sizes in items")
+    parser.add_argument("--passages", type=int, default=PASSAGES, help=f"passages in the synthetic passage file (default {PASSAGES})")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--child", nargs=4, metavar=("SOURCE", "STORE", "OUT", "PASSAGES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -85,14 +86,14 @@ def main() -> None:
         return
     from multiret.prepare.passages import build_passage_store
 
-    results = {"passages": PASSAGES, "hard_negatives_per_item": HARD_NEGATIVES, "context_words": CONTEXT_WORDS, "runs": []}
+    results = {"passages": args.passages, "hard_negatives_per_item": HARD_NEGATIVES, "context_words": CONTEXT_WORDS, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_passages(tmp / "psgs.tsv")
+        write_passages(tmp / "psgs.tsv", args.passages)
         build_passage_store(tmp / "psgs.tsv", tmp / "store", show_progress=False)
         for n in map(int, args.items.split(",")):
             source = tmp / f"nq-train-multikilt-{n}.json.gz"
-            write_items(source, n)
+            write_items(source, n, args.passages)
             (tmp / str(n)).mkdir()
             line = subprocess.run([sys.executable, __file__, "--child", str(source), str(tmp / "store"), str(tmp / str(n)),
                                    str(tmp / "psgs.tsv")], check=True, capture_output=True, text=True).stdout

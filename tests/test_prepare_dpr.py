@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from multiret.data.corpus import read_corpus
 from multiret.data.jsonl import DataFormatError, read_jsonl, write_jsonl
 from multiret.data.kilt import Query
 from multiret.data.tasks import TaskSpec
+from multiret.errors import UserError
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.prepare import dpr
 
@@ -84,6 +88,9 @@ def raw(tmp_path_factory) -> dict:
     write_jsonl(kilt_dev / "fever-dev-kilt.jsonl", [kilt_item("fever-d0", page_query(19), [19])])
     write_jsonl(kilt_dev / "aida-dev-kilt.jsonl", [kilt_item("aida-d0", AIDA_DOC, [15])])  # the reference's rename
     write_jsonl(kilt_dev / "trex-dev-kilt.jsonl", [kilt_item("trex-d0", "w1 [SEP] w2", [11])])
+    write_items(root / "files" / "triviaqa-train-multikilt.json", [item(page_query(14), [(14, 0)], [(15, 0)])])
+    write_jsonl(kilt_dev / "tqa-dev-kilt.jsonl", [kilt_item("tqa-d0", page_query(14), [14])])  # the reference's: questions joined in
+    write_jsonl(kilt_dev / "triviaqa-dev_id-kilt.jsonl", [kilt_item("tqa-d0", None, [14])])  # KILT's: ids only
     return {"files": root / "files", "passages": passages_tsv(root / "psgs_w100.tsv"), "kilt_dev": kilt_dev}
 
 
@@ -143,10 +150,23 @@ def test_down_sampling_and_holdout_follow_the_reference(raw, tmp_path):
 
 
 def test_kilt_dev_files_are_the_dev_split_under_kilt_or_reference_names(raw, tmp_path):
-    report = _prepare(raw, tmp_path, tasks=["nq", "aidayago2"], kilt_dev=raw["kilt_dev"])
+    report = _prepare(raw, tmp_path, tasks=["nq", "aidayago2", "triviaqa"], kilt_dev=raw["kilt_dev"])
     assert [r["id"] for r in read_jsonl(tmp_path / "aidayago2-dev.jsonl")] == ["aida-d0"]
+    assert [r["input"] for r in read_jsonl(tmp_path / "triviaqa-dev.jsonl")] == [page_query(14)]
     assert [r["id"] for r in read_jsonl(tmp_path / "nq-dev.jsonl")] == ["nq-d0"]
     assert report["tasks"]["nq"]["dev"]["items"] == 1 and not (tmp_path / "negatives" / "nq.dev.jsonl").exists()
+
+
+def test_kilts_id_only_triviaqa_dev_file_needs_the_questions(raw, tmp_path):
+    kilt_dev = tmp_path / "kilt-dev"
+    kilt_dev.mkdir()
+    (kilt_dev / "triviaqa-dev_id-kilt.jsonl").write_bytes((raw["kilt_dev"] / "triviaqa-dev_id-kilt.jsonl").read_bytes())
+    with pytest.raises(UserError, match="holds TriviaQA ids only: pass --triviaqa-questions"):
+        _prepare(raw, tmp_path / "out", tasks=["triviaqa"], kilt_dev=kilt_dev)
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps({"Data": [{"QuestionId": "tqa-d0", "Question": "the question"}]}), encoding="utf-8")
+    _prepare(raw, tmp_path / "out", tasks=["triviaqa"], kilt_dev=kilt_dev, triviaqa_questions=[questions])
+    assert [r["input"] for r in read_jsonl(tmp_path / "out" / "triviaqa-dev.jsonl")] == ["the question"]
 
 
 def test_a_rerun_skips_finished_steps_and_redoes_what_changed(prepared, raw):
@@ -253,3 +273,12 @@ def test_first_rules_take_the_first_positive_and_negatives(tiny_t5_dir, tmp_path
     for step in range(3):
         batches.batch(step)
     assert texts == [corpus.passage_text(r) for r in (5, 20, 21)] * 3
+
+
+def test_benchmark_reports_items_per_second_and_memory_per_size(tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "prepare_dpr.py"
+    done = subprocess.run([sys.executable, str(script), "--items", "200,400", "--passages", "1000", "--out", str(tmp_path / "b.json")],
+                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(script.parents[1])})
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert json.loads(done.stdout) == result and [r["items"] for r in result["runs"]] == [200, 400]
+    assert all(r["kept"] == r["items"] and r["items_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in result["runs"])
