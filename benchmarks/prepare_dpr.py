@@ -8,7 +8,10 @@ each, int ``psg_id`` into the passage file), then runs, in a fresh process per s
 step of ``multiret prepare dpr`` (:func:`multiret.prepare.dpr.convert_dpr_split` over a passage
 store built once). Each process reports its seconds, items per second, and its peak resident
 memory (``ru_maxrss``) above what it held before the step (imports and the mapped store): a
-streamed reader keeps that figure flat across sizes. One JSON object goes to stdout and ``--out``.
+streamed reader keeps that figure flat across sizes. ``store_lookup`` times the step's id
+lookups (``PassageStore.find``, 20,000 random ids, median of 5 interleaved rounds) over the
+store's arrays as ``np.memmap`` objects (how the store mapped them before) and as the plain
+ndarray views of the same maps it uses now. One JSON object goes to stdout and ``--out``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import gzip
 import json
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,6 +78,34 @@ def child(source: Path, store: Path, out: Path, passages: Path) -> dict:
             "peak_above_start_mib": round((peak - before) / 1024, 1), "file_mib": round(source.stat().st_size / 2**20, 1)}
 
 
+def lookup_ratio(store: Path, passages: int, lookups: int = 20_000, rounds: int = 5) -> dict:
+    """Seconds of ``lookups`` id lookups over memmap objects and over ndarray views of the same files."""
+    import numpy as np
+
+    from multiret.data import store as stored
+
+    def as_memmap(path: Path, dtype: type) -> np.ndarray:
+        return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+
+    views = stored.PassageStore(store)
+    original, stored.map_array = stored.map_array, as_memmap
+    try:
+        memmaps = stored.PassageStore(store)
+    finally:
+        stored.map_array = original
+    rng = random.Random(1)
+    ids = [str(rng.randrange(1, passages + 1)) for _ in range(lookups)]
+    seconds: dict[str, list[float]] = {"memmap": [], "view": []}
+    for _ in range(rounds):
+        for name, candidate in (("memmap", memmaps), ("view", views)):
+            start = time.perf_counter()
+            for passage_id in ids:
+                candidate.find(passage_id)
+            seconds[name].append(time.perf_counter() - start)
+    memmap, view = statistics.median(seconds["memmap"]), statistics.median(seconds["view"])
+    return {"lookups": lookups, "memmap_s": round(memmap, 3), "view_s": round(view, 3), "memmap_over_view": round(memmap / view, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", default="100000,300000,1000000", help="comma-separated file sizes in items")
@@ -91,6 +123,7 @@ def main() -> None:
         tmp = Path(tmp)
         write_passages(tmp / "psgs.tsv", args.passages)
         build_passage_store(tmp / "psgs.tsv", tmp / "store", show_progress=False)
+        results["store_lookup"] = lookup_ratio(tmp / "store", args.passages)
         for n in map(int, args.items.split(",")):
             source = tmp / f"nq-train-multikilt-{n}.json.gz"
             write_items(source, n, args.passages)
