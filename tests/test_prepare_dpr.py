@@ -266,6 +266,8 @@ def test_first_rules_take_the_first_positive_and_negatives(tiny_t5_dir, tmp_path
     collator = PromptCollator(model_tokenizer, "{prompt} {query}", 16, sep_to_eos=True)
     task = TaskSpec("trex", None, None, prompt="TREX")
     assert collator.format_query("w1 [SEP] w2", task) == f"TREX w1 {model_tokenizer.eos_token} w2"
+    ids = collator.queries(["w1 [SEP] w2"], task)["input_ids"][0].tolist()
+    assert ids.count(model_tokenizer.eos_token_id) == 2  # the [SEP] and the end: one token, not the text "</s>"
     query = Query("q", "w1", ["10"], positives=[5, 1, 2], negatives=[20, 21, 22, 23])
     batches = MultitaskBatches([TaskStream(task, [query], 1)], corpus, collator, 2, seed=0, first_positive=True, first_negatives=True)
     texts = []
