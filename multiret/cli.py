@@ -23,6 +23,7 @@ commands:
   prepare kilt --kilt-dir DIR --passages TSV --out DIR [...]   KILT's eight tasks → a folder data=kilt reads
   export RUN_OR_CKPT --out DIR [--format sentence-transformers|hf] [--checkpoint best|last]   the trained model for use elsewhere
   search RUN --task T [-k 10] [--json] [QUERY ...]   a run's index answers queries (stdin, one a line, when none given)
+  prepare dpr --files DIR --passages TSV --out DIR [--kilt-dev DIR] [...]   the reference's multikilt DPR files → a folder data=kilt reads
   convert t5-fp16 SRC DST   rescale a T5 v1.0 checkpoint so that it trains in fp16 without overflow
 """
 
@@ -58,6 +59,7 @@ PLAIN_COMMANDS = {
     ("study", "report"): "multiret.experiment.study_report",
     ("compare", None): "multiret.eval.compare",
     ("prepare", "kilt"): "multiret.prepare.pipeline",
+    ("prepare", "dpr"): "multiret.prepare.dpr",
     ("convert", "t5-fp16"): "multiret.model.t5_fp16",
     ("export", None): "multiret.experiment.export",
     ("search", None): "multiret.experiment.search",

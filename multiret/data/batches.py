@@ -38,7 +38,10 @@ class MultitaskBatches(IterableDataset):
     ``{task: {"query": tensors, "passage": tensors}}`` per step (gradient accumulation).
 
     Each query contributes ``1 + n_negatives`` passages, positive first, from its task's corpus
-    (the stream's own, else ``corpus``), so in-batch negatives come from that corpus too.
+    (the stream's own, else ``corpus``), so in-batch negatives come from that corpus too: a positive
+    drawn among its positives and negatives drawn from its pool, or, with ``first_positive`` and
+    ``first_negatives``, its first positive and the first ``n_negatives`` of its pool (the TACO
+    reference without shuffling).
     """
 
     def __init__(
@@ -52,8 +55,12 @@ class MultitaskBatches(IterableDataset):
         micro_batches: int = 1,
         rank: int = 0,
         world_size: int = 1,
+        first_positive: bool = False,
+        first_negatives: bool = False,
     ) -> None:
         super().__init__()
+        self.first_positive = first_positive
+        self.first_negatives = first_negatives
         self.streams = list(streams)
         self.corpus = corpus
         self.collator = collator
@@ -103,12 +110,15 @@ class MultitaskBatches(IterableDataset):
             rng = np.random.default_rng([self.seed, task_index, position, 1])
             query = stream.queries[int(self._permutation(task_index, position // n, n)[position % n])]
             queries.append(query.text)
-            rows = [int(rng.choice(query.positives)), *self._negatives(query, rng, corpus)]
+            positive = query.positives[0] if self.first_positive else int(rng.choice(query.positives))
+            rows = [positive, *self._negatives(query, rng, corpus)]
             passages.extend(corpus.passage_text(r) for r in rows)
         return {"query": self.collator.queries(queries, stream.task), "passage": self.collator.passages(passages)}
 
     def _negatives(self, query: Query, rng: np.random.Generator, corpus: Passages) -> list[int]:
         pool = query.negatives
+        if len(pool) >= self.n_negatives and self.first_negatives:
+            return pool[:self.n_negatives]
         if len(pool) >= self.n_negatives:
             return [pool[i] for i in sorted(rng.choice(len(pool), self.n_negatives, replace=False))]
         chosen = list(pool)

@@ -17,7 +17,9 @@ class PromptCollator:
     ``prompt_template`` formats a query from ``{prompt}`` (the task's prompt word) and
     ``{query}``. The paper's T5 prompt is ``"{prompt} <extra_id_1> {query}"``: the task name
     and a T5 sentinel before the query (TACO, Zhang et al. 2023, §3.1); ``None`` means no
-    prompt. Passages never get a prompt.
+    prompt. Passages never get a prompt. ``sep_to_eos`` writes the tokenizer's end-of-sequence
+    token for every ``[SEP]`` in a query (KILT's T-REx and zsRE inputs), as the TACO reference
+    does for T5 (its ``build_train.py``).
     """
 
     def __init__(
@@ -25,14 +27,20 @@ class PromptCollator:
         tokenizer: PreTrainedTokenizerBase,
         prompt_template: str | None,
         max_passage_length: int,
+        sep_to_eos: bool = False,
     ) -> None:
         if prompt_template is not None and "{query}" not in prompt_template:
             raise UserError(f"model.prompt_template {prompt_template!r} must contain '{{query}}'")
+        if sep_to_eos and not tokenizer.eos_token:
+            raise UserError("data.query_sep_to_eos=true needs a tokenizer with an end-of-sequence token (T5 has </s>)")
+        self.sep = tokenizer.eos_token if sep_to_eos else None
         self.tokenizer = tokenizer
         self.prompt_template = prompt_template
         self.max_passage_length = max_passage_length
 
     def format_query(self, text: str, task: TaskSpec) -> str:
+        if self.sep is not None:
+            text = text.replace("[SEP]", self.sep)
         if self.prompt_template is None or task.prompt is None:
             return text
         return self.prompt_template.format(prompt=task.prompt, query=text)

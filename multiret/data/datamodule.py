@@ -21,7 +21,7 @@ from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Passages, read_corpus, subsample_pages
 from multiret.data.kilt import Query, attach_positives, read_queries
 from multiret.data.mixing import task_batch_sizes
-from multiret.data.negatives import negatives_file, read_negatives
+from multiret.data.negatives import negatives_file, read_negatives, read_positives
 from multiret.data.passage_files import AUTO
 from multiret.data.prepared import check_prepared
 from multiret.data.tasks import TaskSpec, select_tasks
@@ -39,12 +39,18 @@ class MultitaskDataModule(L.LightningDataModule):
     ``builder`` (optional) is called with ``root`` before anything is read, so an embedded
     benchmark such as ``vital`` is built on first use and reused afterwards. ``negatives_miner``
     (optional) fills the negative pools, ``bm25_top_k`` deep, of queries that ``negatives_dir``
-    has no file for, e.g. :func:`multiret.prepare.negatives.bm25_negatives`.
+    has no file for, e.g. :func:`multiret.prepare.negatives.bm25_negatives`. ``positives_dir``
+    (optional) holds given positives per query (``multiret prepare dpr``) used instead of the
+    gold pages' passages; ``positive_rule`` and ``negative_rule`` (``sample`` or ``first``) say
+    how a batch takes them (:class:`MultitaskBatches`); ``query_sep_to_eos`` see
+    :class:`PromptCollator`.
 
     A subclass whose tasks each bring their own corpus (:class:`multiret.data.beir_datamodule.BeirDataModule`)
     fills ``task_corpora``: such a task is searched in, and draws its positives and negatives from, its
     corpus (:meth:`corpus_of`); ``qrels`` holds the graded judgements its eval split is scored by.
     """
+
+    RULES = ("sample", "first")
 
     def __init__(
         self,
@@ -72,8 +78,17 @@ class MultitaskDataModule(L.LightningDataModule):
         seed: int = 13,
         passage_layout: str = AUTO,
         passage_template: str | None = DEFAULT_PASSAGE_TEMPLATE,
+        positives_dir: str | None = None,
+        positive_rule: str = "sample",
+        negative_rule: str = "sample",
+        query_sep_to_eos: bool = False,
     ) -> None:
         super().__init__()
+        for key, rule in (("positive_rule", positive_rule), ("negative_rule", negative_rule)):
+            if rule not in self.RULES:
+                raise UserError(f"data.{key}={rule!r}: expected one of {', '.join(self.RULES)}")
+        self.positives_dir = positives_dir
+        self.first_positive, self.first_negatives = positive_rule == "first", negative_rule == "first"
         self.root = Path(root)
         self.corpus_path = self.root / corpus
         specs = {name: {k: (str(self.root / v) if k in ("train", "dev", "test") and v else v) for k, v in spec.items()}
@@ -84,7 +99,7 @@ class MultitaskDataModule(L.LightningDataModule):
         self.passage_layout = passage_layout
         self.passage_template = check_template(passage_template)
         check_prepared(self.root, task_names, self.passage_template)
-        self.collator = PromptCollator(tokenizer, prompt_template, max_passage_length) if tokenizer else None
+        self.collator = PromptCollator(tokenizer, prompt_template, max_passage_length, query_sep_to_eos) if tokenizer else None
         self.batch_size = batch_size
         self.micro_batches = micro_batches
         self.mix_temperature = mix_temperature
@@ -139,9 +154,7 @@ class MultitaskDataModule(L.LightningDataModule):
         gold = {p for qs in (*train.values(), *evaluation.values()) for q in qs for p in q.gold_pages}
         gold |= self._other_tasks_gold_pages(key)
         self.corpus = subsample_pages(corpus, gold, self.corpus_max_pages, self.seed)
-        self.train_queries = {
-            name: attach_positives(name, qs, self.corpus, name in self.all_passages_positive) for name, qs in train.items()
-        }
+        self.train_queries = {name: self._positives(name, qs, "train") for name, qs in train.items()}
         self.eval_queries = evaluation
 
     def corpus_of(self, task: str) -> Passages:
@@ -158,6 +171,13 @@ class MultitaskDataModule(L.LightningDataModule):
             corpus = self.corpus_of(task)
             groups.setdefault(id(corpus), (corpus, []))[1].append(task)
         return list(groups.values())
+
+    def _positives(self, task: str, queries: list[Query], split: str) -> list[Query]:
+        """The queries with positives: the given ones when ``positives_dir`` has the split's file (always needed for
+        training), else the gold pages' passages."""
+        if self.positives_dir is not None and (split == "train" or negatives_file(self.positives_dir, task, split).is_file()):
+            return read_positives(self.positives_dir, task, queries, self.corpus_of(task), split)
+        return attach_positives(task, queries, self.corpus_of(task), task in self.all_passages_positive)
 
     def _other_tasks_gold_pages(self, page_key: str) -> set[str]:
         """Gold pages of the queries the offered but unselected tasks would sample with this seed (from their files that exist).
@@ -220,6 +240,7 @@ class MultitaskDataModule(L.LightningDataModule):
         return MultitaskBatches(
             streams, self.corpus, self.collator, self.n_negatives, seed,
             start_step=start_step, micro_batches=self.micro_batches, rank=rank, world_size=world_size,
+            first_positive=self.first_positive, first_negatives=self.first_negatives,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -229,9 +250,6 @@ class MultitaskDataModule(L.LightningDataModule):
     def heldout_batches(self) -> MultitaskBatches:
         """Multitask batches of the eval split, built like training batches (to measure task gradients)."""
         self.setup("fit")
-        heldout = {
-            name: attach_positives(name, queries, self.corpus_of(name), name in self.all_passages_positive)
-            for name, queries in self.eval_queries.items()
-        }
+        heldout = {name: self._positives(name, queries, self.eval_split) for name, queries in self.eval_queries.items()}
         self._mine_negatives(heldout, heldout=True)
         return self._batches(heldout, self.seed + 1, 0)

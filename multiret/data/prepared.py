@@ -1,7 +1,8 @@
 """What a folder written by ``multiret prepare kilt`` holds, read from its report, for the data config.
 
 ``conf/data/kilt.yaml`` sets ``task_names: ${prepared_tasks:}``, so a run trains on the tasks
-the folder ``data.root`` holds with no further override; this module registers that resolver
+the folder ``data.root`` holds with no further override (and ``positives_dir:
+${prepared_positives:}``, so a folder of ``multiret prepare dpr`` trains on its given positives); this module registers that resolver
 on import (the data module imports it, so every entry point has it before a config resolves).
 """
 
@@ -56,6 +57,15 @@ def prepared_tasks(*, _parent_: DictConfig) -> list[str]:
     return held_tasks(report)
 
 
+def prepared_positives(*, _parent_: DictConfig) -> str | None:
+    """Resolver ``${prepared_positives:}``: ``<root>/positives`` when ``root`` holds given positives
+    (a folder of ``multiret prepare dpr``), else None (positives come from the gold pages)."""
+    if OmegaConf.is_missing(_parent_, "root"):
+        return None
+    report = read_report(str(_parent_.root))
+    return str(Path(str(_parent_.root)) / "positives") if report and report.get("negatives") == "given" else None
+
+
 def check_prepared(root: str | os.PathLike[str], task_names: Sequence[str], template: str | None) -> None:
     """Fail naming the fix when a run asks a prepared folder for a task it lacks, or for another passage template.
 
@@ -75,6 +85,8 @@ def check_prepared(root: str | os.PathLike[str], task_names: Sequence[str], temp
             "or leave data.task_names at its default (every prepared task)"
         )
     settings = report.get("settings") or {}
+    if report.get("negatives") == "given":  # `multiret prepare dpr`: no BM25 here, the files' negatives fit any template
+        return
     if "passage_template" not in settings:
         raise ValueError(f"{where}: prepared before passage templates were recorded; re-run the same "
                          "`multiret prepare kilt` command (it redoes every step once: the passages are now read with csv quoting)")
@@ -88,3 +100,5 @@ def check_prepared(root: str | os.PathLike[str], task_names: Sequence[str], temp
 
 if not OmegaConf.has_resolver("prepared_tasks"):
     OmegaConf.register_new_resolver("prepared_tasks", prepared_tasks)
+if not OmegaConf.has_resolver("prepared_positives"):
+    OmegaConf.register_new_resolver("prepared_positives", prepared_positives)

@@ -99,10 +99,14 @@ class _Pages(Sequence[str]):
 
 
 def map_array(path: Path, dtype: type) -> np.ndarray:
-    """Memory-map a raw array file (numpy cannot map an empty file, e.g. a column of empty titles)."""
+    """Memory-map a raw array file (numpy cannot map an empty file, e.g. a column of empty titles).
+
+    A plain ndarray view of the map: indexing a ``np.memmap`` one element at a time costs
+    several times an ndarray's (its ``__getitem__`` and ``__array_finalize__`` run in Python).
+    """
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
+    return np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)
 
 
 def _page_key(page: str) -> int | None:

@@ -17,11 +17,12 @@ class TaskSpec:
     train: str | None
     dev: str | None
     test: str | None = None
+    val: str | None = None
     prompt: str | None = None
     max_query_length: int = 32
 
     def split_path(self, split: str) -> str:
-        path = {"train": self.train, "dev": self.dev, "test": self.test}.get(split)
+        path = {"train": self.train, "dev": self.dev, "test": self.test, "val": self.val}.get(split)
         if path is None:
             raise UserError(f"task {self.name!r} has no {split!r} file configured (data.tasks.{self.name}.{split})")
         return path

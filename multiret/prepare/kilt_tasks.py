@@ -74,19 +74,20 @@ class PageIndex(Protocol):
     def rows_of_page(self, page_id: str) -> list[int]: ...
 
 
-def aida_window(text: str, words: int = AIDA_WINDOW_WORDS) -> str:
-    """The mention with ``words`` words of context on each side.
+def aida_window(text: str, words: int = AIDA_WINDOW_WORDS, whole_right: bool = False) -> str:
+    """The mention with ``words`` words of context on each side (``whole_right``: on the left only).
 
     AIDA inputs are whole news documents with one ``[START_ENT] ... [END_ENT]`` mention; the
     query encoder sees 128 tokens, so the document is cut around the mention (the reference
-    keeps 64 words on the left, and its tokenizer truncates the right).
+    keeps 64 words on the left and everything after the mention, which its tokenizer
+    truncates: ``whole_right``).
     """
     start, end = text.find(START_ENT), text.find(END_ENT)
     if start < 0 or end < start:
         raise ValueError(f"no {START_ENT} ... {END_ENT} mention")
     end += len(END_ENT)
     left = text[:start].split()[-words:] if words else []
-    right = text[end:].split()[:words]
+    right = text[end:].split() if whole_right else text[end:].split()[:words]
     return " ".join([*left, text[start:end].strip(), *right])
 
 
@@ -131,11 +132,21 @@ def _outputs(record: dict[str, Any], where: str, page_key: str) -> tuple[list[di
     return kept, pages
 
 
-def sample_positions(total: int, limit: int | None, seed: int) -> set[int] | None:
-    """Positions of the records kept by a seeded down-sampling (None = keep all)."""
+def sample_order(total: int, limit: int | None, seed: int) -> list[int] | None:
+    """Positions of the records a seeded down-sampling keeps, in the order drawn (None = keep all).
+
+    With seed 42 they are the items, in its order, of the reference's
+    ``random.seed(42); random.sample(items, 100000)``: ``sample`` draws positions alone.
+    """
     if limit is None or limit >= total:
         return None
-    return set(random.Random(seed).sample(range(total), limit))
+    return random.Random(seed).sample(range(total), limit)
+
+
+def sample_positions(total: int, limit: int | None, seed: int) -> set[int] | None:
+    """Positions of the records kept by a seeded down-sampling (None = keep all)."""
+    order = sample_order(total, limit, seed)
+    return None if order is None else set(order)
 
 
 def convert_split(
@@ -158,7 +169,7 @@ def convert_split(
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"{source}: KILT file of task {task.name!r} ({split}) not found; expected {task.kilt_file(split)} in --kilt-dir")
-    if task.name == "triviaqa" and questions is None:
+    if task.name == "triviaqa" and questions is None and source.name == task.kilt_file(split):
         raise ValueError("triviaqa needs the TriviaQA question files (--triviaqa-questions FILE ...): KILT's files hold ids only")
     total = count_records(source)
     keep = sample_positions(total, limit, seed)

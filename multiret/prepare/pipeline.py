@@ -49,6 +49,7 @@ from multiret.prepare.passages import build_passage_store
 log = logging.getLogger(__name__)
 
 PASSAGES_DIR, BM25_DIR, NEGATIVES_DIR, DONE_DIR = "passages", "bm25", "negatives", ".done"
+POSITIVES_DIR = "positives"  # given positives (``multiret prepare dpr``), named as the negatives files
 UTF8_CHECK_BYTES = 1 << 24  # chunk size of the store's UTF-8 check
 BM25_PARAMS = "params.index.json"
 
@@ -82,7 +83,7 @@ class Steps:
         return result
 
 
-def _file_identity(path: Path) -> dict[str, Any]:
+def file_identity(path: Path) -> dict[str, Any]:
     """What identifies a file cheaply: its absolute path, size and modification time (outputs get a new one when rewritten)."""
     stat = path.stat()
     return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -115,12 +116,23 @@ def _check_store_utf8(store: Path, source: Path) -> None:
                 done += len(chunk)
 
 
-def _remove_partial_outputs(out: Path) -> None:
+def remove_partial_outputs(out: Path) -> None:
     """Temporary files of an interrupted step (they are renamed into place only when complete)."""
-    for folder in (out, out / NEGATIVES_DIR, out / DONE_DIR):
+    for folder in (out, out / NEGATIVES_DIR, out / POSITIVES_DIR, out / DONE_DIR):
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink()
+
+
+def passage_store_step(steps: Steps, passages: Path, out: Path, layout: str, show_progress: bool) -> dict[str, Any]:
+    """The step every prepare command starts with: the passage store ``out/passages``, checked as UTF-8; returns its metadata."""
+
+    def build_store() -> dict[str, Any]:
+        meta = build_passage_store(passages, out / PASSAGES_DIR, show_progress, layout)
+        _check_store_utf8(out / PASSAGES_DIR, passages)  # before the step's marker: a bad store is rebuilt next time
+        return meta
+
+    return steps.run("passages", {"tsv": file_identity(passages), "layout": layout}, [out / PASSAGES_DIR / STORE_META], build_store)
 
 
 def prepare_kilt(
@@ -150,24 +162,16 @@ def prepare_kilt(
     check_template(passage_template, "--passage-template")
     workers = resolve_workers(workers)
     require_writable_folder(out, "--out")
-    _remove_partial_outputs(out)
+    remove_partial_outputs(out)
     steps = Steps(out)
-    question_files = [_file_identity(Path(p)) for p in triviaqa_questions]
-
-    def build_store() -> dict[str, Any]:
-        meta = build_passage_store(passages, out / PASSAGES_DIR, show_progress, passage_layout)
-        _check_store_utf8(out / PASSAGES_DIR, passages)  # before the step's marker: a bad store is rebuilt next time
-        return meta
-
-    store_meta = steps.run(
-        "passages", {"tsv": _file_identity(passages), "layout": passage_layout}, [out / PASSAGES_DIR / STORE_META], build_store,
-    )
+    question_files = [file_identity(Path(p)) for p in triviaqa_questions]
+    store_meta = passage_store_step(steps, passages, out, passage_layout, show_progress)
     store = PassageStore(out / PASSAGES_DIR, passage_template)
-    store_identity = _file_identity(out / PASSAGES_DIR / STORE_META)
+    store_identity = file_identity(out / PASSAGES_DIR / STORE_META)
     report: dict[str, Any] = {"passages": store_meta, "tasks": {}, "bm25": None, "negatives": {}}
     questions: dict[str, str] | None = None
     for task in specs:
-        params = {"files": {s: _file_identity(kilt_dir / task.kilt_file(s)) for s in SPLITS},
+        params = {"files": {s: file_identity(kilt_dir / task.kilt_file(s)) for s in SPLITS},
                   "max_train": max_train.get(task.name), "seed": seed if task.name in max_train else None,
                   "passages": store_identity,
                   "aida_window_words": AIDA_WINDOW_WORDS if task.name == "aidayago2" else None,
@@ -192,7 +196,7 @@ def prepare_kilt(
     bm25_params = {"passages": store_identity, "k1": 0.9, "b": 0.4, "passage_template": passage_template}
     report["bm25"] = steps.run("bm25", bm25_params, [out / BM25_DIR / BM25_PARAMS],
                                lambda: build_bm25_index(store, out / BM25_DIR, show_progress=show_progress, workers=workers))
-    bm25_identity = _file_identity(out / BM25_DIR / BM25_PARAMS)
+    bm25_identity = file_identity(out / BM25_DIR / BM25_PARAMS)
     searcher: BM25Searcher | None = None  # started by the first step that needs it (its workers map the index)
     with ExitStack() as stack:
         for task in specs:
@@ -209,7 +213,7 @@ def prepare_kilt(
                         for split in SPLITS}
 
             params = {"top_k": bm25_top_k, "bm25": bm25_identity, "selection": SELECTION,
-                      "queries": {split: _file_identity(path) for split, path in queries_files.items()}}
+                      "queries": {split: file_identity(path) for split, path in queries_files.items()}}
             report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, list(pools.values()), negatives)
 
     report["settings"] = {
@@ -245,7 +249,7 @@ def _still_current(out: Path, steps: Steps, task: KiltTask, bm25_identity: dict[
     files = {split: out / task.prepared_file(split) for split in SPLITS}
     if not all(path.is_file() for path in files.values()):
         return False
-    return params.get("bm25") == bm25_identity and params.get("queries") == {s: _file_identity(p) for s, p in files.items()}
+    return params.get("bm25") == bm25_identity and params.get("queries") == {s: file_identity(p) for s, p in files.items()}
 
 
 def _check_inputs(
@@ -281,7 +285,7 @@ def _log_summary(report: dict[str, Any]) -> None:
                      task, split, c["items"], c["no_provenance"], c["missing_pages"], c["provenance_pages"], questions)
 
 
-def _parse_max_train(text: str) -> dict[str, int]:
+def parse_max_train(text: str) -> dict[str, int]:
     if text.strip().lower() == "none":
         return {}
     limits: dict[str, int] = {}
@@ -308,7 +312,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, help="prepared folder (data.root of data=kilt)")
     parser.add_argument("--triviaqa-questions", nargs="+", default=[], help="TriviaQA json files holding the questions")
     parser.add_argument("--tasks", default=",".join(KILT_TASKS), help="comma-separated tasks (default: all eight)")
-    parser.add_argument("--max-train", type=_parse_max_train, default=None,
+    parser.add_argument("--max-train", type=parse_max_train, default=None,
                         help="seeded training-set caps, TASK=N,... or none (default: trex=100000,structured_zeroshot=100000)")
     parser.add_argument("--bm25-top-k", type=int, default=30, help="BM25 depth the negatives come from (default 30)")
     parser.add_argument("--seed", type=int, default=13, help="seed of the down-sampling (default 13)")
