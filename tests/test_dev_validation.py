@@ -169,6 +169,7 @@ def test_resume_keeps_the_best_score_and_file(tmp_path, tiny_t5_dir, kilt_dir, k
         assert torch.equal(value, b["state_dict"][key]), key
 
 
+@pytest.mark.slow  # two spawned processes: 45 s of the file's 70 s on the 2-core machine
 def test_two_processes_log_the_validation_of_one(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
     # odd sizes so the processes' shares of queries and passages differ; Adam's eps as in test_ddp_training
     options = ("stages=[train]", "trainer.max_steps=2", "optimizer.eps=1e-3", "trainer.val_check_interval=2",
