@@ -178,3 +178,15 @@ def test_wandb_file_reader_joins_records_across_blocks_and_refuses_damage(tmp_pa
     with pytest.raises(ValueError, match="no evaluated run"):
         load_runs([tmp_path / "cut"])
     assert "without an exit record" in caplog.text
+
+
+def test_validation_curves_average_each_arm_over_seeds(sweeps, tmp_path):
+    from multiret.eval.curves import arm_curves, run_curve
+
+    assert cli(["compare", str(sweeps / "multi"), "--out", str(tmp_path), "--metrics", "Rprec"]) == 0
+    assert (tmp_path / "curves-Rprec.png").read_bytes()[:4] == b"\x89PNG"
+    curves = [run_curve(sweeps / "multi" / f"naive-{seed}", "Rprec") for seed in (1, 2)]
+    assert [sorted(curve) for curve in curves] == [[0, 2], [0, 2]]  # step 0 and the last step
+    values = [curve[2] for curve in curves]
+    assert arm_curves({"naive": curves})["naive"][1] == (2, pytest.approx(statistics.fmean(values)),
+                                                          pytest.approx(statistics.stdev(values)))

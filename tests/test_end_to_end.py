@@ -26,9 +26,11 @@ def test_train_index_evaluate_then_kilt_eval_reproduces_the_scores(tmp_path, tin
         assert code == 0
         assert json.loads(capsys.readouterr().out) == pytest.approx(saved[task])
         assert len((out / "eval" / f"{task}-guess.jsonl").read_text().splitlines()) == 20
-    # index + evaluate on their own, from the checkpoint, reproduce the training run's scores
+    # index + evaluate on their own, from the checkpoint the run evaluated (the best validated one), reproduce its scores
+    evaluated = json.loads((out / "manifest.json").read_text())["evaluated_weights"]
+    assert evaluated["checkpoint"] == "best" and evaluated["path"] == str(out / "checkpoints" / "best.ckpt")
     again = run(tiny_config(tmp_path / "again", tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index,evaluate]",
-                            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"))
+                            f"ckpt_path={evaluated['path']}"))
     assert again.keys() == trained.keys()
     for task, metrics in trained.items():
         assert again[task] == pytest.approx(metrics)

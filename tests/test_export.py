@@ -91,7 +91,7 @@ def test_sentence_transformers_export_encodes_as_the_run(bert_run, kilt_dir, tmp
 
     out = tmp_path / "st"
     assert cli(["export", str(bert_run), "--out", str(out)]) == 0
-    assert "no checkpoints/best.ckpt" in capsys.readouterr().err  # --checkpoint best falls back to last, saying so
+    assert "checkpoints/best.ckpt →" in capsys.readouterr().out  # --checkpoint best: the run's best validation step
     for config in out.rglob("*.json"):
         assert "multiret" not in config.read_text(), config  # nothing in the folder needs multiret to load
     model = SentenceTransformer(str(out), device="cpu")
@@ -105,7 +105,8 @@ def test_sentence_transformers_export_encodes_as_the_run(bert_run, kilt_dir, tmp
     np.testing.assert_allclose(exported, np.load(bert_run / "index" / "shards" / "embeddings-00000-of-00001.npy"), atol=ATOL)
     card = (out / "README.md").read_text()
     scores = json.loads((bert_run / "eval" / "metrics.json").read_text())
-    for expected in ("Naive", "optimizer steps: 2", "Title: {title} Text: {text}", "prompt_name='qa'", "| qa |", "'QA: '",
+    best_step = json.loads((bert_run / "manifest.json").read_text())["evaluated_weights"]["step"]  # the exported weights'
+    for expected in ("Naive", f"optimizer steps: {best_step}", "Title: {title} Text: {text}", "prompt_name='qa'", "| qa |", "'QA: '",
                      f"{scores['el']['Rprec']:.4f}"):
         assert expected in card
 
@@ -119,7 +120,7 @@ def test_what_sentence_transformers_cannot_express_exports_as_hugging_face(reque
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("multiret export:")]
     assert "wrote a Hugging Face folder instead" in line and "Retriever.from_export" in line
     assert (out / "config.json").is_file() and (out / "multiret.json").is_file()
-    exported, original = Retriever.from_export(out), Retriever.from_run(run_dir)
+    exported, original = Retriever.from_export(out), Retriever.from_run(run_dir, "last")  # the weights exported
     for task in ("qa", "el"):
         queries = dev_queries(kilt_dir, task)
         np.testing.assert_allclose(exported.encode_queries(queries, task), original.encode_queries(queries, task), atol=ATOL)
@@ -166,15 +167,17 @@ def test_bad_input_is_one_line_with_the_fix(bert_run, t5_run, soft_run, tmp_path
         find_checkpoint(tmp_path)
 
 
-def test_best_checkpoint_is_taken_when_the_run_kept_one(bert_run):
-    best = bert_run / "checkpoints" / "best.ckpt"
-    shutil.copy(bert_run / "checkpoints" / "last.ckpt", best)
-    try:
-        found = find_checkpoint(bert_run, "best")
-        assert found.path == best and found.note is None
-        assert find_checkpoint(bert_run, "last").path.name == "last.ckpt"
-    finally:
-        best.unlink()
+def test_checkpoint_choices_best_last_and_the_indexed_one(bert_run, tmp_path):
+    folder = bert_run / "checkpoints"
+    assert find_checkpoint(bert_run, "best").path == folder / "best.ckpt"  # validation kept one
+    assert find_checkpoint(bert_run, "last").path == folder / "last.ckpt"
+    indexed = json.loads((bert_run / "manifest.json").read_text())["evaluated_weights"]["checkpoint"]
+    assert find_checkpoint(bert_run).path == folder / f"{indexed}.ckpt"  # the default: the weights the index was built with
+    copy = tmp_path / "run"
+    shutil.copytree(bert_run, copy, ignore=shutil.ignore_patterns("best.ckpt", "index", "manifest.json"))
+    found = find_checkpoint(copy, "best")
+    assert found.path == copy / "checkpoints" / "last.ckpt" and "no checkpoints/best.ckpt" in found.note
+    assert find_checkpoint(copy).path.name == "last.ckpt"  # no record of the index's weights: last
 
 
 @pytest.mark.slow

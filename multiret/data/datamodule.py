@@ -247,9 +247,13 @@ class MultitaskDataModule(L.LightningDataModule):
         start = self.step_offset + (self.trainer.global_step if self.trainer is not None else 0)
         return DataLoader(self._batches(self.train_queries, self.seed, start), batch_size=None, num_workers=0)
 
-    def heldout_batches(self) -> MultitaskBatches:
-        """Multitask batches of the eval split, built like training batches (to measure task gradients)."""
+    def heldout_queries(self) -> dict[str, list[Query]]:
+        """Each task's eval-split queries with positives and hard negatives, as training queries get them."""
         self.setup("fit")
         heldout = {name: self._positives(name, queries, self.eval_split) for name, queries in self.eval_queries.items()}
         self._mine_negatives(heldout, heldout=True)
-        return self._batches(heldout, self.seed + 1, 0)
+        return heldout
+
+    def heldout_batches(self) -> MultitaskBatches:
+        """Multitask batches of the eval split, built like training batches (to measure task gradients)."""
+        return self._batches(self.heldout_queries(), self.seed + 1, 0)

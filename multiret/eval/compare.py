@@ -5,7 +5,8 @@ Reads the run folders that ``multiret train`` writes (``config.yaml`` and
 ones included) or the W&B API (the same numbers, as ``{split}/{task}/{metric}``), groups
 multitask runs by experiment and method (seeds averaged), builds the task-specific column
 from the task-specific runs, and writes a markdown table (per task and average; mean ± std over seeds;
-each multitask column's change against task-specific) and a bar chart (error bars: std over seeds); ``--paired A B`` adds
+each multitask column's change against task-specific), a bar chart (error bars: std over seeds) and, where run
+folders hold validation logs, their validation curves (mean ± std over seeds per column); ``--paired A B`` adds
 paired significance tests between two columns over their runs' per-query scores
 (:mod:`multiret.eval.significance`).
 """
@@ -27,6 +28,7 @@ from omegaconf import OmegaConf
 from multiret.atomic import atomic_write_text
 from multiret.errors import UserError
 from multiret.eval import wandb_store
+from multiret.eval.curves import plot_curves
 from multiret.eval.figures import new_figure, save_figure
 from multiret.eval.significance import PairedResult, mean_over_seeds, paired_test, run_query_scores
 
@@ -272,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.paired:
             sections.append(paired_section(runs, args.paired, metric, metric_ks(args.metrics.split(","))))
         plot(rows, values, metric, args.out / f"comparison-{metric.replace('@', '_at_')}.png")
+        curves = args.out / f"curves-{metric.replace('@', '_at_')}.png"
+        if plot_curves([(r.label, r.source) for r in runs], metric, curves):  # run folders' CSV logs; W&B runs have none here
+            log.info("validation curves: %s", curves)
     text = f"{len(runs)} runs\n\n" + "\n".join(sections)
     atomic_write_text(args.out / "comparison.md", text)
     print(text)

@@ -43,10 +43,7 @@ def evaluate_task_rankings(
     coverage: dict[str, dict[str, int]] = {}
     for task in tasks:
         ids = list(query_ids[task.name])
-        wanted = set(ids)
-        gold = [r for r in read_jsonl(task.split_path(split)) if str(r.get("id")).strip() in wanted]
-        if getattr(corpus, "page_key", "wikipedia_id") == "title":  # a passage file without page ids
-            gold = [keyed_by_title(r) for r in gold]
+        gold = gold_records(task, split, ids, corpus)
         guesses = [
             guess_record(qid, page_ranking([corpus.page_ids[r] for r in rows if r >= 0]))
             for qid, rows in zip(ids, rankings[task.name])
@@ -62,6 +59,15 @@ def evaluate_task_rankings(
     atomic_write_text(out_dir / METRICS, json.dumps(results, indent=2))
     atomic_write_text(out_dir / COVERAGE, json.dumps(coverage, indent=2))
     return results
+
+
+def gold_records(task: TaskSpec, split: str, ids: Sequence[str], corpus: Corpus) -> list[dict[str, Any]]:
+    """The KILT gold records of ``ids`` in the task's ``split`` file, in file order, keyed as the corpus keys pages."""
+    wanted = set(ids)
+    gold = [r for r in read_jsonl(task.split_path(split)) if str(r.get("id")).strip() in wanted]
+    if getattr(corpus, "page_key", "wikipedia_id") == "title":  # a passage file without page ids
+        gold = [keyed_by_title(r) for r in gold]
+    return gold
 
 
 def gold_coverage(gold: Sequence[Mapping[str, Any]], corpus: Corpus) -> dict[str, int]:

@@ -70,3 +70,22 @@ def save_atomically(checkpoint: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file in ``path``'s folder, fsync, then rename over ``path``."""
     with atomic_file(path, "wb", durable=True) as handle:
         torch.save(checkpoint, handle)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for the best validation score (``checkpoints/best.ckpt``), step 0 included.
+
+    Lightning never saves at step 0 (``_last_global_step_saved`` starts there), but validation
+    scores the untrained model there, and when no later step beats it, the best checkpoint is
+    that model: without this, ``best.ckpt`` would be missing while the logged argmax is step 0.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_global_step_saved = -1
+
+
+def best_checkpoint(trainer: L.Trainer) -> BestCheckpoint | None:
+    """The trainer's best-score checkpoint callback, if it has one that saved a file."""
+    found = [callback for callback in trainer.checkpoint_callbacks if isinstance(callback, BestCheckpoint)]
+    return found[0] if found and found[0].best_model_path else None

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from multiret.atomic import atomic_write_text
 from multiret.configs import CONFIG_DIR
+from multiret.eval.curves import run_curve
 from multiret.experiment.run import run
 from multiret.prepare.vital import vital_task_names
 
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         results[column] = run(compose_run(experiment, out / experiment, group, overrides))
         seconds[column] = time.perf_counter() - began
+        curve = run_curve(out / experiment, "Rprec")
+        if curve:  # the trained columns: their validation while training
+            console.print(f"{column} dev curve, val/average/Rprec by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in sorted(curve.items())))
     if args.full:
         console.rule(f"[bold]{TASK_SPECIFIC}")
         began = time.perf_counter()
@@ -103,6 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         f"results: {out}/results.md and results.json\n"
         f"per run ({out}/<experiment>/): config.yaml, eval/<task>-guess.jsonl + -gold.jsonl (KILT format; "
         f"check with `multiret kilt-eval`), csv/ (CSV logs), wandb/ (W&B run, with the default logger; offline unless logged in: "
-        f"`wandb sync {out}/*/wandb/offline-run-*`), checkpoints/last.ckpt"
+        f"`wandb sync {out}/*/wandb/offline-run-*`), checkpoints/last.ckpt and best.ckpt"
     )
     return 0

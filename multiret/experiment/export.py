@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="sentence-transformers", choices=FORMATS,
                         help="sentence-transformers (default; falls back to hf for models it cannot express) or hf")
     parser.add_argument("--checkpoint", default="best", choices=CHECKPOINTS,
-                        help="for a run folder: checkpoints/best.ckpt (default; last.ckpt when there is none) or last.ckpt")
+                        help="for a run folder: checkpoints/best.ckpt (default; last.ckpt when there is none), last.ckpt, "
+                             "or indexed (the one its index was built with)")
     return parser
 
 

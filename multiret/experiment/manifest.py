@@ -75,3 +75,11 @@ def write_manifest(out_dir: Path, data_files: Iterable[Path], seed: int, argv: l
     path = out_dir / "manifest.json"
     atomic_write_text(path, json.dumps(manifest, indent=2))
     return path
+
+
+def add_to_manifest(out_dir: Path, **fields: Any) -> None:
+    """Add what a run learns after it started (the validation pool, the evaluated checkpoint) to its ``manifest.json``."""
+    path = out_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(fields)
+    atomic_write_text(path, json.dumps(manifest, indent=2))

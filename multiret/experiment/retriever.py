@@ -35,7 +35,7 @@ from multiret.model.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = ("best", "last")
+CHECKPOINTS = ("indexed", "best", "last")  # indexed: the weights the run's index and evaluation used
 EXPORT_CONFIG = "multiret.json"  # what an exported Hugging Face folder adds for the Retriever
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 PASSAGE_ENCODER = "passage"  # the passage encoder's folder in an export, when it is not the query encoder
@@ -52,9 +52,11 @@ class TrainedCheckpoint:
     note: str | None = None
 
 
-def find_checkpoint(run_or_ckpt: str | Path, which: str = "last") -> TrainedCheckpoint:
+def find_checkpoint(run_or_ckpt: str | Path, which: str = "indexed") -> TrainedCheckpoint:
     """The run folder of ``run_or_ckpt`` (a run folder, or a ``.ckpt`` in its ``checkpoints/``) and its checkpoint.
 
+    ``which="indexed"`` takes the weights the run's index and evaluation were built with (the
+    manifest's ``evaluated_weights``: best or last), so a search matches its index;
     ``which="best"`` takes ``checkpoints/best.ckpt`` and falls back to ``last.ckpt`` with a note
     when the run kept no best checkpoint.
     """
@@ -75,6 +77,8 @@ def find_checkpoint(run_or_ckpt: str | Path, which: str = "last") -> TrainedChec
         return TrainedCheckpoint(run, config, given)
     folder = run / "checkpoints"
     note = None
+    if which == "indexed":
+        which = indexed_weights(run)
     if which == "best":
         if (folder / "best.ckpt").is_file():
             return TrainedCheckpoint(run, config, folder / "best.ckpt")
@@ -83,6 +87,16 @@ def find_checkpoint(run_or_ckpt: str | Path, which: str = "last") -> TrainedChec
         raise UserError(f"{run} has no checkpoints/last.ckpt (was its training stage run?); "
                         "train it with `multiret train ...`, or give a .ckpt path")
     return TrainedCheckpoint(run, config, folder / "last.ckpt", note)
+
+
+def indexed_weights(run: Path) -> str:
+    """Which checkpoint (best or last) the run's index and evaluation used, from its manifest; last where it says none."""
+    manifest = run / "manifest.json"
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8")).get("evaluated_weights") if manifest.is_file() else None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{manifest} is not valid JSON ({error}); it may be truncated: re-run the job or delete it") from error
+    return str(recorded["checkpoint"]) if recorded else "last"
 
 
 def run_tasks(config: DictConfig) -> list[TaskSpec]:
@@ -128,8 +142,9 @@ class Retriever:
         self._indexes: dict[Path, tuple[DenseIndex, Passages]] = {}
 
     @classmethod
-    def from_run(cls, path: str | Path, checkpoint: str = "last", batch_size: int = 64) -> Retriever:
-        """The model of a run folder (or of one ``.ckpt`` in it) with the weights of its ``checkpoint`` (best or last)."""
+    def from_run(cls, path: str | Path, checkpoint: str = "indexed", batch_size: int = 64) -> Retriever:
+        """The model of a run folder (or of one ``.ckpt`` in it) with the weights of its ``checkpoint``: those its index
+        was built with (indexed, the default), best or last."""
         found = find_checkpoint(path, checkpoint)
         if found.note:
             log.warning(found.note)

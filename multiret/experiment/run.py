@@ -41,6 +41,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         with clock.stage("train"):
             trainer = stages.train(cfg, model, datamodule, loggers)
         step = trainer.global_step
+        if model is not None:
+            stages.choose_weights(cfg, model, trainer)
     elif model is not None and cfg.ckpt_path:
         stages.load_weights(model, cfg.ckpt_path)
     indexing = model is not None and "index" in cfg.stages

@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, help="the task whose prompt the queries get (one of the run's tasks)")
     parser.add_argument("-k", type=int, default=10, help="pages per query (default 10)")
     parser.add_argument("--json", action="store_true", help="one JSON object per query: {query, hits: [...]}")
-    parser.add_argument("--checkpoint", default="last", choices=CHECKPOINTS,
-                        help="the run's checkpoint: last (default, the one its index was built with) or best")
+    parser.add_argument("--checkpoint", default="indexed", choices=CHECKPOINTS,
+                        help="the run's checkpoint: indexed (default: the one its index was built with), best or last")
     return parser
 
 

@@ -26,9 +26,11 @@ from multiret.data.corpus import Corpus, Passages
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.tasks import TaskSpec
 from multiret.eval.ir_metrics import evaluate_task_runs, ranking_run
+from multiret.eval.dev_validation import DevValidation
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
 from multiret.experiment.loggers import instantiate_named
-from multiret.experiment.manifest import write_manifest
+from multiret.experiment.checkpoint import best_checkpoint
+from multiret.experiment.manifest import add_to_manifest, write_manifest
 from multiret.experiment.resume import resume_checkpoint
 from multiret.experiment.spawned import CloseSpawnedProcessGroup
 from multiret.experiment.validation import check_data_files
@@ -76,11 +78,30 @@ def train(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule, lo
     """Fit with the configured gradient method; ``init_from`` starts from a checkpoint's weights, ``ckpt_path`` (or
     ``resume=true`` in a folder with a ``last.ckpt``) resumes."""
     callbacks = [*instantiate_named(cfg.callbacks), instantiate(cfg.method), CloseSpawnedProcessGroup()]
+    for callback in callbacks:
+        if isinstance(callback, DevValidation):
+            _record(Path(cfg.paths.output_dir), validation=callback.prepare(datamodule))  # the pool, before any step
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=list(loggers) or False)
     if cfg.get("init_from"):
         load_weights(model, cfg.init_from, "init_from")  # weights only: the optimizer and schedule start afresh
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
     return trainer
+
+
+def choose_weights(cfg: DictConfig, model: BiEncoder, trainer: L.Trainer) -> dict[str, Any]:
+    """After training: with ``eval_checkpoint=best`` and a ``best.ckpt`` from validation, load its weights for index and
+    evaluate; else keep the final ones. The choice is printed and recorded in the manifest."""
+    best = best_checkpoint(trainer)
+    if cfg.eval_checkpoint == "best" and best is not None:
+        state = load_checkpoint(best.best_model_path, "best checkpoint", lazy=True)
+        model.load_state_dict(state["state_dict"])
+        chosen = {"checkpoint": "best", "path": best.best_model_path, "step": int(state["global_step"]),
+                  "monitor": best.monitor, "score": float(best.best_model_score)}
+    else:
+        chosen = {"checkpoint": "last", "step": trainer.global_step}
+    log.info("index and evaluate use the %s weights: %s", chosen["checkpoint"], chosen)
+    _record(Path(cfg.paths.output_dir), evaluated_weights=chosen)
+    return chosen
 
 
 def index(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule) -> bool:
@@ -194,6 +215,11 @@ def finish_loggers(loggers: Sequence[Any]) -> None:
         logger.finalize("success")
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
+
+
+@rank_zero_only
+def _record(out: Path, **fields: Any) -> None:
+    add_to_manifest(out, **fields)
 
 
 @rank_zero_only

@@ -14,6 +14,7 @@ from multiret.model.loading import load_checkpoint
 
 STAGES = ("train", "index", "evaluate")
 RETRIEVERS = ("dense", "bm25")
+EVAL_CHECKPOINTS = ("best", "last")  # which weights index and evaluate use after training
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 
 
@@ -41,6 +42,8 @@ def validate(cfg: DictConfig) -> None:
             require_gpu_faiss()
         if cfg.index.precision not in PRECISIONS:
             raise UserError(f"index.precision={cfg.index.precision!r}; choose one of {list(PRECISIONS)}")
+    if cfg.get("eval_checkpoint", "last") not in EVAL_CHECKPOINTS:
+        raise UserError(f"eval_checkpoint={cfg.eval_checkpoint!r}; choose one of {list(EVAL_CHECKPOINTS)}")
     if cfg.get("init_from") and "train" not in cfg.stages:
         raise UserError("init_from only starts training; to index or evaluate a checkpoint's weights use ckpt_path")
     if "evaluate" in cfg.stages:

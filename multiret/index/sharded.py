@@ -46,6 +46,11 @@ def shard_bounds(size: int, world_size: int, rank: int) -> tuple[int, int]:
         raise ValueError("nothing to encode: the corpus is empty")
     if size < world_size:
         raise UserError(f"the corpus has {size} passages, fewer than the {world_size} processes; index it with one process")
+    return contiguous_share(size, world_size, rank)
+
+
+def contiguous_share(size: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Items ``[start, stop)`` of ``rank``: contiguous, the first ``size % world_size`` processes get one more (may be none)."""
     base, extra = divmod(size, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
