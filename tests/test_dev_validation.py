@@ -187,8 +187,11 @@ def test_two_processes_log_the_validation_of_one(tmp_path, tiny_t5_dir, kilt_dir
 def test_validation_interval_must_be_whole_steps(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
     from multiret.errors import UserError
 
-    with pytest.raises(UserError, match="trainer.val_check_interval=1.0"):
-        run(tiny_config(tmp_path / "run", tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[train]", "trainer.val_check_interval=1.0"))
+    for value in ("1.0", "0", "null"):
+        with pytest.raises(UserError, match=f"trainer.val_check_interval={'None' if value == 'null' else value}"):
+            run(tiny_config(tmp_path / "run", tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[train]",
+                            f"trainer.val_check_interval={value}"))
+    assert not (tmp_path / "run").exists()  # refused before the run folder is written
 
 
 def test_validation_can_be_turned_off(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):

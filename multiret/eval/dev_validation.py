@@ -213,7 +213,11 @@ def candidates(queries: Sequence[Query], ranked: Sequence[Sequence[str]], page_s
 
 def interval(trainer: L.Trainer) -> int:
     """``trainer.val_check_interval`` as a whole number of optimizer steps."""
-    value = trainer.val_check_interval
+    return check_interval(trainer.val_check_interval)
+
+
+def check_interval(value: Any) -> int:
+    """A validation interval, refused unless a whole number of steps >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"trainer.val_check_interval={value!r}: validation runs every N optimizer steps, so give a whole "
                         "number N >= 1 (e.g. trainer.val_check_interval=50)")

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from multiret.errors import UserError, require_writable_folder
+from multiret.eval.dev_validation import check_interval
 from multiret.index.faiss_index import DEVICES, GPU_PLACEMENTS, require_gpu_faiss
 from multiret.index.sharded import PRECISIONS
 from multiret.model.loading import load_checkpoint
@@ -44,6 +45,8 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"index.precision={cfg.index.precision!r}; choose one of {list(PRECISIONS)}")
     if cfg.get("eval_checkpoint", "last") not in EVAL_CHECKPOINTS:
         raise UserError(f"eval_checkpoint={cfg.eval_checkpoint!r}; choose one of {list(EVAL_CHECKPOINTS)}")
+    if "train" in cfg.stages and cfg.get("callbacks", {}).get("dev_validation"):
+        check_interval(cfg.trainer.get("val_check_interval"))  # before the data is read and mined
     if cfg.get("init_from") and "train" not in cfg.stages:
         raise UserError("init_from only starts training; to index or evaluate a checkpoint's weights use ckpt_path")
     if "evaluate" in cfg.stages:
