@@ -1,11 +1,15 @@
 """torchjd's aggregators as multiret methods (against torchjd on the stacked task gradients), FAMO and static weights."""
 
+import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import TINY_TASKS, tiny_config
 from hydra.utils import instantiate
 from torchjd import aggregation
@@ -266,3 +270,25 @@ def test_a_missing_solver_is_one_line_naming_the_extra(monkeypatch):
     assert "method=cagrad: CAGradWeighting requires ['cvxpy']" in str(error) and "pip install 'multiret[solvers]'" in str(error)
     with pytest.raises(UserError, match=r"method=nash_mtl: .*requires \['cvxpy'\]"):
         method_of("nash_mtl").setup_state([], 2)
+
+
+@pytest.mark.slow
+def test_the_weights_sweep_runs_two_optuna_trials_scored_on_dev(tmp_path, tiny_t5_dir, kilt_dir):
+    """`multiret train -m experiment=vital_weights_sweep` as a user runs it, shrunk to two trials of the tiny T5 on the
+    tiny KILT files (named as the vital tasks, the third reusing `el`'s files)."""
+    files = {"vital-qa": "qa", "vital-el": "el", "vital-clue": "el"}
+    tasks = ",".join(f"{name}:{{train:{f}-train.jsonl,dev:{f}-dev.jsonl,prompt:{f.upper()},max_query_length:8}}"
+                     for name, f in files.items())
+    command = [sys.executable, "-m", "multiret.cli", "train", "-m", "experiment=vital_weights_sweep",
+               "hydra.sweeper.n_trials=2", "model=t5_prompted", f"model.encoder.path={tiny_t5_dir}", "logger=csv",
+               f"paths.log_dir={tmp_path}", "data=kilt_files", f"data.root={kilt_dir}", "data.corpus=corpus.tsv",
+               f"data.tasks={{{tasks}}}", "data.task_names=[vital-qa,vital-el,vital-clue]", "data.batch_size=9",
+               "data.max_passage_length=16", "data.bm25_top_k=5", "trainer.max_steps=2", "index.batch_size=16"]
+    subprocess.run(command, check=True, cwd=tmp_path, timeout=900)
+    (result,) = tmp_path.glob("vital_weights_sweep/multiruns/*/optimization_results.yaml")
+    best = yaml.safe_load(result.read_text())
+    assert set(best["best_params"]) == {"method.weights.vital-el", "method.weights.vital-clue"}
+    trials = sorted(result.parent.glob("[0-9]*/eval/metrics.json"))
+    assert len(trials) == 2
+    scores = [sum(m["Rprec"] for m in json.loads(t.read_text()).values()) / 3 for t in trials]
+    assert best["best_value"] == pytest.approx(max(scores))
