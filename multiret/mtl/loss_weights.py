@@ -61,7 +61,7 @@ class LossWeighting(GradientMethod):
         super().on_before_backward(trainer, pl_module, loss)
         weight = self.task_weight(self._active_task(pl_module), loss)
         if self._held is not None:
-            self._scale_gradients(pl_module, self._held / weight if weight != 0 else math.inf)
+            self._scale_gradients(self._held / weight if weight != 0 else math.inf)
         self._held = weight
         self._step_weights.append(weight)
 
@@ -71,7 +71,7 @@ class LossWeighting(GradientMethod):
     ) -> None:
         log_now = self.step % self.log_every_n_steps == 0
         if self._held is not None:
-            self._scale_gradients(pl_module, self._held * self.total_scale(self._step_weights))
+            self._scale_gradients(self._held * self.total_scale(self._step_weights))
         self._held, self._step_weights = None, []
         super().on_before_optimizer_step(trainer, pl_module, optimizer)
         if not pl_module.update_skipped:
@@ -79,7 +79,7 @@ class LossWeighting(GradientMethod):
             if log_now and self.log_values():
                 pl_module.log_dict(self.log_values(), on_step=True, batch_size=1)
 
-    def _scale_gradients(self, pl_module: L.LightningModule, factor: float) -> None:
+    def _scale_gradients(self, factor: float) -> None:
         if factor == 1.0:
             return
         grads = [p.grad for p in self._params if p.grad is not None]
