@@ -292,3 +292,16 @@ def test_the_weights_sweep_runs_two_optuna_trials_scored_on_dev(tmp_path, tiny_t
     assert len(trials) == 2
     scores = [sum(m["Rprec"] for m in json.loads(t.read_text()).values()) / 3 for t in trials]
     assert best["best_value"] == pytest.approx(max(scores))
+
+
+def test_rule_time_benchmark_times_every_gram_rule(monkeypatch, capsys):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rule_time
+
+    monkeypatch.setattr(sys, "argv", ["rule_time.py", "--calls", "1"])
+    rule_time.main()
+    timed = json.loads(capsys.readouterr().out)
+    assert set(timed) == {*TORCHJD, "pcgrad", "cgd", "gradnorm", "uncertainty"}
+    assert all(seconds > 0 for seconds in timed.values())
