@@ -41,7 +41,7 @@ class LossWeighting(GradientMethod):
         if self.weights_need_losses and micro_batches != 1:
             raise UserError(
                 f"method={self.name} weights each task by its loss before the task's backward, so it needs "
-                f"data.micro_batches=1 (got {micro_batches}); raise data.batch_size's memory another way or pick another method"
+                f"data.micro_batches=1 (got {micro_batches}); lower data.batch_size to save memory instead, or pick another method"
             )
         super().on_fit_start(trainer, pl_module)
 
