@@ -15,7 +15,9 @@ def flat_model(state_dict, prefix="query_encoder.model."):
 
 
 @pytest.mark.parametrize("method", ["taco", *(pytest.param(m, marks=pytest.mark.slow)
-                                              for m in ("naive", "gradnorm", "pcgrad", "cgd", "uncertainty"))])
+                                              for m in ("naive", "gradnorm", "pcgrad", "cgd", "uncertainty", "mgda", "cagrad", "imtl_g",
+                                                        "aligned_mtl", "dualproj", "random_weights", "nash_mtl",
+                                                        "weighted")), "upgrad", "famo"])
 def test_two_processes_match_one_process(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, method):
     # Adam divides by sqrt(v) + eps: with the default eps a near-zero gradient's float noise becomes a
     # full-size step of either sign, so 2e-5 apart after 3 steps says nothing about the gradients. A
