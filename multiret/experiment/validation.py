@@ -8,8 +8,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from multiret.errors import UserError, require_writable_folder
+from multiret.index.encoding_settings import PRECISIONS
 from multiret.index.faiss_index import DEVICES, GPU_PLACEMENTS, require_gpu_faiss
-from multiret.index.sharded import PRECISIONS
 from multiret.model.loading import load_checkpoint
 
 STAGES = ("train", "index", "evaluate")

@@ -14,9 +14,11 @@ from multiret.data.corpus import Corpus
 from multiret.data.kilt import Query
 from multiret.data.tasks import TaskSpec
 from multiret.index.encode import encode_texts
+from multiret.index.encoding_settings import CHUNK_ROWS
 from multiret.index.faiss_index import DenseIndex
-from multiret.index.sharded import CHUNK_ROWS, build_from_shards, encode_shards
+from multiret.index.sharded import build_from_shards, encode_shards
 from multiret.model.biencoder import BiEncoder
+
 
 def index_corpus(
     trainer: L.Trainer,

@@ -6,8 +6,9 @@ through ``trainer.predict``; with one process its shard is the whole corpus. A s
 ``<index.dir>/shards/``; after each chunk the file is flushed and the chunk recorded (rows, a
 digest of their passages, the encoding key), so an interrupted run keeps the chunks it finished
 and a re-run encodes only the others. A whole shard is renamed into place and its description
-(``.json``) written last; a shard already there for the same weights and passages is not encoded
-again. The first process then memory-maps the shards in order and builds the FAISS index.
+(``.json``) written last; a shard already there for the same passages and encoding signature
+(:meth:`EncodingSettings.signature`: weights, pooling, normalisation, tokenizer, length limit,
+precision) is not encoded again. The first process then memory-maps the shards in order and builds the FAISS index.
 """
 
 from __future__ import annotations
@@ -31,13 +32,12 @@ from multiret.atomic import atomic_write_text
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.errors import UserError
+from multiret.index.encoding_settings import CHUNK_ROWS, PRECISIONS, EncodingSettings
 from multiret.index.faiss_index import DenseIndex
 from multiret.index.token_cache import TokenCache
 from multiret.model.biencoder import BiEncoder
 
 SHARDS = "shards"
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # index.precision: the encoder's arithmetic (None: no autocast)
-CHUNK_ROWS = 1 << 18  # passages encoded between two completion records (and whose texts are held at once)
 
 
 def shard_bounds(size: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -61,18 +61,6 @@ def progress_paths(directory: str | os.PathLike[str], rank: int, world_size: int
     """An unfinished shard's memory-mapped embeddings and its record of the chunks written into them."""
     array_path, _ = shard_paths(directory, rank, world_size)
     return array_path.with_name(f".{array_path.name}.tmp"), array_path.with_name(f".{array_path.stem}.chunks.json")
-
-
-def encoding_key(model: BiEncoder, collator: PromptCollator, precision: str = "float32") -> str:
-    """A digest of what decides a passage's embedding besides its text: the passage encoder's weights, length limit and arithmetic."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(str(collator.max_passage_length).encode())
-    if precision != "float32":  # float32 keys stay what they were, so shards written before this setting existed are reused
-        digest.update(precision.encode())
-    for name, tensor in model.passage_encoder.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def passages_digest(corpus: Corpus, start: int, stop: int) -> str:
@@ -226,20 +214,19 @@ class CorpusEncoder(L.LightningModule):
     """Wraps the bi-encoder for ``trainer.predict``: each rank embeds the chunks of its shard that are not on disk yet."""
 
     def __init__(self, model: BiEncoder, corpus: Corpus, collator: PromptCollator, directory: str | os.PathLike[str],
-                 batch_size: int, chunk_rows: int = CHUNK_ROWS, num_workers: int = 0, precision: str = "float32",
-                 tokens_dir: str | os.PathLike[str] | None = None) -> None:
+                 settings: EncodingSettings) -> None:
         super().__init__()
-        self.autocast_dtype = PRECISIONS[precision]
+        self.autocast_dtype = PRECISIONS[settings.precision]
         self.model = model
         self.corpus = corpus
         self.collator = collator
         self.directory = Path(directory)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.tokens_dir = tokens_dir
+        self.batch_size = settings.batch_size
+        self.num_workers = settings.num_workers
+        self.tokens_dir = settings.tokens_dir
         # whole batches per chunk, so a resumed run batches every chunk exactly as an uninterrupted one
-        self.chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
-        self.key = encoding_key(model, collator, precision)
+        self.chunk_rows = max(settings.batch_size, settings.chunk_rows - settings.chunk_rows % settings.batch_size)
+        self.key = settings.signature(model, collator)
         self.progress: ShardProgress | None = None
         self.tokens: TokenCache | None = None  # with index.tokens_dir: the chunks' token ids on disk
         self.prefetch: PrefetchingCollate | None = None  # with num_workers=0: the thread tokenising ahead
@@ -329,7 +316,8 @@ def encode_shards(trainer: L.Trainer, model: BiEncoder, corpus: Corpus, collator
     """
     if not any(isinstance(c, ShardWriter) for c in trainer.callbacks):
         raise ValueError("encode_shards needs a trainer built with callbacks=[ShardWriter()]")
-    encoder = CorpusEncoder(model, corpus, collator, directory, batch_size, chunk_rows, num_workers, precision, tokens_dir)
+    settings = EncodingSettings(precision, batch_size, num_workers, tokens_dir, chunk_rows)
+    encoder = CorpusEncoder(model, corpus, collator, directory, settings)
     trainer.predict(encoder, return_predictions=False)
     trainer.strategy.barrier("corpus shards written")
 
