@@ -111,9 +111,9 @@ def config_violations(conf: Path, package: Path, layers: list[str], foundation: 
             return
         target = node.get("_target_")
         unit = unit_of_name(target, package) if isinstance(target, str) else None
-        if unit in layers and owner in layers and layers.index(unit) > layers.index(owner):
-            if (owner, key, unit) not in CONFIG_INJECTIONS:
-                against.append(f"{where}: {key} hands {owner} an object of {unit} ({target})")
+        upward = unit in layers and owner in layers and layers.index(unit) > layers.index(owner)
+        if upward and (owner, key, unit) not in CONFIG_INJECTIONS:
+            against.append(f"{where}: {key} hands {owner} an object of {unit} ({target})")
         owner = unit if unit in layers else owner
         for child_key, child in node.items():
             walk(child, owner, str(child_key), where)

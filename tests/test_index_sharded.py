@@ -17,8 +17,8 @@ from helpers import tiny_config
 
 from multiret.data.corpus import read_corpus
 from multiret.experiment.run import run, validate
-from multiret.index.faiss_index import DenseIndex
 from multiret.index.encoding_settings import VECTOR_ATTRIBUTES, EncodingSettings
+from multiret.index.faiss_index import DenseIndex
 from multiret.index.sharded import ShardWriter, encode_shards, shard_bounds, shard_paths
 
 
