@@ -42,6 +42,7 @@ import torch
 
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
+from multiret.index.encoding_settings import EncodingSettings
 from multiret.index.sharded import ShardSampler, ShardWriter, encode_shards, shard_paths
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
@@ -79,8 +80,7 @@ def ours(model: BiEncoder, corpus: Corpus, collator: PromptCollator, batch_size:
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     out = tempfile.mkdtemp(dir=folder)
-    encode_shards(trainer, model, corpus, collator, out, batch_size, num_workers=workers, precision=precision,
-                  tokens_dir=tokens_dir)
+    encode_shards(trainer, model, corpus, collator, out, EncodingSettings(precision, batch_size, workers, tokens_dir))
     return time.perf_counter() - start, shard_paths(out, 0, 1)[0]
 
 

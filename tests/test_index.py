@@ -65,11 +65,12 @@ def tiny_encoder(kilt_dir, tiny_t5_dir):
 
 def index_in_process(model, corpus, collator, directory, **options):
     from multiret.index.dense import index_corpus
+    from multiret.index.encoding_settings import EncodingSettings
     from multiret.index.sharded import ShardWriter
 
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False)
-    return index_corpus(trainer, model, corpus, collator, directory, batch_size=8, **options)
+    return index_corpus(trainer, model, corpus, collator, directory, EncodingSettings(batch_size=8, **options))
 
 
 def test_corpus_encoded_in_chunks_equals_one_pass_and_leaves_no_partial_file(tmp_path, tiny_encoder):

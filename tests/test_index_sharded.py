@@ -127,7 +127,7 @@ def tiny_model_and_data(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
 def encode_in_process(model, datamodule, directory, precision="float32", **trainer_options) -> L.Trainer:
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, **trainer_options)
-    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, directory, batch_size=16, precision=precision)
+    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, directory, EncodingSettings(precision, batch_size=16))
     return trainer
 
 
@@ -175,11 +175,10 @@ def encode_with(tmp_path, tiny_bert_dir, kilt_dir, kilt_tasks, *overrides: str) 
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
     datamodule.setup("evaluate")
-    settings = EncodingSettings.from_config(cfg.index)
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False)
     encode_shards(trainer, model, datamodule.corpus, datamodule.collator, tmp_path / "index",
-                  batch_size=settings.batch_size, precision=settings.precision)
+                  EncodingSettings.from_config(cfg.index))
     array_path, json_path = shard_paths(tmp_path / "index", 0, 1)
     return {**json.loads(json_path.read_text()), "mtime": array_path.stat().st_mtime_ns}
 

@@ -306,19 +306,17 @@ class ShardWriter(L.Callback):
 
 
 def encode_shards(trainer: L.Trainer, model: BiEncoder, corpus: Corpus, collator: PromptCollator,
-                  directory: str | os.PathLike[str], batch_size: int = 64, chunk_rows: int = CHUNK_ROWS,
-                  num_workers: int = 0, precision: str = "float32", tokens_dir: str | os.PathLike[str] | None = None) -> None:
+                  directory: str | os.PathLike[str], settings: EncodingSettings) -> None:
     """Every process encodes its shard (``trainer`` must carry a :class:`ShardWriter`), then all wait for each other.
 
-    ``num_workers`` DataLoader processes tokenise the next batches while the model encodes (0: one thread does);
-    ``precision`` "bfloat16" runs the encoder under autocast (the stored embeddings are float32 either way);
-    ``tokens_dir`` keeps each chunk's token ids for the next encoding of the same passages (:mod:`multiret.index.token_cache`).
+    ``settings.num_workers`` DataLoader processes tokenise the next batches while the model encodes (0: one thread does);
+    ``settings.precision`` "bfloat16" runs the encoder under autocast (the stored embeddings are float32 either way);
+    ``settings.tokens_dir`` keeps each chunk's token ids for the next encoding of the same passages
+    (:mod:`multiret.index.token_cache`).
     """
     if not any(isinstance(c, ShardWriter) for c in trainer.callbacks):
         raise ValueError("encode_shards needs a trainer built with callbacks=[ShardWriter()]")
-    settings = EncodingSettings(precision, batch_size, num_workers, tokens_dir, chunk_rows)
-    encoder = CorpusEncoder(model, corpus, collator, directory, settings)
-    trainer.predict(encoder, return_predictions=False)
+    trainer.predict(CorpusEncoder(model, corpus, collator, directory, settings), return_predictions=False)
     trainer.strategy.barrier("corpus shards written")
 
 
