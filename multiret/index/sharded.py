@@ -259,6 +259,23 @@ class CorpusEncoder(L.LightningModule):
             batch = self.collator.passages([self.corpus.passage_text(r) for r in rows])
         return {**batch, "rows": torch.tensor(rows, dtype=torch.long)}
 
+    def write_batch(self, batch: dict[str, torch.Tensor], rows: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Write a batch's embeddings into the shard (and, with a token cache, its token ids); close the chunks it finished."""
+        if self.tokens is not None:
+            self.tokens.record(rows.numpy(), batch["input_ids"], batch["attention_mask"])
+        finished = self.progress.write(rows.numpy(), vectors.numpy())
+        if self.tokens is not None:
+            self.tokens.finish(finished)
+
+    def finish_shard(self) -> None:
+        """Rename the whole shard into place (refused when it was cut short) and write its description."""
+        self.progress.finish()
+
+    def discard_unfinished(self) -> None:
+        """After a failure: the token files being built are incomplete (the finished ones, and the shard's chunks, stay)."""
+        if self.tokens is not None:
+            self.tokens.discard()
+
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         # index.precision alone decides (not trainer.precision): the same embeddings under any number of processes
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
@@ -286,23 +303,25 @@ class UnrecordedBatches:
 
 
 class ShardWriter(L.Callback):
-    """Hands each batch's embeddings to the rank's :class:`ShardProgress`; finishes the shard at the end."""
+    """Hands each batch's embeddings to the :class:`CorpusEncoder` that made them, to write; finishes the shard at the end."""
 
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         rows, vectors = outputs
-        if pl_module.tokens is not None:
-            pl_module.tokens.record(rows.numpy(), batch["input_ids"], batch["attention_mask"])
-        finished = pl_module.progress.write(rows.numpy(), vectors.numpy())
-        if pl_module.tokens is not None:
-            pl_module.tokens.finish(finished)
+        encoder(pl_module).write_batch(batch, rows, vectors)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.progress.finish()
+        encoder(pl_module).finish_shard()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if pl_module.tokens is not None:
-            pl_module.tokens.discard()  # the chunk files being built are incomplete; the finished ones stay
+        encoder(pl_module).discard_unfinished()
+
+
+def encoder(pl_module: L.LightningModule) -> CorpusEncoder:
+    """The module a :class:`ShardWriter` serves: only a :class:`CorpusEncoder` knows where its shard goes."""
+    if not isinstance(pl_module, CorpusEncoder):
+        raise TypeError(f"ShardWriter writes the shards of a CorpusEncoder, not of a {type(pl_module).__name__}")
+    return pl_module
 
 
 def encode_shards(trainer: L.Trainer, model: BiEncoder, corpus: Corpus, collator: PromptCollator,
