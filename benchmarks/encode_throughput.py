@@ -43,7 +43,9 @@ import torch
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.index.encoding_settings import EncodingSettings
-from multiret.index.sharded import ShardSampler, ShardWriter, encode_shards, shard_paths
+from multiret.index.shard_files import shard_paths
+from multiret.index.shard_loading import ShardSampler
+from multiret.index.sharded import ShardWriter, encode_shards
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 from multiret.testing import build_tiny_t5

@@ -19,7 +19,8 @@ from multiret.data.corpus import read_corpus
 from multiret.experiment.run import run, validate
 from multiret.index.encoding_settings import VECTOR_ATTRIBUTES, EncodingSettings
 from multiret.index.faiss_index import DenseIndex
-from multiret.index.sharded import ShardWriter, encode_shards, shard_bounds, shard_paths
+from multiret.index.shard_files import shard_bounds, shard_paths
+from multiret.index.sharded import ShardWriter, encode_shards
 
 
 def test_shards_are_contiguous_and_cover_every_row_once():

@@ -63,7 +63,7 @@ def test_encoding_from_kept_tokens_never_tokenises_and_gives_the_same_vectors(tm
     Then one passage's text changes: only its chunk is tokenised again.
     """
     from multiret.data.corpus import Corpus, read_corpus
-    from multiret.index.sharded import shard_paths
+    from multiret.index.shard_files import shard_paths
     from multiret.model.biencoder import BiEncoder
     from multiret.model.encoder import TextEncoder
 
