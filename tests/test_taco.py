@@ -281,6 +281,19 @@ def test_lower_medians_equal_torch_median(length, dtype):
     assert lower_medians_(rows.clone()) == expected
 
 
+@pytest.mark.parametrize("length", [1, 2, 7, 10, 1001])
+def test_lower_non_zero_medians_equal_torch_median_of_the_non_zero_entries(length):
+    """The default rule's medians: torch.median of each row's non-zero entries, 0 for a row without any."""
+    torch.manual_seed(length)
+    rows = torch.randn(4, length).abs()
+    rows[0, ::3] = 0.0
+    rows[1] = rows[1].round()  # ties, and zeros among them
+    rows[2] = 0.0
+    rows[3, : length // 2 + 1] = 0.0
+    expected = [row[row != 0].median().item() if bool((row != 0).any()) else 0.0 for row in rows]
+    assert lower_medians_(rows.clone(), nonzero=True) == expected
+
+
 def test_parameter_blocks_read_every_parameter_in_flat_order():
     """Large parameters as views cut into blocks, small ones grouped: together the concatenated parameters."""
     params = [torch.randn(s) for s in [(3,), (2, 2), (9,), (1,), (4, 5), (2,), (3,)]]

@@ -3,7 +3,15 @@
 The bi-encoder backpropagates one task at a time and marks which (``active_task``). A method
 that needs task gradients moves ``p.grad`` into a per-task buffer after each backward
 (``on_after_backward``) and, just before the optimizer steps (``on_before_optimizer_step``,
-after AMP unscaling and before the module clips), writes the combined gradient back.
+before the module clips), writes the combined gradient back.
+
+Under fp16 mixed precision (``trainer.precision=16-mixed``) every backward is of the loss times
+the GradScaler's scale, and Lightning unscales ``p.grad`` before ``on_before_optimizer_step``,
+when the task gradients are already in the buffers. So the base unscales the buffers and the
+task losses itself before any rule sees them (every method, through :meth:`GradientMethod.combine`
+or :meth:`GradientMethod.task_coefficients`, gets what fp32 would give it), and records its own
+finiteness verdict as the scaler's inf check of the optimizer: the scaler then skips a non-finite
+step and lowers its scale as it would for naive (:func:`record_inf_check`).
 
 Most methods only decide one coefficient per task from the tasks' Gram matrix
 ``G_ij = g_i · g_j`` (over all parameters) and their losses: they implement
@@ -50,6 +58,27 @@ def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
     return gram
 
 
+def loss_scaler(trainer: L.Trainer) -> torch.amp.GradScaler | None:
+    """The trainer's enabled GradScaler (fp16 mixed precision), or None."""
+    scaler = getattr(trainer, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
+def record_inf_check(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, finite: bool,
+                     device: torch.device) -> None:
+    """Make ``finite`` the scaler's inf check of ``optimizer`` for this step, on every device it checked.
+
+    Lightning's ``scaler.unscale_`` ran before the method wrote ``p.grad``, so it checked only
+    the gradients the method left there (none, when every parameter is buffered: then
+    ``scaler.step`` raises "No inf checks were recorded"). The method's verdict covers those
+    and the task gradients. GradScaler has no public call to record a check after ``unscale_``;
+    ``_found_inf_per_device`` is the dict its ``step`` and ``update`` read.
+    """
+    found = scaler._found_inf_per_device(optimizer)
+    for where in {*found, device}:
+        found[where] = torch.full((), 0.0 if finite else 1.0, dtype=torch.float32, device=where)
+
+
 def weighted_sum(task_grads: list[torch.Tensor], coefficients: torch.Tensor) -> list[torch.Tensor]:
     """``Σ_t c_t g_t`` for every parameter tensor."""
     coefficients = coefficients.to(device=task_grads[0].device, dtype=task_grads[0].dtype)
@@ -68,7 +97,9 @@ class GradientMethod(Callback):
 
     ``log_every_n_steps`` sets how often per-task gradient norms and pairwise cosines are
     logged. A step whose task losses or gradients are not finite is skipped (no update at all);
-    ``max_nonfinite_steps`` such steps in a row stop training.
+    ``max_nonfinite_steps`` such steps in a row stop training. Under fp16 loss scaling, a step
+    whose losses are finite but whose gradients overflow is the scaler's to handle (it lowers
+    its scale): it is skipped and counted, but does not count towards that limit.
     ``parameters`` (regular expressions over parameter names, as the TACO reference's
     ``select_blocks``) restricts the method to the matching parameters: only they are buffered
     per task and combined by the rule; every other parameter gets the plain mean of its task
@@ -180,16 +211,21 @@ class GradientMethod(Callback):
         counted and logged (``mtl/nonfinite_steps``), and ``max_nonfinite_steps`` in a row stop
         training.
         """
-        self._collect_losses()
+        scaler = loss_scaler(trainer)
+        unscale = 1.0 / scaler.get_scale() if scaler is not None else 1.0  # p.grad outside the buffers: unscaled
+        self._collect_losses(unscale)
         self._device_losses.zero_()
         log_now = self.step % self.log_every_n_steps == 0
-        device = self._params[0].device.type if self._params else "cpu"
+        device = self._params[0].device if self._params else torch.device("cpu")
         # the optimizer steps inside training_step, so under bf16-mixed autocast is on here: the rules run in the
         # buffers' precision, not in bf16 (nor may a bf16 result become the float32 parameters' gradient)
-        with torch.no_grad(), torch.autocast(device, enabled=False):
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             if self.buffers is not None:
                 self.buffers.complete()
-            finite = bool(torch.isfinite(self.task_losses).all()) and self._summed_gradients_finite()
+                if scaler is not None:
+                    self.buffers.scale_(unscale)
+            losses_finite = bool(torch.isfinite(self.task_losses).all())
+            finite = losses_finite and self._summed_gradients_finite()
             logged: dict[str, float] = {}
             if finite and self.needs_task_gradients:
                 statistics = self._write_combined(trainer, log_now)
@@ -198,10 +234,12 @@ class GradientMethod(Callback):
             if finite:
                 self.nonfinite_streak = 0
             else:
-                self._skip_update()
+                self._skip_update(overflow=scaler is not None and losses_finite)
             if self.buffers is not None:
                 self.buffers.reset()
                 self._gram = None
+        if scaler is not None:
+            record_inf_check(scaler, optimizer, finite, device)
         pl_module.update_skipped = not finite
         if log_now or not finite:
             logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
@@ -250,12 +288,20 @@ class GradientMethod(Callback):
         grads = [p.grad for p in params if p.grad is not None]
         return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).max()))
 
-    def _skip_update(self) -> None:
-        """Drop every gradient of this step, so the optimizer moves nothing; count the step and say why."""
+    def _skip_update(self, overflow: bool = False) -> None:
+        """Drop every gradient of this step, so the optimizer moves nothing; count the step and say why.
+
+        ``overflow``: the loss-scaled gradients overflowed with finite losses, which the scaler
+        answers by lowering its scale; such a step does not count towards ``max_nonfinite_steps``.
+        """
         self._nonfinite_culprit = self._describe_nonfinite()
         for param in (*self._params, *self._plain_params):
             param.grad = None
         self.nonfinite_steps += 1
+        if overflow:
+            log.info("step %d: non-finite %s under fp16 loss scaling; the step's update is skipped and the scaler "
+                     "lowers its scale (%d skipped so far)", self.step, self._nonfinite_culprit, self.nonfinite_steps)
+            return
         self.nonfinite_streak += 1
         log.warning(
             "step %d: non-finite %s; the step's update is skipped (%d skipped so far, %d in a row; %d in a row stop "
@@ -275,14 +321,15 @@ class GradientMethod(Callback):
                 return f"gradient of task(s) {grads}"
         return "gradient (summed over the tasks)"
 
-    def _collect_losses(self) -> None:
-        """This step's task losses on the CPU; under DDP the mean over processes (the module docstring says why)."""
+    def _collect_losses(self, unscale: float = 1.0) -> None:
+        """This step's task losses on the CPU, times ``unscale`` (the inverse of an fp16 loss scale: the backwards
+        saw the scaled losses); under DDP the mean over processes (the module docstring says why)."""
         losses = self._device_losses.clone()
         _, size = world()
         if size > 1:
             dist.all_reduce(losses)
             losses /= size
-        self.task_losses = losses.double().cpu()
+        self.task_losses = losses.double().cpu() * unscale
 
     def _gradient_statistics(self, gram: torch.Tensor) -> dict[str, float]:
         """Per-task gradient norms and pairwise cosines: the conflicts multitask methods exist to resolve."""

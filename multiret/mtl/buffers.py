@@ -110,6 +110,21 @@ class TaskBuffers:
         self._unfilled = [True] * len(self._unfilled)
         self.reached = [[False] * len(self.params) for _ in self._unfilled]
 
+    def scale_(self, factor: float) -> None:
+        """Multiply every task's gradient by ``factor`` in place (fp16 loss scaling undone): the dense
+        parameters in one fused pass, the tables at the rows they hold only."""
+        with torch.no_grad():
+            dense = [grads for grads, sparse in zip(self.grads, self.row_sparse) if not sparse]
+            if dense:
+                torch._foreach_mul_(dense, factor)
+            for i in (i for i, sparse in enumerate(self.row_sparse) if sparse):
+                for task, rows in enumerate(self.held_rows(i)):
+                    buffer = self.grads[i][task]
+                    if rows is None:
+                        buffer.mul_(factor)
+                    elif rows.numel():
+                        buffer.index_copy_(0, rows, buffer.index_select(0, rows).mul_(factor))
+
     def held_rows(self, i: int) -> list[torch.Tensor | None]:
         """Per task, the rows of table i outside which its buffer is zero (None: any row may be non-zero)."""
         return [rows[i] for rows in self._rows]

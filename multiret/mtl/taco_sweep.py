@@ -173,27 +173,36 @@ def lower_medians_(rows: torch.Tensor, nonzero: bool = False) -> list[float]:
 
     On a CPU by numpy's partition (a selection vectorised with AVX-512/AVX2 in numpy ≥ 2), where
     ``torch.median``'s selection runs on one core (``benchmarks/taco_parts.py`` compares them).
-    Working in place spares a copy of the rows.
+    Working in place spares a copy of the rows. The non-zero entries are counted by numpy too,
+    row by row: ``torch.count_nonzero(rows, dim=1)`` builds a boolean copy and sums it, which
+    took longer than the selections themselves on MiniLM's rows (``benchmarks/taco_parts.py``,
+    ``*_count_nonzero_3x11m_ms``).
     """
-    if nonzero:
-        counts = torch.count_nonzero(rows, dim=1).tolist()
-        positions = [rows.shape[1] - count + (count - 1) // 2 for count in counts]  # past the zeros
-    else:
-        positions = [(rows.shape[1] - 1) // 2] * rows.shape[0]
+    middle = (rows.shape[1] - 1) // 2
     if rows.device.type != "cpu":
         if not nonzero:
             return rows.median(dim=1).values.double().cpu().tolist()
-        return [float(row.kthvalue(k + 1).values) if count else 0.0 for row, k, count in zip(rows, positions, counts)]
+        counts = torch.count_nonzero(rows, dim=1).tolist()
+        return [float(row.kthvalue(nonzero_position(row.shape[0], count) + 1).values) if count else 0.0
+                for row, count in zip(rows, counts)]
     values = rows.numpy()
     if not nonzero:
-        values.partition(positions[0], axis=1)
-        return values[:, positions[0]].astype(np.float64).tolist()
+        values.partition(middle, axis=1)
+        return values[:, middle].astype(np.float64).tolist()
     medians = []
-    for row, k, count in zip(values, positions, counts):
+    for row in values:
+        count = int(np.count_nonzero(row))
+        k = nonzero_position(row.shape[0], count)
         if count:
             row.partition(k)
         medians.append(float(row[k]) if count else 0.0)
     return medians
+
+
+def nonzero_position(length: int, count: int) -> int:
+    """Where the lower middle of a row's ``count`` non-zero entries lands once the row is sorted: past its zeros
+    (the entries are non-negative)."""
+    return length - count + (count - 1) // 2
 
 
 def task_medians(rows: Callable[[int, int, torch.Tensor], None], sizes: list[int], num_tasks: int,
