@@ -30,10 +30,33 @@ def arm_curves(curves: Mapping[str, Sequence[Mapping[int, float]]]) -> dict[str,
     """Per arm, ``(step, mean, std)`` at the steps every one of its runs logged (std 0 for one run)."""
     summary = {}
     for label, runs in curves.items():
-        steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
         summary[label] = [(step, statistics.fmean(values := [run[step] for run in runs]),
-                           statistics.stdev(values) if len(values) > 1 else 0.0) for step in steps]
+                           statistics.stdev(values) if len(values) > 1 else 0.0) for step in common_steps(runs)]
     return summary
+
+
+def common_steps(runs: Sequence[Mapping[int, float]]) -> list[int]:
+    """The steps every run logged, in order (a run still training stops its arm's curve where it is)."""
+    return sorted(set.intersection(*(set(run) for run in runs))) if runs else []
+
+
+def mean_curve(runs: Sequence[Mapping[int, float]]) -> dict[int, float]:
+    """One curve from several (a task-specific arm's per-task models of one seed): the mean at the steps they all logged."""
+    return {step: statistics.fmean(run[step] for run in runs) for step in common_steps(runs)}
+
+
+def plot_arm_curves(summary: Mapping[str, Sequence[tuple[int, float, float]]], runs: Mapping[str, int], ylabel: str,
+                    path: Path) -> None:
+    """One line per arm (``summary``: :func:`arm_curves`' points), a band of ± std, ``runs`` curves behind each."""
+    figure, axes = new_figure(7)
+    for label, points in sorted(summary.items()):
+        steps, means, stds = zip(*points)
+        axes.plot(steps, means, marker="o", label=f"{label} ({runs[label]} runs)")
+        axes.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel(ylabel)
+    axes.legend(fontsize="small")
+    save_figure(figure, path)
 
 
 def plot_curves(sources: Sequence[tuple[str, str]], metric: str, path: Path) -> bool:
@@ -46,13 +69,5 @@ def plot_curves(sources: Sequence[tuple[str, str]], metric: str, path: Path) -> 
     summary = {label: points for label, points in arm_curves(by_arm).items() if points}
     if not summary:
         return False
-    figure, axes = new_figure(7)
-    for label, points in sorted(summary.items()):
-        steps, means, stds = zip(*points)
-        axes.plot(steps, means, marker="o", label=f"{label} ({len(by_arm[label])} runs)")
-        axes.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel(f"{PREFIX}/average/{metric}")
-    axes.legend(fontsize="small")
-    save_figure(figure, path)
+    plot_arm_curves(summary, {label: len(by_arm[label]) for label in summary}, f"{PREFIX}/average/{metric}", path)
     return True
