@@ -1,7 +1,8 @@
 """Validation curves of the compared runs: ``val/average/<metric>`` by step, mean ± std over each arm's seeds.
 
 Read from the CSV logs a run folder keeps (``csv/version_*/metrics.csv``; a resumed run adds a
-version), where validation while training (:mod:`multiret.eval.dev_validation`) logged them.
+version), where validation while training (:mod:`multiret.eval.dev_validation`) logged them, or
+from a W&B run's history through ``wandb.Api``, where Lightning's W&B logger put the same values.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from multiret.eval.dev_validation import PREFIX
 from multiret.eval.figures import new_figure, save_figure
+
+WANDB_STEP = "trainer/global_step"  # Lightning's W&B logger writes the global step beside every logged row
 
 
 def run_curve(folder: str | Path, metric: str, task: str = "average") -> dict[int, float]:
@@ -24,6 +28,20 @@ def run_curve(folder: str | Path, metric: str, task: str = "average") -> dict[in
         with open(path, newline="") as handle:
             curve.update({int(row["step"]): float(row[key]) for row in csv.DictReader(handle) if row.get(key)})
     return curve
+
+
+def wandb_curves(api_run: Any, task: str = "average") -> dict[str, dict[int, float]]:
+    """Per metric, ``{step: value}`` of the ``val/<task>/<metric>`` keys in a ``wandb.Api`` run's history; empty when it logged none.
+
+    The keys are those the run's summary holds (its last values); validation logs them all in one row.
+    """
+    prefix = f"{PREFIX}/{task}/"
+    keys = sorted(key for key in api_run.summary.keys() if key.startswith(prefix))  # noqa: SIM118 (no __iter__)
+    curves: dict[str, dict[int, float]] = {key.removeprefix(prefix): {} for key in keys}
+    for row in api_run.scan_history(keys=[WANDB_STEP, *keys]) if keys else []:
+        for key in keys:
+            curves[key.removeprefix(prefix)][int(row[WANDB_STEP])] = float(row[key])
+    return curves
 
 
 def arm_curves(curves: Mapping[str, Sequence[Mapping[int, float]]]) -> dict[str, list[tuple[int, float, float]]]:
@@ -59,11 +77,10 @@ def plot_arm_curves(summary: Mapping[str, Sequence[tuple[int, float, float]]], r
     save_figure(figure, path)
 
 
-def plot_curves(sources: Sequence[tuple[str, str]], metric: str, path: Path) -> bool:
-    """Plot the arms' validation curves (``sources``: ``(arm label, run folder)``); False, writing nothing, when no run has one."""
-    by_arm: dict[str, list[dict[int, float]]] = defaultdict(list)
-    for label, folder in sources:
-        curve = run_curve(folder, metric)
+def plot_curves(sources: Sequence[tuple[str, Mapping[int, float]]], metric: str, path: Path) -> bool:
+    """Plot the arms' validation curves (``sources``: ``(arm label, run's curve)``); False, writing nothing, when no run has one."""
+    by_arm: dict[str, list[Mapping[int, float]]] = defaultdict(list)
+    for label, curve in sources:
         if curve:
             by_arm[label].append(curve)
     summary = {label: points for label, points in arm_curves(by_arm).items() if points}
