@@ -42,7 +42,10 @@ import torch
 
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
-from multiret.index.sharded import ShardSampler, ShardWriter, encode_shards, shard_paths
+from multiret.index.encoding_settings import EncodingSettings
+from multiret.index.shard_files import shard_paths
+from multiret.index.shard_loading import ShardSampler
+from multiret.index.sharded import ShardWriter, encode_shards
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 from multiret.testing import build_tiny_t5
@@ -79,8 +82,7 @@ def ours(model: BiEncoder, corpus: Corpus, collator: PromptCollator, batch_size:
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     out = tempfile.mkdtemp(dir=folder)
-    encode_shards(trainer, model, corpus, collator, out, batch_size, num_workers=workers, precision=precision,
-                  tokens_dir=tokens_dir)
+    encode_shards(trainer, model, corpus, collator, out, EncodingSettings(precision, batch_size, workers, tokens_dir))
     return time.perf_counter() - start, shard_paths(out, 0, 1)[0]
 
 

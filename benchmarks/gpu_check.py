@@ -38,6 +38,7 @@ from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.data.tasks import TaskSpec
 from multiret.index.dense import index_corpus
+from multiret.index.encoding_settings import EncodingSettings
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 from multiret.testing import build_tiny_t5
@@ -134,7 +135,8 @@ def encode_and_search(passages: int, queries: int, workdir: Path, dry_run: bool)
     factory, train_sample, search_parameters = kilt_scale.ivfpq_factory(passages, 64)
     start = time.perf_counter()
     trainer = kilt_scale.encoding_trainer("gpu" if device.type == "cuda" else "cpu")
-    index = index_corpus(trainer, model, corpus, collator, workdir / "index", factory, 1024, train_sample)
+    index = index_corpus(trainer, model, corpus, collator, workdir / "index", EncodingSettings(batch_size=1024), factory,
+                         train_sample)
     encoded = time.perf_counter() - start
     if not dry_run:
         index.to_gpus()

@@ -250,6 +250,7 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
     from multiret.data.kilt import read_queries
     from multiret.data.tasks import TaskSpec
     from multiret.index.dense import index_corpus, search_tasks
+    from multiret.index.encoding_settings import EncodingSettings
     from multiret.index.mining import mine_negatives
     from multiret.index.sharded import build_from_shards
     from multiret.model.biencoder import BiEncoder
@@ -267,7 +268,8 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
     factory = factory or scaled
     settings = {"factory": factory, "train_sample": train_sample, "search_parameters": search_parameters, "dim": dim}
     with stages.stage("encode", dim=dim, batch_size=batch_size):
-        index_corpus(encoding_trainer("cpu"), model, store, collator, workdir / "index", "PQ1x4", batch_size, 1_000)
+        index_corpus(encoding_trainer("cpu"), model, store, collator, workdir / "index", EncodingSettings(batch_size=batch_size),
+                     "PQ1x4", 1_000)
     with stages.stage("ivfpq_train_add", **settings):
         index = build_from_shards(workdir / "index", store, 1, factory, train_sample)
     index.set_search_parameters(search_parameters)

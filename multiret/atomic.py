@@ -36,6 +36,9 @@ def atomic_path(path: str | os.PathLike[str], durable: bool = False) -> Iterator
         raise
 
 
+TEMPORARY_PATTERN = ".*.tmp*"  # every name temporary_beside gives (.<name>.<random>.tmp<suffix>), and the older .<name>.tmp
+
+
 def temporary_beside(path: Path) -> Path:
     """An empty temporary file beside ``path`` (same suffix), a name no other writer gets, for :func:`publish`.
 

@@ -5,7 +5,8 @@ column, duplicate ids, a bad setting, a missing path, a broken checkpoint, an un
 folder, an input that cannot be scored), a command that meets it, and the words its one
 line must hold. A new class is one more row: ``argv`` builds the command from a copy of the
 tiny KILT fixture (``ws``) and a scratch folder (``tmp``). Cases that need a model or a
-patched setting are tests of their own below (a field over the csv limit, non-finite steps).
+patched setting are tests of their own below (a field over the csv limit by an unclosed quote or by its
+own length, non-finite steps, an unwritable ``MULTIRET_LOGS``, a killed prepare's temporaries, an empty train file).
 Two classes are behaviour, not messages, and are tested where they live: same-second runs
 get their own folders (tests/test_run_folders.py), and a kill while ``last.ckpt`` is replaced
 leaves it intact (tests/test_checkpoint_safety.py).
@@ -213,6 +214,23 @@ def _bad_utf8_corpus(ws: Path, tmp: Path) -> list[str]:
     return evaluate(ws, tmp)
 
 
+def _truncated_metrics(run: Path) -> None:
+    """A run folder whose ``eval/metrics.json`` was cut short (a kill while it was copied, a full disk)."""
+    (run / "eval").mkdir(parents=True)
+    (run / "config.yaml").write_text("group: g\n")
+    (run / "eval" / "metrics.json").write_text('{"qa": {"Rprec": 0.5')
+
+
+def _truncated_metrics_compare(ws: Path, tmp: Path) -> list[str]:
+    _truncated_metrics(tmp / "runs" / "one")
+    return ["compare", str(tmp / "runs"), "--out", str(tmp / "comparison")]
+
+
+def _truncated_metrics_study(ws: Path, tmp: Path) -> list[str]:
+    _truncated_metrics(tmp / "study" / "final" / "taco" / "0")
+    return ["study", "report", str(tmp / "study"), "--out", str(tmp / "page.md")]
+
+
 def _passages_not_marked_done(ws: Path, tmp: Path) -> bool:
     return not (tmp / "prepared" / ".done" / "passages.json").exists()
 
@@ -229,6 +247,14 @@ FAULTS = {
     "crafted checkpoint: code in its pickle": Fault("crafted checkpoint", _crafted_checkpoint,
                                                     ("ckpt_path='{tmp}/crafted.ckpt'", "was refused", "could run code"),
                                                     after=_no_code_ran),
+    "truncated JSON: compare's metrics.json": Fault("truncated JSON", _truncated_metrics_compare,
+                                                   ("{tmp}/runs/one/eval/metrics.json:1", "invalid JSON", "truncated")),
+    "truncated JSON: study report's metrics.json": Fault("truncated JSON", _truncated_metrics_study,
+                                                         ("{tmp}/study/final/taco/0/eval/metrics.json:1", "truncated")),
+    "bad config value: negative learning rate": Fault("bad config value", lambda ws, tmp: train(ws, tmp, "optimizer.lr=-0.001"),
+                                                      ("optimizer.lr=-0.001", "positive number")),
+    "bad config value: negative n_negatives": Fault("bad config value", lambda ws, tmp: train(ws, tmp, "data.n_negatives=-1"),
+                                                    ("data.n_negatives=-1", "0 or more")),
     "missing column: corpus": Fault("missing column", _missing_corpus_column, ("{ws}/corpus.tsv:1", "wikipedia_id")),
     "missing column: input": Fault("missing column", _missing_input, ("{ws}/qa-dev.jsonl:5", "'input'")),
     "duplicate ids: queries": Fault("duplicate ids", _duplicate_query_id, ("{ws}/qa-dev.jsonl:21", "duplicate id 'qa-dev-0'")),
@@ -305,13 +331,12 @@ def _one_error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
     return lines[0]
 
 
-def test_a_field_over_the_csv_limit_is_one_line(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    """An unclosed quote swallows the rest of the file into one field; the line names where it opened."""
+def _evaluate_under_a_field_limit_of_200(ws: Path, tmp_path: Path, monkeypatch, capsys) -> str:
+    """`multiret evaluate` with the csv field limit lowered to 200 characters; its one error line."""
     import csv
 
     from multiret.data import passage_files
 
-    edit_line(ws / "corpus.tsv", 3, '0_1\t"opened and never closed\tPage 0\t0')
     monkeypatch.setattr(passage_files, "FIELD_LIMIT", 200)
     monkeypatch.setattr(sys, "argv", ["multiret"])
     old = csv.field_size_limit(200)
@@ -319,8 +344,53 @@ def test_a_field_over_the_csv_limit_is_one_line(ws: Path, tmp_path: Path, monkey
         assert cli(evaluate(ws, tmp_path)) == 2
     finally:
         csv.field_size_limit(old)
-    line = _one_error_line(capsys, "evaluate")
+    return _one_error_line(capsys, "evaluate")
+
+
+def test_a_field_over_the_csv_limit_is_one_line(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """An unclosed quote swallows the rest of the file into one field; the line names where it opened."""
+    edit_line(ws / "corpus.tsv", 3, '0_1\t"opened and never closed\tPage 0\t0')
+    line = _evaluate_under_a_field_limit_of_200(ws, tmp_path, monkeypatch, capsys)
     assert f"{ws}/corpus.tsv:3" in line and "csv size limit" in line
+
+
+def test_a_long_field_on_one_line_is_not_blamed_on_a_quote(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A 30 MB passage (here: over a lowered limit) with no quote at all: the line says the field is too long."""
+    edit_line(ws / "corpus.tsv", 3, "0_1\t" + "w1 " * 100 + "\tPage 0\t0")
+    line = _evaluate_under_a_field_limit_of_200(ws, tmp_path, monkeypatch, capsys)
+    assert f"{ws}/corpus.tsv:3" in line and "split the passage" in line and "quote" not in line
+
+
+def test_an_unwritable_log_folder_is_one_line(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """MULTIRET_LOGS under a file: Hydra resolves the run folder before any task code runs."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MULTIRET_LOGS", str(tmp_path / "a-file" / "logs"))
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    argv = [a for a in evaluate(ws, tmp_path) if not a.startswith("hydra.run.dir=")]
+    assert cli(argv) == 2
+    line = _one_error_line(capsys, "evaluate")
+    assert f"{tmp_path}/a-file/logs" in line and "MULTIRET_LOGS" in line
+
+
+def test_a_killed_prepare_leaves_no_temporary_file_after_the_next_run(ws: Path, tmp_path: Path, monkeypatch) -> None:
+    """The atomic writer's temporaries (``.<name>.<random>.tmp<suffix>``) of a killed run are removed by the next."""
+    from multiret.atomic import temporary_beside
+
+    out = tmp_path / "prepared"
+    left = [temporary_beside(out / "nq-train.jsonl"), temporary_beside(out / "negatives" / "nq-train.jsonl")]
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    assert cli(prepare(ws, tmp_path)) == 0
+    assert not any(path.exists() for path in left)
+    assert not list(out.rglob(".*.tmp*"))
+
+
+def test_an_empty_train_file_names_it(ws: Path, tmp_path: Path, tiny_t5_dir: Path, monkeypatch, capsys) -> None:
+    (ws / "el-train.jsonl").write_text("")
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    argv = train(ws, tmp_path, "model=t5_prompted", f"model.encoder.path={tiny_t5_dir}", "stages=[train]")
+    assert cli(argv) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("multiret train: error: ") and f"{ws}/el-train.jsonl" in line and "holds no item" in line
 
 
 def test_non_finite_steps_stop_training_with_one_line_and_finite_weights(ws: Path, tmp_path: Path, tiny_t5_dir: Path,

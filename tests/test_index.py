@@ -65,17 +65,18 @@ def tiny_encoder(kilt_dir, tiny_t5_dir):
 
 def index_in_process(model, corpus, collator, directory, **options):
     from multiret.index.dense import index_corpus
+    from multiret.index.encoding_settings import EncodingSettings
     from multiret.index.sharded import ShardWriter
 
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False)
-    return index_corpus(trainer, model, corpus, collator, directory, batch_size=8, **options)
+    return index_corpus(trainer, model, corpus, collator, directory, EncodingSettings(batch_size=8, **options))
 
 
 def test_corpus_encoded_in_chunks_equals_one_pass_and_leaves_no_partial_file(tmp_path, tiny_encoder):
     """Chunks of 16 passages (80 in all: 5 chunks) give the embeddings of encoding every passage at once."""
     from multiret.index.encode import encode_texts
-    from multiret.index.sharded import shard_paths
+    from multiret.index.shard_files import shard_paths
 
     model, corpus, collator = tiny_encoder
     index = index_in_process(model, corpus, collator, tmp_path, chunk_rows=16)
@@ -88,7 +89,7 @@ def test_corpus_encoded_in_chunks_equals_one_pass_and_leaves_no_partial_file(tmp
 
 
 def test_an_interrupted_one_process_index_encodes_only_the_missing_chunks(tmp_path, tiny_encoder, monkeypatch):
-    from multiret.index.sharded import shard_paths
+    from multiret.index.shard_files import shard_paths
 
     model, corpus, collator = tiny_encoder
     index_in_process(model, corpus, collator, tmp_path / "whole", chunk_rows=16)
@@ -114,7 +115,7 @@ def test_an_interrupted_one_process_index_encodes_only_the_missing_chunks(tmp_pa
 
 def test_tokenising_ahead_in_a_thread_gives_the_vectors_of_a_dataloader_worker(tmp_path, tiny_encoder):
     """num_workers=0 tokenises the next batches in a thread: same batches, so bit-identical embeddings."""
-    from multiret.index.sharded import shard_paths
+    from multiret.index.shard_files import shard_paths
 
     model, corpus, collator = tiny_encoder
     index_in_process(model, corpus, collator, tmp_path / "thread", chunk_rows=16)
@@ -124,7 +125,7 @@ def test_tokenising_ahead_in_a_thread_gives_the_vectors_of_a_dataloader_worker(t
 
 
 def test_prefetching_collate_hands_back_the_batches_in_sampler_order_and_refuses_another_order():
-    from multiret.index.sharded import PrefetchingCollate
+    from multiret.index.shard_loading import PrefetchingCollate
 
     collate = PrefetchingCollate(lambda rows: {"rows": list(rows)}, [4, 2, 0, 1, 3], batch_size=2)
     assert [collate(rows)["rows"] for rows in ([4, 2], [0, 1], [3])] == [[4, 2], [0, 1], [3]]

@@ -17,8 +17,10 @@ from helpers import tiny_config
 
 from multiret.data.corpus import read_corpus
 from multiret.experiment.run import run, validate
+from multiret.index.encoding_settings import VECTOR_ATTRIBUTES, EncodingSettings
 from multiret.index.faiss_index import DenseIndex
-from multiret.index.sharded import ShardWriter, encode_shards, shard_bounds, shard_paths
+from multiret.index.shard_files import shard_bounds, shard_paths
+from multiret.index.sharded import ShardWriter, encode_shards
 
 
 def test_shards_are_contiguous_and_cover_every_row_once():
@@ -126,7 +128,7 @@ def tiny_model_and_data(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
 def encode_in_process(model, datamodule, directory, precision="float32", **trainer_options) -> L.Trainer:
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, **trainer_options)
-    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, directory, batch_size=16, precision=precision)
+    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, directory, EncodingSettings(precision, batch_size=16))
     return trainer
 
 
@@ -166,6 +168,49 @@ def test_bfloat16_encoding_is_a_new_shard_close_to_float32_and_stored_as_float32
     assert approx.dtype == np.float32 and not np.array_equal(approx, exact)
     cosine = (approx * exact).sum(1) / np.linalg.norm(approx, axis=1) / np.linalg.norm(exact, axis=1)
     assert cosine.min() > 0.99  # bfloat16 keeps ~3 significant digits per product; the direction barely moves
+
+
+def encode_with(tmp_path, tiny_bert_dir, kilt_dir, kilt_tasks, *overrides: str) -> dict:
+    """Build the tiny BERT and the data from the config with ``overrides``, encode into one folder; the shard's description."""
+    cfg = tiny_config(tmp_path / "run", tiny_bert_dir, kilt_dir, kilt_tasks, "prompt=none", *overrides, model="minilm")
+    model = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
+    datamodule.setup("evaluate")
+    trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False)
+    encode_shards(trainer, model, datamodule.corpus, datamodule.collator, tmp_path / "index",
+                  EncodingSettings.from_config(cfg.index))
+    array_path, json_path = shard_paths(tmp_path / "index", 0, 1)
+    return {**json.loads(json_path.read_text()), "mtime": array_path.stat().st_mtime_ns}
+
+
+@pytest.mark.parametrize(("override", "encoded_again"), [
+    ("model.encoder.pooling=first", True),
+    ("model.encoder.normalize=false", True),
+    ("data.max_passage_length=12", True),
+    ("index.precision=bfloat16", True),
+    ("data.passage_template='{title}: {text}'", True),
+    ("prompt=text", False),  # a query prompt never reaches a passage
+    ("index.batch_size=8", False),  # only how fast
+])
+def test_a_rerun_reencodes_exactly_when_a_setting_that_changes_a_passage_vector_changed(
+        tmp_path, tiny_bert_dir, kilt_dir, kilt_tasks, override, encoded_again):
+    before = encode_with(tmp_path, tiny_bert_dir, kilt_dir, kilt_tasks)
+    after = encode_with(tmp_path, tiny_bert_dir, kilt_dir, kilt_tasks, override)
+    assert (after["mtime"] != before["mtime"]) is encoded_again
+    assert (after != before) is encoded_again
+
+
+def test_the_signature_covers_the_tokenizer_and_every_plain_setting_of_the_encoder(tiny_model_and_data):
+    model, datamodule = tiny_model_and_data
+    settings = EncodingSettings()
+    signed = settings.signature(model, datamodule.collator)
+    datamodule.collator.tokenizer.padding_side = "left"
+    assert settings.signature(model, datamodule.collator) != signed
+    # a new plain attribute of the encoder may change vectors: it must be signed (or be the model's location)
+    plain = {name for name, value in vars(model.passage_encoder).items()
+             if not name.startswith("_") and isinstance(value, str | int | float | bool) and name != "training"}
+    assert plain == {*VECTOR_ATTRIBUTES, "path"}
 
 
 def test_a_shard_cut_short_is_never_marked_complete(tmp_path, tiny_model_and_data):

@@ -49,11 +49,12 @@ def test_the_key_changes_with_the_length_limit_and_the_tokenizer(tiny_t5_dir, ti
 
 def index_in_process(model, corpus, collator, directory, **options):
     from multiret.index.dense import index_corpus
+    from multiret.index.encoding_settings import EncodingSettings
     from multiret.index.sharded import ShardWriter
 
     trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[ShardWriter()], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False)
-    return index_corpus(trainer, model, corpus, collator, directory, batch_size=8, chunk_rows=16, **options)
+    return index_corpus(trainer, model, corpus, collator, directory, EncodingSettings(batch_size=8, chunk_rows=16, **options))
 
 
 def test_encoding_from_kept_tokens_never_tokenises_and_gives_the_same_vectors(tmp_path, kilt_dir, tiny_t5_dir, monkeypatch):
@@ -62,7 +63,7 @@ def test_encoding_from_kept_tokens_never_tokenises_and_gives_the_same_vectors(tm
     Then one passage's text changes: only its chunk is tokenised again.
     """
     from multiret.data.corpus import Corpus, read_corpus
-    from multiret.index.sharded import shard_paths
+    from multiret.index.shard_files import shard_paths
     from multiret.model.biencoder import BiEncoder
     from multiret.model.encoder import TextEncoder
 

@@ -201,7 +201,9 @@ class MultitaskDataModule(L.LightningDataModule):
     def _prepare_training(self) -> None:
         empty = [name for name, qs in self.train_queries.items() if not qs]
         if empty:
-            raise UserError(f"task(s) {empty} have no usable training item (see the warnings above)")
+            files = ", ".join(f"{t.train}" for t in self.tasks if t.name in empty)
+            raise UserError(f"task(s) {empty} have no usable training item in {files}: the file holds no item, or every "
+                            "item was skipped (a warning above then counts them); check data.tasks.<task>.train")
         self._mine_negatives(self.train_queries)
         sizes = [len(self.train_queries[t.name]) for t in self.tasks]
         self.task_batch_sizes = dict(

@@ -54,6 +54,16 @@ def parse_jsonl(lines: Iterable[bytes], name: str) -> Iterator[tuple[int, dict[s
         yield line_number, record
 
 
+def read_json(path: str | os.PathLike[str], fix: str = "re-run the job that wrote it") -> Any:
+    """One JSON document (a run's ``eval/metrics.json``, ...): a truncated or broken file fails naming it, its line and ``fix``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        reason = error.msg.removesuffix(" at")
+        raise DataFormatError(f"{os.fspath(path)}:{error.lineno}: invalid JSON ({reason} at column {error.colno}; "
+                              f"truncated?); {fix}") from error
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a whole JSON-lines file (see :func:`iter_jsonl` for the error contract)."""
     return [record for _, record in iter_jsonl(path)]

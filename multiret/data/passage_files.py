@@ -15,7 +15,7 @@ Three layouts, told apart from the first line or named by ``data.passage_layout`
 Fields follow the csv module's tab dialect with ``"`` quoting (a quoted field may hold tabs,
 newlines and ``""`` for a quote), as ``csv.reader(f, delimiter="\\t")`` in the reference.
 Errors name the file and the line: undecodable UTF-8, a row of the wrong width, a field over
-the csv size limit (mostly an unclosed quote), an unknown layout.
+the csv size limit (an unclosed quote, or one field that long), an unknown layout.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _rows(path: Path, requested: str) -> Iterator[Layout | PassageRow]:
         try:
             fields = next(reader, None)
         except csv.Error as error:
-            raise DataFormatError(_csv_error(path, start, error)) from None
+            raise DataFormatError(_csv_error(path, start, error, reader.line_num > start)) from None
         if fields is None:
             return
         if not fields:
@@ -173,7 +173,11 @@ def _rows(path: Path, requested: str) -> Iterator[Layout | PassageRow]:
         yield PassageRow(start, fields[layout.id], fields[layout.text], title, page)
 
 
-def _csv_error(path: Path, line: int, error: csv.Error) -> str:
+def _csv_error(path: Path, line: int, error: csv.Error, spans_lines: bool) -> str:
+    """The one line for a csv error of the row starting at ``line``; ``spans_lines``: the row ran on past its own line."""
+    if "field larger than field limit" in str(error) and not spans_lines:
+        return (f"{path}:{line}: a field of this line is longer than {csv.field_size_limit():,} characters, the csv "
+                "size limit; split the passage into shorter ones (an encoder reads only its first few hundred tokens)")
     if "field larger than field limit" in str(error):
         return (f"{path}:{line}: a field is longer than {csv.field_size_limit():,} characters, the csv size limit; "
                 "usually a quote opened and never closed (a field starting with \" runs to the next lone \"): "

@@ -15,7 +15,6 @@ paired significance tests between two columns over their runs' per-query scores
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 from collections import defaultdict
@@ -27,6 +26,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from multiret.atomic import atomic_write_text
+from multiret.data.jsonl import read_json
 from multiret.errors import UserError
 from multiret.eval import wandb_store
 from multiret.eval.curves import plot_curves, run_curve, wandb_curves
@@ -104,7 +104,7 @@ def load_runs(roots: Sequence[Path], groups: Sequence[str] = ()) -> list[RunResu
         for folder in sorted(folders):
             config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
             if not groups or config.get("group") in groups:
-                runs.append(run_result(str(folder), config, json.loads((folder / "eval" / "metrics.json").read_text())))
+                runs.append(run_result(str(folder), config, read_json(folder / "eval" / "metrics.json")))
         for folder in wandb_store.run_folders(root):
             if any(parent in folders for parent in folder.parents):
                 continue

@@ -32,7 +32,7 @@ from multiret.eval.dev_metrics import PageRPrecision, metric_depth, retrieval_me
 from multiret.eval.kilt_metrics import PAGE_KEY
 from multiret.eval.retrieval import gold_records, with_average
 from multiret.index.encode import encode_texts
-from multiret.index.sharded import contiguous_share
+from multiret.index.shard_files import contiguous_share
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from multiret.errors import UserError, UserErrorExit
+
 RESOLVER = "unique_run_dir"
 ATTEMPTS = 100  # names tried before giving up; each has a fresh time and random part
 
@@ -22,14 +24,19 @@ def unique_run_dir(parent: str) -> str:
     fails if another process made it first; a taken name is retried with a new one.
     """
     base = Path(parent)
-    base.mkdir(parents=True, exist_ok=True)
-    for _ in range(ATTEMPTS):
-        folder = base / f"{datetime.now():%Y-%m-%d_%H-%M-%S.%f}_{_job_part()}{secrets.token_hex(2)}"
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        return str(folder)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        for _ in range(ATTEMPTS):
+            folder = base / f"{datetime.now():%Y-%m-%d_%H-%M-%S.%f}_{_job_part()}{secrets.token_hex(2)}"
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            return str(folder)
+    except OSError as error:  # a SystemExit: OmegaConf and Hydra would wrap an Exception in their own traceback
+        raise UserErrorExit(UserError(
+            f"cannot create a run folder under {parent!r} ({error.strerror or error}); set MULTIRET_LOGS "
+            "(or paths.log_dir) to a writable folder")) from error
     raise FileExistsError(f"{base}: {ATTEMPTS} new run folder names were all taken; is something creating folders there?")
 
 

@@ -36,6 +36,7 @@ from multiret.experiment.spawned import CloseSpawnedProcessGroup
 from multiret.experiment.validation import check_data_files
 from multiret.index.bm25 import BM25Retriever
 from multiret.index.dense import index_corpus, model_device, search_tasks_scored
+from multiret.index.encoding_settings import EncodingSettings
 from multiret.index.faiss_index import DenseIndex
 from multiret.index.mining import mine_negatives
 from multiret.index.sharded import ShardWriter
@@ -118,9 +119,8 @@ def index(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule) ->
         if built is not None:  # a fresh trainer per corpus: each predict run writes its own shards
             trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(), CloseSpawnedProcessGroup()], logger=False,
                                   enable_checkpointing=False)
-        built = index_corpus(trainer, model, corpus, datamodule.collator, directory, cfg.index.factory,
-                             cfg.index.batch_size, cfg.index.train_sample, num_workers=cfg.index.num_workers,
-                             precision=cfg.index.precision, tokens_dir=cfg.index.tokens_dir)
+        built = index_corpus(trainer, model, corpus, datamodule.collator, directory, EncodingSettings.from_config(cfg.index),
+                             cfg.index.factory, cfg.index.train_sample)
     return built is not None
 
 

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from multiret.atomic import atomic_write_text
 from multiret.configs import config_dir
+from multiret.data.jsonl import read_json
 from multiret.errors import UserError
 
 TASK_SPECIFIC = "task-specific"
@@ -71,7 +72,7 @@ def read_job(folder: Path) -> Job:
         raise UserError(f"{folder}: tuning job without config.yaml; is it a multiret run folder?")
     overrides = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
     config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
-    return Job(folder, tuple(str(o) for o in overrides), config, json.loads(metrics_path.read_text()))
+    return Job(folder, tuple(str(o) for o in overrides), config, read_json(metrics_path))
 
 
 def job_scores(job: Job) -> dict[str, float]:

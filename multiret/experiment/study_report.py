@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import statistics
 from collections import defaultdict
@@ -21,6 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from multiret.atomic import atomic_write_text
+from multiret.data.jsonl import read_json
 from multiret.errors import UserError
 from multiret.eval import study_page
 from multiret.eval.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, paired_markdown, paired_results, plot, table
@@ -105,7 +105,7 @@ def wall_times(root: Path) -> dict[str, dict[str, float]]:
     for stage in STAGES:
         for path in sorted((root / stage).rglob("wall_seconds.json")) if (root / stage).is_dir() else []:
             arm = path.relative_to(root / stage).parts[0]
-            wall[arm][stage] += float(json.loads(path.read_text())["total"])
+            wall[arm][stage] += float(read_json(path)["total"])
     return {arm: dict(by_stage) for arm, by_stage in sorted(wall.items())}
 
 

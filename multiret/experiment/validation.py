@@ -9,8 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from multiret.errors import UserError, require_writable_folder
 from multiret.eval.dev_validation import check_interval
+from multiret.index.encoding_settings import PRECISIONS
 from multiret.index.faiss_index import DEVICES, GPU_PLACEMENTS, require_gpu_faiss
-from multiret.index.sharded import PRECISIONS
 from multiret.model.loading import load_checkpoint
 
 STAGES = ("train", "index", "evaluate")
@@ -45,8 +45,10 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"index.precision={cfg.index.precision!r}; choose one of {list(PRECISIONS)}")
     if cfg.get("eval_checkpoint", "last") not in EVAL_CHECKPOINTS:
         raise UserError(f"eval_checkpoint={cfg.eval_checkpoint!r}; choose one of {list(EVAL_CHECKPOINTS)}")
-    if "train" in cfg.stages and cfg.get("callbacks", {}).get("dev_validation"):
-        check_interval(cfg.trainer.get("val_check_interval"))  # before the data is read and mined
+    if "train" in cfg.stages:
+        validate_training_numbers(cfg)
+        if cfg.get("callbacks", {}).get("dev_validation"):
+            check_interval(cfg.trainer.get("val_check_interval"))  # before the data is read and mined
     if cfg.get("init_from") and "train" not in cfg.stages:
         raise UserError("init_from only starts training; to index or evaluate a checkpoint's weights use ckpt_path")
     if "evaluate" in cfg.stages:
@@ -70,6 +72,17 @@ def validate_cutoffs(top_k: Any, ks: Any) -> None:
             f"index.ks={values} asks for k={max(values)} but only index.top_k={top_k} passages are retrieved; "
             f"set index.top_k={max(values)} or more, or drop that cut-off"
         )
+
+
+def validate_training_numbers(cfg: DictConfig) -> None:
+    """A learning rate and a negatives count that torch or NumPy would only reject after the data set-up."""
+    lr = OmegaConf.select(cfg, "optimizer.lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
+        raise UserError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=1e-5")
+    negatives = OmegaConf.select(cfg, "data.n_negatives")
+    if negatives is not None and (isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0):
+        raise UserError(f"data.n_negatives={negatives!r} must be a whole number of hard negatives per query, 0 or more, "
+                        "e.g. data.n_negatives=2")
 
 
 def check_data_files(files: list[Path]) -> None:

@@ -14,9 +14,11 @@ from multiret.data.corpus import Corpus
 from multiret.data.kilt import Query
 from multiret.data.tasks import TaskSpec
 from multiret.index.encode import encode_texts
+from multiret.index.encoding_settings import EncodingSettings
 from multiret.index.faiss_index import DenseIndex
-from multiret.index.sharded import CHUNK_ROWS, build_from_shards, encode_shards
+from multiret.index.sharded import build_from_shards, encode_shards
 from multiret.model.biencoder import BiEncoder
+
 
 def index_corpus(
     trainer: L.Trainer,
@@ -24,24 +26,19 @@ def index_corpus(
     corpus: Corpus,
     collator: PromptCollator,
     out_dir: str | Path,
+    settings: EncodingSettings,
     factory: str = "Flat",
-    batch_size: int = 64,
     train_sample: int | None = None,
-    chunk_rows: int = CHUNK_ROWS,
-    num_workers: int = 0,
-    precision: str = "float32",
-    tokens_dir: str | Path | None = None,
 ) -> DenseIndex | None:
     """Embed every passage into ``<out_dir>/shards/`` and build the FAISS index over them; None on processes after the first.
 
     ``trainer`` (carrying a :class:`ShardWriter`) decides the processes: each encodes its shard
     chunk by chunk, keeping finished chunks across interruptions; memory holds one chunk's texts
-    and what the FAISS index itself holds; ``num_workers`` processes tokenise while the model encodes;
-    ``precision`` is the encoder's arithmetic (float32, or bfloat16 under autocast); ``tokens_dir`` keeps
-    the passages' token ids for later encodings (:mod:`multiret.index.token_cache`).
+    and what the FAISS index itself holds. ``settings`` (``conf/index``'s encoding settings:
+    precision, batch size, tokenising workers, token cache) is how the passages are encoded.
     """
     model.eval()
-    encode_shards(trainer, model, corpus, collator, out_dir, batch_size, chunk_rows, num_workers, precision, tokens_dir)
+    encode_shards(trainer, model, corpus, collator, out_dir, settings)
     if trainer.global_rank > 0:
         return None
     return build_from_shards(out_dir, corpus, trainer.world_size, factory, train_sample)

@@ -30,6 +30,7 @@ import torch
 from multiret.atomic import publish, temporary_beside
 from multiret.data.collator import PromptCollator
 from multiret.errors import UserError
+from multiret.index.encoding_settings import tokenizer_definition
 
 
 def tokenizer_key(collator: PromptCollator) -> str:
@@ -41,11 +42,8 @@ def tokenizer_key(collator: PromptCollator) -> str:
     if tokenizer.padding_side != "right":
         raise UserError(f"index.tokens_dir needs a tokenizer that pads on the right ({type(tokenizer).__name__} pads on the "
                         f"{tokenizer.padding_side}): unset index.tokens_dir")
-    definition = json.loads(backend.to_str())
-    definition["truncation"] = definition["padding"] = None  # set per call by transformers, not part of the tokenizer
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps([type(tokenizer).__name__, collator.max_passage_length, tokenizer.pad_token_id,
-                              definition], sort_keys=True).encode())
+    digest.update(json.dumps([collator.max_passage_length, tokenizer_definition(tokenizer)], sort_keys=True).encode())
     return digest.hexdigest()
 
 
