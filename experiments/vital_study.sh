@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
 # The vital study (issue: TACO vs naive vs task-specific, seeded, tuned, tested): docs/results-vital.md.
-# Usage: experiments/vital_study.sh [--quick] [--skip-search] [--skip-curve] [Hydra overrides for every run, e.g. data.max_eval_queries=500]
-#   sizes from the environment: ROOT, STEPS, CURVE_STEPS, CURVE_EVERY, PAGES, DEV_PAGES, SEEDS, MAIN_SEEDS, LRS, ARMS ("naive taco ...")
+# Usage: experiments/vital_study.sh [--quick] [--skip-search] [Hydra overrides for every run, e.g. data.max_eval_queries=500]
+#   sizes from the environment: ROOT, STEPS, VAL_EVERY, PAGES, DEV_PAGES, SEEDS, MAIN_SEEDS, LRS, ARMS ("naive taco ...")
 #   1. tuning: the same trials for every arm on dev (the learning rates LRS, Hydra's basic sweeper), at STEPS, seed 13
 #   2. selection: the best trial per arm → conf/experiment/<CHOSEN>/<arm>.yaml (rerun without the search: --skip-search)
-#   3. learning curve: every arm with its chosen settings (seed 13) to CURVE_STEPS, dev R-precision every CURVE_EVERY:
-#      does the score still rise after STEPS? (--skip-curve: not now; the final runs do not depend on it)
-#   4. final: every arm with its chosen settings, SEEDS (MAIN_SEEDS for naive, TACO, task-specific), on the test split
-#   5. report: multiret study report → docs/results-vital.md (quick: into the study folder)
+#   3. final: every arm with its chosen settings, SEEDS (MAIN_SEEDS for naive, TACO, task-specific), on the test split
+#   4. report: multiret study report → docs/results-vital.md (quick: into the study folder); its learning curves are the
+#      final runs' own validation logs (every run validates at step 0, every VAL_EVERY steps and at STEPS)
 # Every run has a fixed folder under $ROOT and runs with resume=true, so an interrupted study re-runs only what is missing.
 set -euo pipefail
-quick=0 search=1 curve=1 EXTRA=()
+quick=0 search=1 EXTRA=()
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --skip-search) search=0 ;;
-    --skip-curve) curve=0 ;;
-    --*) echo "vital_study.sh: unknown option $arg (use --quick, --skip-search, --skip-curve, or Hydra overrides)" >&2; exit 2 ;;
+    --*) echo "vital_study.sh: unknown option $arg (use --quick, --skip-search, or Hydra overrides)" >&2; exit 2 ;;
     *) EXTRA+=("$arg") ;;
   esac
 done
@@ -26,20 +24,24 @@ CONF_DIR="$("$(dirname "$(command -v multiret)")/python" -c 'from multiret.confi
 SIZE=()  # --quick: fewer queries (a smaller sub-corpus follows)
 if ((quick)); then  # one seed, 5 steps, 2 trials per arm, 100 training and 50 eval queries per task, 600 pages: the pipeline, not a result
   ROOT="${ROOT:-$LOGS/vital_study_quick}" CHOSEN=vital_study_quick REPORT="${ROOT:-$LOGS/vital_study_quick}/results-vital.md"
-  PAGES="${PAGES:-600}" DEV_PAGES="${DEV_PAGES:-600}" STEPS="${STEPS:-5}" CURVE_STEPS="${CURVE_STEPS:-10}" CURVE_EVERY="${CURVE_EVERY:-5}"
+  PAGES="${PAGES:-600}" DEV_PAGES="${DEV_PAGES:-600}" STEPS="${STEPS:-5}" VAL_EVERY="${VAL_EVERY:-2}"
   SEEDS="${SEEDS:-13}" MAIN_SEEDS="${MAIN_SEEDS:-13}" SIZE=(data.max_train_queries=100 data.max_eval_queries=50)
 else  # sized for 4 hours on 2 cores (docs/study.md): 5 seeds for naive, TACO and task-specific did not fit
   ROOT="${ROOT:-$LOGS/vital_study}" CHOSEN=vital_study REPORT=docs/results-vital.md
-  PAGES="${PAGES:-null}" STEPS="${STEPS:-50}" CURVE_STEPS="${CURVE_STEPS:-75}" CURVE_EVERY="${CURVE_EVERY:-25}"
+  PAGES="${PAGES:-null}" STEPS="${STEPS:-50}" VAL_EVERY="${VAL_EVERY:-10}"
   SEEDS="${SEEDS:-13,14,15}" MAIN_SEEDS="${MAIN_SEEDS:-13,14,15}"
 fi
-DEV_PAGES="${DEV_PAGES:-2000}"  # curve and tuning search a sub-corpus (every gold page of the sampled queries plus random ones)
+DEV_PAGES="${DEV_PAGES:-2000}"  # tuning searches a sub-corpus (every gold page of the sampled queries plus random ones)
 LRS="${LRS:-2e-4,5e-4}"  # the search, the same for every arm: the learning rate (2 trials; docs/study.md); method knobs at their defaults
 # Fixed for every arm: MiniLM, 12 queries per step (4 per task), bfloat16 corpus encoding (index.precision: 2x faster, the
-# same rankings to within a query or two, docs/benchmarks.md), CSV logs (task-gradient cosines every 5 steps),
-# no periodic checkpoints outside the curve, and the overrides given to the script. The final runs search the full corpus.
+# same rankings to within a query or two, docs/benchmarks.md), CSV logs (task-gradient cosines every 5 steps, validation
+# scores every VAL_EVERY steps: the learning curves), no periodic checkpoints, and the overrides given to the script.
+# Every run is evaluated at its last step (eval_checkpoint=last: the step budget is fixed; the final runs validate on
+# the test split, where choosing best.ckpt would choose on test). The final runs search the full corpus.
 # TACO's β = 0.9: its EMA then averages over ~10 steps, a fifth of the 50-step budget (the reference's 0.999 is for 20k steps).
-COMMON=(data=vital model=minilm logger=csv "trainer.max_steps=$STEPS" resume=true index.precision=bfloat16 method.log_every_n_steps=5
+VALIDATION=("trainer.val_check_interval=$VAL_EVERY" eval_checkpoint=last)  # also given to the final runs: settings chosen before them lack it
+COMMON=(data=vital model=minilm logger=csv "trainer.max_steps=$STEPS" "${VALIDATION[@]}" resume=true index.precision=bfloat16
+        method.log_every_n_steps=5
         callbacks.model_checkpoint.every_n_train_steps=100000 ${SIZE[@]+"${SIZE[@]}"} ${EXTRA[@]+"${EXTRA[@]}"})
 TASKS="[vital-qa],[vital-el],[vital-clue]"
 declare -A ARM=(  # what each arm is
@@ -71,30 +73,14 @@ if ((search)); then  # 1. tuning on dev, 2. selection
   multiret study select "$ROOT/tune" --out "$CONF_DIR/experiment/$CHOSEN"
 fi
 
-for arm in $( ((curve)) && echo "${ARMS[@]}" ); do  # 3. learning curve with the chosen settings (one seed) to CURVE_STEPS, dev every CURVE_EVERY
-  # shellcheck disable=SC2046
-  multiret train -m "experiment=$CHOSEN/$arm" $(per_task "$arm") seed=13 resume=true "data.corpus_max_pages=$DEV_PAGES" \
-    "trainer.max_steps=$CURVE_STEPS" stages=[train] "callbacks.model_checkpoint.every_n_train_steps=$CURVE_EVERY" \
-    "hydra.sweep.dir=$ROOT/curve/$arm/train"
-  for ckpt in "$ROOT/curve/$arm/train"/*/checkpoints/step*.ckpt; do
-    job=$(basename "$(dirname "$(dirname "$ckpt")")") step=$(basename "$ckpt" .ckpt)  # step000100
-    step="step_${step#step}"  # step_000100, read by multiret study report
-    # shellcheck disable=SC2046
-    multiret evaluate "experiment=$CHOSEN/$arm" seed=13 resume=true "data.corpus_max_pages=$DEV_PAGES" \
-      "trainer.max_steps=$CURVE_STEPS" "ckpt_path=$ckpt" data.eval_split=dev \
-      $( [[ "$arm" == task_specific ]] && grep -o 'data.task_names=\[[^]]*\]' "$ROOT/curve/$arm/train/$job/.hydra/overrides.yaml" ) \
-      "hydra.run.dir=$ROOT/curve/$arm/$step-$job"
-  done
-done
-
-for arm in "${ARMS[@]}"; do  # 4. the test split, with the chosen settings, every seed
+for arm in "${ARMS[@]}"; do  # 3. the test split, with the chosen settings, every seed
   seeds=$SEEDS
   [[ "$arm" == naive || "$arm" == taco || "$arm" == task_specific ]] && seeds=$MAIN_SEEDS
   # shellcheck disable=SC2046
   multiret train -m "experiment=$CHOSEN/$arm" $(per_task "$arm") "seed=$seeds" resume=true data.eval_split=test "data.corpus_max_pages=$PAGES" \
-    "hydra.sweep.dir=$ROOT/final/$arm"
+    "${VALIDATION[@]}" "hydra.sweep.dir=$ROOT/final/$arm"
 done
 
 echo "study runs: $(( $(date +%s) - start )) s this invocation"
-multiret study report "$ROOT" --out "$REPORT" --pair naive naive_noprompt --pair taco taco_noprompt --pair taco taco_published  # 5. the page (tables, tests, curves, specialisation, cosines, times)
+multiret study report "$ROOT" --out "$REPORT" --pair naive naive_noprompt --pair taco taco_noprompt --pair taco taco_published  # 4. the page (tables, tests, curves, specialisation, cosines, times)
 echo "report: $REPORT"

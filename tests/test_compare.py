@@ -4,6 +4,7 @@ The sweeps log to CSV and to W&B in offline mode (really written, under the test
 folder), so the same runs are read from our run folders and from W&B's offline run folders.
 """
 
+import csv
 import json
 import re
 import shutil
@@ -18,6 +19,7 @@ from helpers import tiny_config
 from multiret.cli import main as cli
 from multiret.eval import wandb_store
 from multiret.eval.compare import load_runs, load_wandb_api
+from multiret.eval.curves import WANDB_STEP
 from multiret.experiment.run import run
 
 
@@ -128,9 +130,25 @@ def api_run(folder, drop_prefix: str | None = None) -> Run:
     return Run(None, "me", "multiret", run_id, attrs=attrs)
 
 
+def with_history(folder, scans: list, drop_prefix: str | None = None) -> Run:
+    """:func:`api_run` whose ``scan_history`` sends the rows W&B's server would: the run folder's CSV rows holding every
+    asked key, with the step Lightning's W&B logger adds (each call noted in ``scans``)."""
+    api = api_run(folder, drop_prefix)
+    run_folder = folder.parent.parent
+
+    def scan_history(keys):
+        scans.append((run_folder.name, keys))
+        rows = [row for path in sorted(run_folder.glob("csv/version_*/metrics.csv")) for row in csv.DictReader(path.read_text().splitlines())]
+        return [{WANDB_STEP: int(row["step"]), **{k: float(row[k]) for k in keys[1:]}} for row in rows
+                if all(row.get(k) for k in keys[1:])]
+
+    api.scan_history = scan_history
+    return api
+
+
 def test_wandb_api_runs_become_the_same_table(sweeps, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # where Run keeps its downloads
-    api_runs = [api_run(f) for f in wandb_folders(sweeps)]
+    api_runs = [with_history(f, []) for f in wandb_folders(sweeps)]
     unevaluated = api_run(wandb_folders(sweeps)[0], drop_prefix="dev/")
     assert isinstance(api_runs[0].summary, HTTPSummary) and "_wandb" not in api_runs[0].config
     queries = []
@@ -190,3 +208,24 @@ def test_validation_curves_average_each_arm_over_seeds(sweeps, tmp_path):
     values = [curve[2] for curve in curves]
     assert arm_curves({"naive": curves})["naive"][1] == (2, pytest.approx(statistics.fmean(values)),
                                                           pytest.approx(statistics.stdev(values)))
+
+
+def test_wandb_api_runs_bring_their_validation_curves(sweeps, tmp_path, monkeypatch):
+    """The history rows W&B's server sends (here: the run folder's CSV rows with the step Lightning's logger adds) become
+    the same curves as the run folder's own CSV logs."""
+    from multiret.eval.compare import validation_curve
+    from multiret.eval.curves import run_curve
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    scans = []
+    folders = wandb_folders(sweeps / "multi")
+    api_runs = [with_history(f, scans) for f in folders] + [with_history(wandb_folders(sweeps / "specific")[0], scans, "val/")]
+    monkeypatch.setattr(wandb, "Api", lambda: type("FakeApi", (), {"runs": lambda self, path, filters: api_runs})())
+    runs = load_wandb_api("me/multiret")
+    for folder, loaded in zip(folders, runs):
+        expected = run_curve(folder.parent.parent, "Rprec")
+        assert sorted(expected) == [0, 2] and validation_curve(loaded, "Rprec") == expected
+    assert validation_curve(runs[-1], "Rprec") == {} and len(scans) == len(folders)  # no val/ key in its summary: no scan
+    assert scans[0][1][:1] == [WANDB_STEP] and "val/average/Rprec" in scans[0][1] and "val/qa/Rprec" not in scans[0][1]
+    assert cli(["compare", "--wandb", "me/multiret", "--out", str(tmp_path / "api"), "--metrics", "Rprec"]) == 0
+    assert (tmp_path / "api" / "curves-Rprec.png").read_bytes()[:4] == b"\x89PNG"

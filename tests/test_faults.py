@@ -227,7 +227,7 @@ def _truncated_metrics_compare(ws: Path, tmp: Path) -> list[str]:
 
 
 def _truncated_metrics_study(ws: Path, tmp: Path) -> list[str]:
-    _truncated_metrics(tmp / "study" / "curve" / "taco" / "step_10")
+    _truncated_metrics(tmp / "study" / "final" / "taco" / "0")
     return ["study", "report", str(tmp / "study"), "--out", str(tmp / "page.md")]
 
 
@@ -250,7 +250,7 @@ FAULTS = {
     "truncated JSON: compare's metrics.json": Fault("truncated JSON", _truncated_metrics_compare,
                                                    ("{tmp}/runs/one/eval/metrics.json:1", "invalid JSON", "truncated")),
     "truncated JSON: study report's metrics.json": Fault("truncated JSON", _truncated_metrics_study,
-                                                         ("{tmp}/study/curve/taco/step_10/eval/metrics.json:1", "truncated")),
+                                                         ("{tmp}/study/final/taco/0/eval/metrics.json:1", "truncated")),
     "bad config value: negative learning rate": Fault("bad config value", lambda ws, tmp: train(ws, tmp, "optimizer.lr=-0.001"),
                                                       ("optimizer.lr=-0.001", "positive number")),
     "bad config value: negative n_negatives": Fault("bad config value", lambda ws, tmp: train(ws, tmp, "data.n_negatives=-1"),

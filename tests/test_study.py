@@ -1,8 +1,9 @@
 """`multiret study select` and `multiret study report` on a fake study folder.
 
-The tuning and curve runs are hand-written folders (only their files are read); the final runs
-are tiny real runs (the paired tests need their guess and gold files, the specialisation
-analysis their checkpoints, the cosines their CSV logs).
+The tuning runs are hand-written folders (only their files are read); the final runs are tiny
+real runs (the paired tests need their guess and gold files, the specialisation analysis their
+checkpoints, the cosines and learning curves their CSV logs), or hand-written CSV logs of runs
+still training.
 """
 
 import json
@@ -17,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from multiret.cli import main as cli
 from multiret.configs import config_dir
+from multiret.eval.curves import run_curve
 from multiret.eval.significance import PairedResult
 from multiret.eval.study_page import conclusions, cosine_stats
 from multiret.experiment.run import run
@@ -101,7 +103,7 @@ def test_cosines_from_a_csv_log(tmp_path):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_t5_dir, kilt_dir):
-    """A study folder: hand-written tuning, no curve yet, tiny real final runs (naive, TACO × 2 seeds, task-specific)."""
+    """A study folder: hand-written tuning, tiny real final runs (naive, TACO × 2 seeds, task-specific), validating at steps 0 and 2."""
     tasks = TINY_TASKS
     root = tmp_path_factory.mktemp("study")
     tune_folder(root / "tune")
@@ -139,7 +141,14 @@ def test_report_holds_the_runs_numbers_and_states_missing_parts(study, tmp_path)
     assert [line.split(" | ")[0] for line in summary[4:7]] == ["| naive", "| taco", "| task_specific"]  # the main arms first
     assert summary[5].startswith(f"| taco | {statistics.fmean(taco_qa):.3f} ± {statistics.stdev(taco_qa):.3f} |")
     assert "| naive: Naive − task-specific | average |" in text and "| taco: TACO − naive: Naive | qa |" in text
-    assert "*Missing: the learning-curve evaluations" in text
+    taco = [run_curve(study / "final" / "taco" / job, "Rprec") for job in ("0", "1")]
+    assert [sorted(curve) for curve in taco] == [[0, 2], [0, 2]]
+    end = [curve[2] for curve in taco]
+    curve_row = next(line for line in text.splitlines() if line.startswith("| taco | 2 | 2 |"))
+    assert f"| {statistics.fmean(end):.3f} ± {statistics.stdev(end):.3f} (2) |" in curve_row
+    specific = [run_curve(study / "final" / "task_specific" / job, "Rprec")[0] for job in ("0", "1")]
+    assert f"| task_specific | 1 | 2 | {statistics.fmean(specific):.3f} ± 0.000 (0) |" in text  # one seed: the mean over its tasks
+    assert (figures / "curve.png").read_bytes()[:4] == b"\x89PNG"
     cosines = [run_cosines(study / "final" / "taco" / job)["qa~el"] for job in ("0", "1")]
     negative = sum(v < 0 for c in cosines for v in c.values()) / sum(len(c) for c in cosines)
     assert f"| taco | qa~el | {statistics.fmean(statistics.fmean(c.values()) for c in cosines):+.3f} | {negative:.1%} |" in text
@@ -155,17 +164,22 @@ def test_report_holds_the_runs_numbers_and_states_missing_parts(study, tmp_path)
     assert "The script's invocations were not logged (no invocations.log)" in text
 
 
-def test_a_study_without_final_runs_reports_its_curve_and_states_the_rest_missing(tmp_path, capsys):
-    for step, scores in ((2, (0.2, 0.4)), (4, (0.5, 0.5)), (6, (0.4, 0.5))):
-        folder = tmp_path / "curve" / "naive" / f"step_{step:06d}"
-        folder.mkdir(parents=True)
-        (folder / "eval").mkdir()
-        (folder / "eval" / "metrics.json").write_text(json.dumps({t: {"Rprec": s} for t, s in zip(TASKS, scores)}))
-        (folder / "wall_seconds.json").write_text(json.dumps({"total": 30.0}))
-    for task, score in zip(TASKS, (0.3, 0.6)):  # a task-specific arm: one model, one folder per task at a step
-        folder = tmp_path / "curve" / "task_specific" / f"step_000004-{task}"
-        (folder / "eval").mkdir(parents=True)
-        (folder / "eval" / "metrics.json").write_text(json.dumps({task: {"Rprec": score}}))
+def training_run(folder: Path, seed: int, logs: list[dict[int, float]]) -> None:
+    """A final run still training: its config, wall time and validation scores in CSV logs (one version per resume)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (folder / "wall_seconds.json").write_text(json.dumps({"total": 30.0}))
+    for version, scores in enumerate(logs):
+        (folder / "csv" / f"version_{version}").mkdir(parents=True)
+        rows = "".join(f"0,{step},{score},\n0,{step + 1},,0.5\n" for step, score in scores.items())  # loss rows lack val/
+        (folder / "csv" / f"version_{version}" / "metrics.csv").write_text(f"epoch,step,val/average/Rprec,train/loss\n{rows}")
+
+
+def test_a_study_whose_final_runs_still_train_reports_their_curves_and_states_the_rest_missing(tmp_path, capsys):
+    training_run(tmp_path / "final" / "naive" / "0", 13, [{0: 0.2, 2: 0.5, 4: 0.4}])
+    training_run(tmp_path / "final" / "naive" / "1", 14, [{0: 0.4, 2: 0.7}, {4: 0.6}])  # resumed after step 2
+    training_run(tmp_path / "final" / "task_specific" / "0", 13, [{0: 0.1, 2: 0.3}])  # one model per task
+    training_run(tmp_path / "final" / "task_specific" / "1", 13, [{0: 0.3, 2: 0.5, 4: 0.9}])
     job(tmp_path / "tune" / "naive" / "0", ["optimizer.lr=1e-4"], {TASKS[0]: 0.5})
     shutil.rmtree(tmp_path / "tune" / "naive" / "0" / "eval")
     (tmp_path / "invocations.log").write_text("2026-12-02T04:19:29Z 2026-12-02T04:43:20Z 1431\n"  # interrupted, then resumed
@@ -177,11 +191,12 @@ def test_a_study_without_final_runs_reports_its_curve_and_states_the_rest_missin
     (tmp_path / "invocations.log").write_text("2026-12-02T04:19:29Z 1431\n")
     assert cli(["study", "report", str(tmp_path), "--out", str(page)]) == 2
     assert "invocations.log:1: expected '<start> <end> <seconds>', got '2026-12-02T04:19:29Z 1431'" in capsys.readouterr().err
-    assert "| naive | 3 | 0.500 (4) | 0.450 (6) | – | not on the curve |" in text
-    assert "| task_specific | 1 | 0.450 (4) | 0.450 (4) |" in text
-    assert (tmp_path / "page" / "curve.png").is_file()
+    spread = statistics.stdev([0.2, 0.4])
+    assert f"| naive | 2 | 3 | 0.300 ± {spread:.3f} (0) | 0.600 ± {spread:.3f} (2) | 0.500 ± {spread:.3f} (4) | no (peak at step 2) |" in text
+    assert "| task_specific | 1 | 2 | 0.200 ± 0.000 (0) | 0.400 ± 0.000 (2) | 0.400 ± 0.000 (2) | yes |" in text  # steps both logged
+    assert (tmp_path / "page" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "*Missing: the final multitask test-split runs" in text and "*Incomplete: " in text and "naive/0: tuning job without" in text
-    assert "| **all arms** | 0.2 min | 1.5 min | – | **1.7 min** |" in text
+    assert "| **all arms** | 0.2 min | 2.0 min | **2.2 min** |" in text
 
 
 def test_the_sentences_follow_the_numbers():

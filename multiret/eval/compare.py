@@ -6,7 +6,8 @@ ones included) or the W&B API (the same numbers, as ``{split}/{task}/{metric}``)
 multitask runs by experiment and method (seeds averaged), builds the task-specific column
 from the task-specific runs, and writes a markdown table (per task and average; mean ± std over seeds;
 each multitask column's change against task-specific), a bar chart (error bars: std over seeds) and, where run
-folders hold validation logs, their validation curves (mean ± std over seeds per column); ``--paired A B`` adds
+folders (their CSV logs) or W&B API runs (their history) hold validation scores, their validation curves (mean ± std
+over seeds per column); ``--paired A B`` adds
 paired significance tests between two columns over their runs' per-query scores
 (:mod:`multiret.eval.significance`).
 """
@@ -18,7 +19,7 @@ import logging
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from multiret.atomic import atomic_write_text
 from multiret.data.jsonl import read_json
 from multiret.errors import UserError
 from multiret.eval import wandb_store
-from multiret.eval.curves import plot_curves
+from multiret.eval.curves import plot_curves, run_curve, wandb_curves
 from multiret.eval.figures import new_figure, save_figure
 from multiret.eval.significance import PairedResult, mean_over_seeds, paired_test, run_query_scores
 
@@ -46,6 +47,12 @@ class RunResult:
     tasks: tuple[str, ...]
     metrics: dict[str, dict[str, float]]
     seed: int | None = None
+    curves: dict[str, dict[int, float]] | None = None  # validation curves per metric read with the run (W&B API); None: in its folder
+
+
+def validation_curve(run: RunResult, metric: str) -> dict[int, float]:
+    """A run's ``val/average/<metric>`` by step: read with it from W&B, else from its folder's CSV logs."""
+    return run_curve(run.source, metric) if run.curves is None else run.curves.get(metric, {})
 
 
 def run_result(source: str, config: Mapping[str, Any], metrics: dict[str, dict[str, float]], job_type: str = "multitask") -> RunResult:
@@ -124,7 +131,8 @@ def load_wandb_api(project: str, groups: Sequence[str] = ()) -> list[RunResult]:
         source = "/".join(api_run.path)
         metrics = summary_metrics(source, api_run.config, api_run.summary) if "data" in api_run.config else None
         if metrics is not None:
-            runs.append(run_result(source, api_run.config, metrics, api_run.job_type or "multitask"))
+            run = run_result(source, api_run.config, metrics, api_run.job_type or "multitask")
+            runs.append(replace(run, curves=wandb_curves(api_run)))
     if not runs:
         raise UserError(f"no evaluated run in W&B project {project}{f' groups {list(groups)}' if groups else ''}")
     return runs
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(paired_section(runs, args.paired, metric, metric_ks(args.metrics.split(","))))
         plot(rows, values, metric, args.out / f"comparison-{metric.replace('@', '_at_')}.png")
         curves = args.out / f"curves-{metric.replace('@', '_at_')}.png"
-        if plot_curves([(r.label, r.source) for r in runs], metric, curves):  # run folders' CSV logs; W&B runs have none here
+        if plot_curves([(r.label, validation_curve(r, metric)) for r in runs], metric, curves):
             log.info("validation curves: %s", curves)
     text = f"{len(runs)} runs\n\n" + "\n".join(sections)
     atomic_write_text(args.out / "comparison.md", text)

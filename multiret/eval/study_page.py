@@ -78,17 +78,20 @@ def plot_series(series: Mapping[str, Series], ylabel: str, path: Path, zero_line
     save_figure(figure, path)
 
 
-def curve_section(curves: Mapping[str, Series], budgets: Mapping[str, int]) -> str:
-    """Per arm, the best dev step and the dev score at the final runs' step budget."""
-    lines = ["| arm | checkpoints | best dev R-prec (step) | last checkpoint (step) | final runs' steps | dev R-prec there |",
-             "|---|---|---|---|---|---|"]
+def curve_section(curves: Mapping[str, Sequence[tuple[int, float, float]]], seeds: Mapping[str, int]) -> str:
+    """Per arm (``curves``: ``(step, mean, std)`` over its ``seeds``), the score at step 0, the best step, the last one,
+    and whether the score still rises at the end of training (the best is the last: more steps might help)."""
+    lines = [("Each final run scores a sample of its evaluation split's queries against a candidate pool fixed for the run "
+             "(not the full corpus: higher than the test table) at step 0, every `trainer.val_check_interval` steps and at "
+             "the end; the final evaluation uses the last checkpoint, so nothing is chosen on these scores."), "",
+             "| arm | seeds | validations | R-prec first (step) | best R-prec (step) | last R-prec (step) | still rising at the end |",
+             "|---|---|---|---|---|---|---|"]
     for arm, points in curves.items():
-        best = max(sorted(points), key=lambda s: points[s])
-        last = max(points)
-        budget = budgets.get(arm)
-        at_budget = f"{points[budget]:.3f}" if budget in points else "not on the curve"
-        lines.append(f"| {arm} | {len(points)} | {points[best]:.3f} ({best}) | {points[last]:.3f} ({last}) "
-                     f"| {budget if budget is not None else '–'} | {at_budget} |")
+        best = max(points, key=lambda point: point[1])  # max keeps the earliest of equals
+        first, last = points[0], points[-1]
+        rising = "yes" if best[0] == last[0] else f"no (peak at step {best[0]})"
+        lines.append(f"| {arm} | {seeds[arm]} | {len(points)} | {first[1]:.3f} ± {first[2]:.3f} ({first[0]}) "
+                     f"| {best[1]:.3f} ± {best[2]:.3f} ({best[0]}) | {last[1]:.3f} ± {last[2]:.3f} ({last[0]}) | {rising} |")
     return "\n".join(lines) + "\n"
 
 

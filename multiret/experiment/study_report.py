@@ -1,8 +1,8 @@
 """`multiret study report`: a study's results page, generated from its run folders.
 
-Reads ``ROOT/tune`` (trials and the chosen settings), ``ROOT/curve`` (dev R-precision per
-checkpoint), ``ROOT/final`` (test-split runs over seeds: the table, paired tests, the
-specialisation of naive vs TACO measured on their seed-13 checkpoints, the task-gradient
+Reads ``ROOT/tune`` (trials and the chosen settings), ``ROOT/final`` (test-split runs over
+seeds: the learning curves their validation while training logged, the table, paired tests,
+the specialisation of naive vs TACO measured on their seed-13 checkpoints, the task-gradient
 cosines their CSV logs hold) and every run's ``wall_seconds.json``; a part not there yet is
 stated as missing. The rendering is :mod:`multiret.eval.study_page` and :mod:`multiret.eval.compare`.
 """
@@ -24,11 +24,12 @@ from multiret.data.jsonl import read_json
 from multiret.errors import UserError
 from multiret.eval import study_page
 from multiret.eval.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, paired_markdown, paired_results, plot, table
+from multiret.eval.curves import arm_curves, mean_curve, plot_arm_curves, run_curve
 from multiret.experiment.analyze import specialization
 from multiret.experiment.study import arm_trials, best_trial, natural_key, tune_arms
 
 METRICS = ("Rprec", "recall@5")
-STAGES = ("tune", "curve", "final")
+STAGES = ("tune", "final")
 COSINE_PREFIX = "mtl/cosine/"
 SPECIALIZATION_SEED = 13
 
@@ -56,18 +57,17 @@ def tuning(tune: Path) -> str:
     return "\n".join([study_page.tuning_section(selection) if selection else "", *problems])
 
 
-def curves(curve: Path) -> dict[str, dict[int, float]]:
-    """Per arm, dev average R-precision of each evaluated checkpoint (``<arm>/step_<N>[-<job>]/eval/metrics.json``).
+def validation_curves(final: Path) -> dict[str, list[dict[int, float]]]:
+    """Per arm, one curve of ``val/average/Rprec`` by step per seed of its final runs, from their CSV logs.
 
-    A task-specific arm has one model, hence one folder, per task at each step: its point is the mean over them.
+    A task-specific arm trains one model per task and seed: a seed's curve is the mean over its tasks' models.
     """
-    scores: dict[str, dict[int, list[float]]] = {}
-    for path in sorted(curve.glob("*/step_*/eval/metrics.json")) if curve.is_dir() else []:
-        metrics = read_json(path)
-        step = int(path.parent.parent.name.removeprefix("step_").split("-")[0])
-        arm = scores.setdefault(path.parent.parent.parent.name, {})
-        arm.setdefault(step, []).extend(m["Rprec"] for m in metrics.values())
-    return {arm: {step: statistics.fmean(values) for step, values in points.items()} for arm, points in scores.items()}
+    by_seed: dict[str, dict[int, list[dict[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for config in sorted(final.glob("*/*/config.yaml")) if final.is_dir() else []:
+        curve = run_curve(config.parent, METRICS[0])
+        if curve:
+            by_seed[config.parent.parent.name][int(OmegaConf.load(config).seed)].append(curve)
+    return {arm: [mean_curve(runs) for _, runs in sorted(seeds.items())] for arm, seeds in sorted(by_seed.items())}
 
 
 def run_cosines(run_dir: Path) -> dict[str, dict[int, float]]:
@@ -229,7 +229,7 @@ def cosine_sections(final: Path, label: dict[str, str], roles: dict[str, str], f
 def report(root: Path, page: Path, figures: Path, roles: dict[str, str], extra_pairs: list[tuple[str, str]], batches: int) -> str:
     """The whole page (also written to ``page``, its charts to ``figures``)."""
     if not root.is_dir():
-        raise UserError(f"{root}: no such study folder (give the ROOT that holds tune/, curve/ and final/)")
+        raise UserError(f"{root}: no such study folder (give the ROOT that holds tune/ and final/)")
     figures.mkdir(parents=True, exist_ok=True)
     link = os.path.relpath(figures, page.parent)
     pairs = [(roles["TACO"], roles["naive"]), (roles["TACO"], roles["task-specific"]), (roles["naive"], roles["task-specific"]),
@@ -244,15 +244,15 @@ def report(root: Path, page: Path, figures: Path, roles: dict[str, str], extra_p
     sections += ["## Settings of the final runs\n", settings_text,
                  "## What the numbers say\n", study_page.conclusions(averages, roles, tests, cosines)]
     sections += ["## Tuning on dev\n", tuning(root / "tune")]
-    sections.append("## Learning curve and step budget (dev, seed 13)\n")
-    points = curves(root / "curve")
-    if points:
-        study_page.plot_series(points, "dev average R-prec", figures / "curve.png")
-        budgets = {arm: int(OmegaConf.load(c).trainer.max_steps) for arm in points
-                   for c in sorted((root / "final" / arm).glob("*/config.yaml"))[:1]}
-        sections += [study_page.curve_section(points, budgets), f"![learning curves]({link}/curve.png)\n"]
+    sections.append("## Learning curves (validation while training, mean ± std over seeds)\n")
+    curves = validation_curves(root / "final")
+    summary = {arm: points for arm, points in arm_curves(curves).items() if points}
+    if summary:
+        plot_arm_curves(summary, {arm: len(curves[arm]) for arm in summary}, f"val/average/{METRICS[0]}", figures / "curve.png")
+        sections += [study_page.curve_section(summary, {arm: len(curves[arm]) for arm in summary}),
+                     f"![learning curves, band: ± std over seeds]({link}/curve.png)\n"]
     else:
-        sections.append(missing("the learning-curve evaluations", root / "curve"))
+        sections.append(missing("validation logs (val/average/Rprec in csv/) of the final runs", root / "final"))
     sections += final_text
     sections.append("## Measured wall time\n")
     wall = wall_times(root)
@@ -265,7 +265,7 @@ def report(root: Path, page: Path, figures: Path, roles: dict[str, str], extra_p
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multiret study report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path, help="the study folder (tune/, curve/, final/)")
+    parser.add_argument("root", type=Path, help="the study folder (tune/, final/)")
     parser.add_argument("--out", type=Path, default=Path("docs/results-vital.md"), help="the page to write")
     parser.add_argument("--figures", type=Path, help="folder for the charts (default: <page name without .md>/ beside the page)")
     parser.add_argument("--taco", default="taco", help="the TACO arm (its folder name)")
