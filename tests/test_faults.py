@@ -255,6 +255,8 @@ FAULTS = {
                                                       ("optimizer.lr=-0.001", "positive number")),
     "bad config value: negative n_negatives": Fault("bad config value", lambda ws, tmp: train(ws, tmp, "data.n_negatives=-1"),
                                                     ("data.n_negatives=-1", "0 or more")),
+    "best checkpoint chosen on the test split": Fault("bad config value", lambda ws, tmp: train(ws, tmp, "data.eval_split=test"),
+                                                       ("data.eval_split=test", "eval_checkpoint=last")),
     "missing column: corpus": Fault("missing column", _missing_corpus_column, ("{ws}/corpus.tsv:1", "wikipedia_id")),
     "missing column: input": Fault("missing column", _missing_input, ("{ws}/qa-dev.jsonl:5", "'input'")),
     "duplicate ids: queries": Fault("duplicate ids", _duplicate_query_id, ("{ws}/qa-dev.jsonl:21", "duplicate id 'qa-dev-0'")),

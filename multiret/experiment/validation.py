@@ -49,6 +49,7 @@ def validate(cfg: DictConfig) -> None:
         validate_training_numbers(cfg)
         if cfg.get("callbacks", {}).get("dev_validation"):
             check_interval(cfg.trainer.get("val_check_interval"))  # before the data is read and mined
+            check_selection_split(cfg)
     if cfg.get("init_from") and "train" not in cfg.stages:
         raise UserError("init_from only starts training; to index or evaluate a checkpoint's weights use ckpt_path")
     if "evaluate" in cfg.stages:
@@ -72,6 +73,16 @@ def validate_cutoffs(top_k: Any, ks: Any) -> None:
             f"index.ks={values} asks for k={max(values)} but only index.top_k={top_k} passages are retrieved; "
             f"set index.top_k={max(values)} or more, or drop that cut-off"
         )
+
+
+def check_selection_split(cfg: DictConfig) -> None:
+    """Validation scores ``data.eval_split``: off the dev split, ``eval_checkpoint=best`` would pick the reported
+    weights on the very queries they are reported on, so it is refused."""
+    split = OmegaConf.select(cfg, "data.eval_split", default="dev")
+    if split != "dev" and cfg.get("eval_checkpoint", "last") == "best":
+        raise UserError(f"validation while training scores data.eval_split={split}, so eval_checkpoint=best would choose "
+                        f"the weights on the {split} queries they are scored on; set eval_checkpoint=last for a {split}-split "
+                        "run (callbacks.dev_validation=null to not score it while training), or train with data.eval_split=dev")
 
 
 def validate_training_numbers(cfg: DictConfig) -> None:
