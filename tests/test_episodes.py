@@ -209,7 +209,7 @@ def test_mining_keeps_the_best_non_gold_passages(tmp_path, tiny_t5_dir, kilt_dir
     rankings = search_tasks(model, index, datamodule.collator, datamodule.tasks, datamodule.train_queries, 8, 16)
     for task, queries in datamodule.train_queries.items():
         mined = {r["id"]: r["negatives"] for r in read_jsonl(tmp_path / "negatives" / f"{task}.jsonl")}
-        for query, rows in zip(queries, rankings[task]):
+        for query, rows in zip(queries, rankings[task][1]):
             expected = [corpus.ids[r] for r in rows if r >= 0 and corpus.page_ids[r] not in query.gold_pages][:5]
             assert mined[query.qid] == expected
 

@@ -35,7 +35,7 @@ from multiret.experiment.resume import resume_checkpoint
 from multiret.experiment.spawned import CloseSpawnedProcessGroup
 from multiret.experiment.validation import check_data_files
 from multiret.index.bm25 import BM25Retriever
-from multiret.index.dense import index_corpus, model_device, search_tasks_scored
+from multiret.index.dense import index_corpus, model_device, search_tasks
 from multiret.index.encoding_settings import EncodingSettings
 from multiret.index.faiss_index import DenseIndex
 from multiret.index.mining import mine_negatives
@@ -148,8 +148,8 @@ def evaluate(cfg: DictConfig, model: BiEncoder | None, datamodule: MultitaskData
             scored.update({t.name: retriever.search_scored([q.text for q in queries[t.name]], cfg.index.top_k) for t in tasks})
         else:
             model.to(model_device())
-            scored.update(search_tasks_scored(model, load_index(cfg, corpus, directory), datamodule.collator, tasks, queries,
-                                              cfg.index.top_k, cfg.index.batch_size))
+            scored.update(search_tasks(model, load_index(cfg, corpus, directory), datamodule.collator, tasks, queries,
+                                       cfg.index.top_k, cfg.index.batch_size))
     query_ids = {t: [q.qid for q in qs] for t, qs in queries.items()}
     out_dir = Path(cfg.paths.output_dir) / "eval"
     if datamodule.qrels:

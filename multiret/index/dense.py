@@ -53,23 +53,9 @@ def search_tasks(
     top_k: int = 100,
     batch_size: int = 64,
     show_progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """Top-``top_k`` corpus rows per query of every task (queries carry their task's prompt, text or soft); -1 pads."""
-    scored = search_tasks_scored(model, index, collator, tasks, queries, top_k, batch_size, show_progress)
-    return {task: rows for task, (_, rows) in scored.items()}
-
-
-def search_tasks_scored(
-    model: BiEncoder,
-    index: DenseIndex,
-    collator: PromptCollator,
-    tasks: Sequence[TaskSpec],
-    queries: Mapping[str, Sequence[Query]],
-    top_k: int = 100,
-    batch_size: int = 64,
-    show_progress: bool = True,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """:func:`search_tasks` with the scores: ``(scores, rows)`` per task, as FAISS returns them (for run files)."""
+    """Top-``top_k`` ``(scores, corpus rows)`` per query of every task, as FAISS returns them (queries carry their
+    task's prompt, text or soft); rows -1 pad."""
     model.eval()
     rankings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for task in tasks:

@@ -39,7 +39,8 @@ def mine_negatives(
     """
     if not 0 < keep <= depth:
         raise UserError(f"keep={keep} negatives per query must be > 0 and <= the search depth {depth}")
-    rankings = search_tasks(model, index, collator, tasks, queries, depth, batch_size)
+    found = search_tasks(model, index, collator, tasks, queries, depth, batch_size)
+    rankings = {task: rows for task, (_, rows) in found.items()}
     paths = []
     for task in tasks:
         short = 0
