@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (("BM25", "vital_bm25"), ("zero-shot", "vital_zeroshot"), ("naive", "vital_naive"), ("TACO", "vital_taco"))
 TASK_SPECIFIC = "task-specific"
-# the vital study's step budget, its pilot's learning rate and its corpus encoding (docs/study.md)
-DEMO_OVERRIDES = ("trainer.max_steps=50", "optimizer.lr=2e-4", "index.precision=bfloat16")
+# the vital study's step budget, its pilot's learning rate and its corpus encoding (docs/study.md); a validation pool
+# sized for 50 steps (20 dev queries and 40 random passages per task), so that its two validations stay a small share
+DEMO_OVERRIDES = ("trainer.max_steps=50", "optimizer.lr=2e-4", "index.precision=bfloat16",
+                  "callbacks.dev_validation.max_queries=20", "callbacks.dev_validation.pool_sample=40")
 FULL_OVERRIDES = ("data.corpus_max_pages=null",)
 SHOWN = ("Rprec", "recall@5")
 
