@@ -34,7 +34,7 @@ def parts_seconds(run: str, task: str, query: str) -> dict[str, float]:
     retriever = Retriever.from_run(run)
     times["load_model"] = time.perf_counter() - start
     start = time.perf_counter()
-    retriever.open_index()
+    retriever.open_index(task)
     times["open_corpus_and_index"] = time.perf_counter() - start
     for name in ("first_search", "second_search"):
         start = time.perf_counter()
