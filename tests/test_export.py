@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +192,12 @@ def test_sentence_transformers_export_loads_where_multiret_cannot_be_imported(be
               "print(json.dumps(model.encode(['w1 w2 w3'], prompt_name='qa').tolist()))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
     np.testing.assert_allclose(np.array(json.loads(done.stdout.splitlines()[-1])), expected, atol=ATOL)
+
+
+def test_search_benchmark_times_each_part_of_a_search(bert_run, kilt_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import search_first_answer
+
+    times = search_first_answer.parts_seconds(str(bert_run), "qa", dev_queries(kilt_dir, "qa")[0])
+    assert set(times) == {"load_model", "open_corpus_and_index", "first_search", "second_search"}
+    assert all(seconds > 0 for seconds in times.values())
