@@ -18,8 +18,9 @@ from multiret.cli import main as cli
 from multiret.data.beir import read_dataset_corpus, read_split
 from multiret.data.beir_datamodule import BeirDataModule
 from multiret.data.jsonl import DataFormatError, write_jsonl
+from multiret.errors import UserError
 from multiret.eval.ir_metrics import MEASURES, ir_scores, ranking_run, write_run
-from multiret.experiment.run import CONFIG_DIR, run
+from multiret.experiment.run import CONFIG_DIR, objective, run
 from multiret.prepare.negatives import bm25_negatives
 
 DOCS = 16  # documents per dataset
@@ -244,3 +245,11 @@ def test_a_sub_corpus_keeps_every_sampled_querys_relevant_documents(beir_root):
         gold = {p for qs in (module.train_queries[task], module.eval_queries[task]) for q in qs for p in q.gold_pages}
         assert len(corpus) == 6 and gold <= set(corpus.ids) and len(module.qrels[task]) == 2
         assert all(corpus.ids[r] in q.gold_pages for q in module.train_queries[task] for r in q.positives)
+
+
+def test_the_sweep_objective_is_the_configured_average_and_refuses_a_metric_the_run_lacks():
+    beir = {"sci": {"ndcg@10": 0.4, "map": 0.3}, "average": {"ndcg@10": 0.4, "map": 0.3}}
+    assert objective(beir, "ndcg@10") == 0.4
+    assert objective({}, "Rprec") is None  # nothing evaluated (stages=[train], or a DDP process other than the first)
+    with pytest.raises(UserError, match="optimized_metric=Rprec is not among this run's averaged metrics"):
+        objective(beir, "Rprec")

@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from multiret.configs import CONFIG_DIR
-from multiret.errors import hydra_task
+from multiret.errors import UserError, hydra_task
 from multiret.experiment import stages
 from multiret.experiment.resume import finished_results
 from multiret.experiment.run_folders import register_resolver
@@ -66,9 +66,20 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @hydra_task
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the average R-precision for sweepers to optimise."""
-    results = run(cfg)
-    return results.get("average", {}).get("Rprec")
+    """Hydra entry point; returns the average of ``optimized_metric`` for sweepers to optimise."""
+    return objective(run(cfg), cfg.get("optimized_metric", "Rprec"))
+
+
+def objective(results: dict[str, dict[str, float]], metric: str) -> float | None:
+    """The average of ``metric`` over the evaluated tasks (None where nothing was evaluated); a metric the run did not
+    compute is one clear error, not a silent None that a sweeper would rank."""
+    if not results:
+        return None
+    average = results.get("average", {})
+    if metric not in average:
+        raise UserError(f"optimized_metric={metric} is not among this run's averaged metrics ({', '.join(average)}); "
+                        "KILT and vital tasks report Rprec, BEIR and MS MARCO datasets ndcg@10")
+    return average[metric]
 
 
 if __name__ == "__main__":
