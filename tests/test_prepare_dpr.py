@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PAGES, kilt_item, page_query, page_words, tiny_config
+from helpers import PAGES, kilt_item, page_query, page_words, prepared_config
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import AutoTokenizer
@@ -245,12 +245,8 @@ def test_data_kilt_reads_the_folder_with_its_given_positives(prepared):
 
 def test_prepared_folder_trains_on_the_given_positives_and_evaluates(prepared, tmp_path, tiny_t5_dir):
     out, report = prepared
-    tasks = {name: {"train": s["train"], "dev": s["dev"], "prompt": s["prompt"], "max_query_length": 16}
-             for name, s in report["settings"]["tasks"].items()}
-    cfg = tiny_config(tmp_path / "run", tiny_t5_dir, out, tasks, "data.corpus=passages", "trainer.max_steps=2",
-                      f"data.task_names=[{','.join(TASKS)}]", f"data.negatives_dir={out / 'negatives'}",
-                      f"data.positives_dir={out / 'positives'}", "data.positive_rule=first", "data.negative_rule=first",
-                      "data.query_sep_to_eos=true")
+    cfg = prepared_config(tmp_path / "run", tiny_t5_dir, out, report, TASKS, f"data.positives_dir={out / 'positives'}",
+                          "data.positive_rule=first", "data.negative_rule=first", "data.query_sep_to_eos=true")
     model = instantiate(cfg.model)
     data = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
     data.setup("fit")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PAGES, kilt_files, page_query, passage_tsv, tiny_config
+from helpers import PAGES, kilt_files, page_query, passage_tsv, prepared_config
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -316,11 +316,7 @@ def test_data_config_kilt_lists_the_prepared_files_and_lengths(prepared):
 
 def test_prepared_folder_trains_indexes_and_evaluates(prepared, tmp_path, tiny_t5_dir):
     out, report = prepared
-    tasks = {name: {"train": s["train"], "dev": s["dev"], "prompt": s["prompt"], "max_query_length": 16}
-             for name, s in report["settings"]["tasks"].items()}
-    cfg = tiny_config(tmp_path / "run", tiny_t5_dir, out, tasks, "data.corpus=passages", "trainer.max_steps=2",
-                      f"data.task_names=[{','.join(KILT_TASKS)}]", f"data.negatives_dir={out / 'negatives'}",
-                      "data.all_passages_positive=[aidayago2]")
+    cfg = prepared_config(tmp_path / "run", tiny_t5_dir, out, report, KILT_TASKS, "data.all_passages_positive=[aidayago2]")
     results = run(cfg)
     assert set(results) == {*KILT_TASKS, "average"}
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
@@ -333,10 +329,7 @@ def test_held_out_batches_read_the_prepared_dev_negatives_without_an_in_memory_b
                                                                                      monkeypatch):
     """What `analyze specialization` measures non-TACO runs on: at KILT scale no BM25 index fits in memory."""
     out, report = prepared
-    tasks = {name: {"train": s["train"], "dev": s["dev"], "prompt": s["prompt"], "max_query_length": 16}
-             for name, s in report["settings"]["tasks"].items()}
-    cfg = tiny_config(tmp_path / "run", tiny_t5_dir, out, tasks, "data.corpus=passages",
-                      f"data.task_names=[{','.join(KILT_TASKS)}]", f"data.negatives_dir={out / 'negatives'}")
+    cfg = prepared_config(tmp_path / "run", tiny_t5_dir, out, report, KILT_TASKS)
     model = instantiate(cfg.model)
     data = instantiate(cfg.data, tokenizer=model.tokenizer, prompt_template=model.prompt_template)
 
