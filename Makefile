@@ -10,7 +10,7 @@ TORCH_INDEX_URL ?=
 # The extras installed: FAISS comes with exactly one of cpu (faiss-cpu) or gpu (faiss-gpu): make EXTRAS=gpu,demo,dev
 EXTRAS ?= cpu,demo,dev
 
-.PHONY: install demo demo-full test test-full clean
+.PHONY: install demo demo-full test test-full lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: install  ## unit tests and a tiny end-to-end run (what CI runs)
 
 test-full: install  ## everything, including the slow end-to-end runs on the real demo model
 	$(BIN)/python -m pytest -q
+
+lint: install  ## ruff with the rules and line length in pyproject.toml (CI runs it)
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) .cache logs outputs multirun

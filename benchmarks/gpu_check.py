@@ -41,8 +41,8 @@ from multiret.index.dense import index_corpus
 from multiret.index.encoding_settings import EncodingSettings
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
-from multiret.testing import build_tiny_t5
 from multiret.mtl.taco import taco_combine
+from multiret.testing import build_tiny_t5
 
 PAPER_BATCH = {"tasks": 8, "queries": 2, "passages": 3, "query_length": 32, "passage_length": 160}
 DRY_BATCH = {"tasks": 2, "queries": 2, "passages": 3, "query_length": 8, "passage_length": 16}

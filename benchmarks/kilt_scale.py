@@ -248,6 +248,7 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
 
     from multiret.data.collator import PromptCollator
     from multiret.data.kilt import read_queries
+    from multiret.data.store import PassageStore
     from multiret.data.tasks import TaskSpec
     from multiret.index.dense import index_corpus, search_tasks
     from multiret.index.encoding_settings import EncodingSettings
@@ -255,9 +256,8 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
     from multiret.index.sharded import build_from_shards
     from multiret.model.biencoder import BiEncoder
     from multiret.model.encoder import TextEncoder
-    from multiret.testing import build_tiny_t5
     from multiret.prepare.kilt_tasks import KILT_TASKS
-    from multiret.data.store import PassageStore
+    from multiret.testing import build_tiny_t5
 
     store = PassageStore(prepared / "passages")
     model_dir = build_tiny_t5(workdir / "tiny-t5", (store.passage_text(r) for r in range(min(len(store), 2_000))))

@@ -153,7 +153,8 @@ def peak_memory_mib(method: str, args: argparse.Namespace) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
-    parser.add_argument("--model", default="tiny-t5", help="tiny-t5 (default), t5-base-shape (random, T5-base encoder), minilm, or a local T5 folder")
+    parser.add_argument("--model", default="tiny-t5",
+                        help="tiny-t5 (default), t5-base-shape (random, T5-base encoder), minilm, or a local T5 folder")
     parser.add_argument("--methods", default=",".join(sorted(p.stem for p in METHOD_CONFIGS.glob("*.yaml"))),
                         help="comma-separated methods to time (default: every conf/method/*.yaml)")
     parser.add_argument("--tasks", type=int, default=3)

@@ -6,11 +6,12 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import WORDS
 
 from multiret.atomic import atomic_write_text
 from multiret.data.jsonl import write_jsonl
 from multiret.testing import build_tiny_bert, build_tiny_t5
+
+from helpers import WORDS
 
 NUM_PAGES = 40
 

@@ -115,7 +115,8 @@ def page_query(page: int, n: int = 3) -> str:
 def kilt_files(kilt: Path) -> dict:
     """Every task's train/dev files with realistic input shapes, and a TriviaQA question file."""
     kilt.mkdir(parents=True, exist_ok=True)
-    aida_doc = " ".join(f"L{i}" for i in range(100)) + f" [START_ENT] {page_query(15, 2)} [END_ENT] " + " ".join(f"R{i}" for i in range(100))
+    left, right = " ".join(f"L{i}" for i in range(100)), " ".join(f"R{i}" for i in range(100))
+    aida_doc = f"{left} [START_ENT] {page_query(15, 2)} [END_ENT] {right}"
     train = {
         "nq": [kilt_item("nq0", page_query(10), [10]), kilt_item("nq1", page_query(11), [11, 12]),
                kilt_item("nq2", "who cites a page we lack", [MISSING_PAGE]), kilt_item("nq3", "no provenance here", []),

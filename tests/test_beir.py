@@ -11,7 +11,6 @@ from pathlib import Path
 import ir_measures
 import numpy as np
 import pytest
-from helpers import TRAINER, WORDS
 from hydra import compose, initialize_config_dir
 
 from multiret.cli import main as cli
@@ -22,6 +21,8 @@ from multiret.errors import UserError
 from multiret.eval.ir_metrics import MEASURES, ir_scores, ranking_run, write_run
 from multiret.experiment.run import CONFIG_DIR, objective, run
 from multiret.prepare.negatives import bm25_negatives
+
+from helpers import TRAINER, WORDS
 
 DOCS = 16  # documents per dataset
 

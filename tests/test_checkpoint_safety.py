@@ -12,13 +12,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import tiny_config
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from multiret.experiment.analyze import checkpoint_importance
 from multiret.experiment.checkpoint import FinalStepCheckpoint
 from multiret.experiment.run import run
 from multiret.model.loading import CheckpointError
+
+from helpers import tiny_config
 
 
 class Payload:

@@ -14,13 +14,14 @@ import pytest
 import wandb
 from wandb.apis.public import Run
 from wandb.apis.public.summary import HTTPSummary
-from helpers import tiny_config
 
 from multiret.cli import main as cli
 from multiret.eval import wandb_store
 from multiret.eval.compare import load_runs, load_wandb_api
 from multiret.eval.curves import WANDB_STEP
 from multiret.experiment.run import run
+
+from helpers import tiny_config
 
 
 def offline_wandb(env: pytest.MonkeyPatch, home) -> None:
@@ -65,7 +66,8 @@ def test_table_averages_seeds_and_compares_with_task_specific(sweeps, tmp_path, 
     header = next(line for line in text.splitlines() if line.startswith("| task |")).strip("| ").split(" | ")
     assert header == ["task", "mt: Naive", "mt: TACO", "task-specific", "Δ mt: Naive vs task-specific", "Δ mt: TACO vs task-specific"]
     assert qa_row.split(" | ")[1] == expected
-    assert qa_row.strip(" |").split(" | ")[5] == f"{metric(sweeps / 'multi' / 'taco-1', 'qa') - metric(sweeps / 'specific' / 'qa', 'qa'):+.3f}"
+    delta = metric(sweeps / 'multi' / 'taco-1', 'qa') - metric(sweeps / 'specific' / 'qa', 'qa')
+    assert qa_row.strip(" |").split(" | ")[5] == f"{delta:+.3f}"
     assert (tmp_path / "comparison-Rprec.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -138,7 +140,8 @@ def with_history(folder, scans: list, drop_prefix: str | None = None) -> Run:
 
     def scan_history(keys):
         scans.append((run_folder.name, keys))
-        rows = [row for path in sorted(run_folder.glob("csv/version_*/metrics.csv")) for row in csv.DictReader(path.read_text().splitlines())]
+        paths = sorted(run_folder.glob("csv/version_*/metrics.csv"))
+        rows = [row for path in paths for row in csv.DictReader(path.read_text().splitlines())]
         return [{WANDB_STEP: int(row["step"]), **{k: float(row[k]) for k in keys[1:]}} for row in rows
                 if all(row.get(k) for k in keys[1:])]
 

@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import pytest
-from helpers import METHODS, sweep
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from multiret.experiment.run import CONFIG_DIR
+
+from helpers import METHODS, sweep
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
@@ -41,7 +42,10 @@ def test_the_vital_study_chosen_settings_compose_as_its_final_runs_use_them(arm)
     assert cfg.job_type == ("task-specific" if arm == "task_specific" else "multitask")
 
 
-@pytest.mark.parametrize("group", ["method", "model", "prompt", "optimizer", "scheduler", "trainer", "index", "logger", "callbacks", "data", "debug"])
+GROUPS = ["method", "model", "prompt", "optimizer", "scheduler", "trainer", "index", "logger", "callbacks", "data", "debug"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
 def test_every_option_of_a_group_composes(group):
     for option in sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")):
         cfg = _compose(f"{group}={option}", "model.encoder.path=/models/t5", "data.root=/data", "data.corpus=c.tsv",

@@ -4,10 +4,11 @@ import csv
 
 import pytest
 import torch
-from helpers import tiny_config
 from transformers import AutoModel
 
 from multiret.experiment.run import run
+
+from helpers import tiny_config
 
 
 def flat_model(state_dict, prefix="query_encoder.model."):

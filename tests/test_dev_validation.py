@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
 
 from multiret.data.candidate_pool import candidate_pool
 from multiret.data.corpus import Corpus
@@ -22,6 +21,8 @@ from multiret.eval.retrieval import gold_records
 from multiret.experiment import stages
 from multiret.experiment.run import run
 from multiret.index.encode import encode_texts
+
+from helpers import tiny_config
 
 VALIDATE = ("trainer.val_check_interval=2", "callbacks.dev_validation.max_queries=8")
 

@@ -6,10 +6,12 @@ from importlib import metadata
 
 import pytest
 import torch
-from helpers import METHODS, assert_same, tiny_config
 
 from multiret.cli import main as cli
 from multiret.experiment.run import run
+
+from helpers import METHODS, assert_same, tiny_config
+
 
 def test_train_index_evaluate_then_kilt_eval_reproduces_the_scores(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, capsys):
     untrained = run(tiny_config(tmp_path / "zero", tiny_t5_dir, kilt_dir, kilt_tasks, "stages=[index,evaluate]"))
@@ -84,7 +86,8 @@ def test_every_run_writes_a_reproducibility_manifest(tmp_path, tiny_t5_dir, kilt
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     corpus = kilt_dir / "corpus.tsv"
     assert manifest["data_sha256"][str(corpus)] == hashlib.sha256(corpus.read_bytes()).hexdigest()
-    assert set(manifest["data_sha256"]) == {str(corpus), *(str(kilt_dir / f"{t}-{s}.jsonl") for t in ("qa", "el") for s in ("train", "dev"))}
+    kilt_files = {str(kilt_dir / f"{t}-{s}.jsonl") for t in ("qa", "el") for s in ("train", "dev")}
+    assert set(manifest["data_sha256"]) == {str(corpus), *kilt_files}
     assert manifest["seed"] == 7 and manifest["packages"]["torch"] == metadata.version("torch")
     assert len(manifest["git"]["commit"]) == 40 and isinstance(manifest["git"]["dirty"], bool)  # the tests run in a checkout
     assert (tmp_path / "config.yaml").is_file()

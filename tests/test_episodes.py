@@ -8,12 +8,13 @@ import time
 
 import pytest
 import torch
-from helpers import assert_same, tiny_config
 
 from multiret.cli import main as cli
 from multiret.data.jsonl import read_jsonl
 from multiret.experiment import episodes, stages
 from multiret.model.biencoder import BiEncoder
+
+from helpers import assert_same, tiny_config
 
 # 2 episodes of 2 steps, a checkpoint every step (so an interrupted training has one to resume from)
 OPTIONS = ("episodes.count=2", "episodes.mine_depth=8", "episodes.mine_top_k=5", "trainer.max_steps=2",

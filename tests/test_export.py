@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_TASKS, tiny_config
 
 import multiret
 from multiret.cli import main as cli
 from multiret.errors import UserError
 from multiret.experiment.retriever import Retriever, find_checkpoint
 from multiret.experiment.run import run
+
+from helpers import TINY_TASKS, tiny_config
 
 ATOL = 1e-5
 

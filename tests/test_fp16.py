@@ -10,12 +10,13 @@ import contextlib
 import lightning as L
 import pytest
 import torch
-from helpers import METHODS, tiny_config
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from multiret.mtl.base import GradientMethod
+
+from helpers import METHODS, tiny_config
 
 
 @pytest.fixture(autouse=True, scope="module")

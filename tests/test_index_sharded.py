@@ -1,4 +1,5 @@
-"""Sharded corpus encoding: contiguous shards, 2 gloo processes equal 1, complete shards kept; index.device=gpu without GPU FAISS fails at validation."""
+"""Sharded corpus encoding: contiguous shards, 2 gloo processes equal 1, complete shards kept;
+index.device=gpu without GPU FAISS fails at validation."""
 
 import json
 import os
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from helpers import tiny_config
 
 from multiret.data.corpus import read_corpus
 from multiret.experiment.run import run, validate
@@ -21,6 +21,8 @@ from multiret.index.encoding_settings import VECTOR_ATTRIBUTES, EncodingSettings
 from multiret.index.faiss_index import DenseIndex
 from multiret.index.shard_files import shard_bounds, shard_paths
 from multiret.index.sharded import ShardWriter, encode_shards
+
+from helpers import tiny_config
 
 
 def test_shards_are_contiguous_and_cover_every_row_once():
@@ -223,7 +225,8 @@ def test_a_shard_cut_short_is_never_marked_complete(tmp_path, tiny_model_and_dat
 @pytest.mark.skipif(hasattr(faiss, "StandardGpuResources"), reason="FAISS here has GPU support")
 def test_gpu_index_without_gpu_faiss_fails_at_validation_with_the_fix(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
     cfg = tiny_config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "index.device=gpu")
-    with pytest.raises(RuntimeError, match=r'installed FAISS is CPU-only; pip uninstall faiss-cpu && pip install "multiret\[gpu\]", or set index.device=cpu'):
+    expected = r'installed FAISS is CPU-only; pip uninstall faiss-cpu && pip install "multiret\[gpu\]", or set index.device=cpu'
+    with pytest.raises(RuntimeError, match=expected):
         validate(cfg)
     with pytest.raises(ValueError, match=r"index.gpu_placement='split'; choose one of \['replicated', 'sharded'\]"):
         validate(tiny_config(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks, "index.gpu_placement=split"))

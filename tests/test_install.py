@@ -89,7 +89,8 @@ def test_prepare_kilt_from_another_directory(installed, tmp_path):
     kilt = tmp_path / "kilt"
     for split in ("train", "dev"):
         write_jsonl(kilt / f"fever-{split}-kilt.jsonl", [
-            {"id": f"{split}{p}", "input": f"claim about {text}", "output": [{"answer": "SUPPORTS", "provenance": [{"wikipedia_id": str(p)}]}]}
+            {"id": f"{split}{p}", "input": f"claim about {text}",
+             "output": [{"answer": "SUPPORTS", "provenance": [{"wikipedia_id": str(p)}]}]}
             for p, text in pages.items()])
     done = _run(venv / "bin" / "multiret", "prepare", "kilt", "--kilt-dir", kilt, "--passages", tmp_path / "passages.tsv",
                 "--out", tmp_path / "prepared", "--tasks", "fever", "--bm25-top-k", "2", "--no-progress", cwd=tmp_path, env=env)

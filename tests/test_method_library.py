@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import TINY_TASKS, tiny_config
 from hydra.utils import instantiate
 from torchjd import aggregation
 
@@ -18,6 +17,8 @@ from multiret.errors import UserError
 from multiret.mtl.famo import FAMO
 from multiret.mtl.torchjd_weighting import gram_factor
 from multiret.mtl.weighted import Weighted
+
+from helpers import TINY_TASKS, tiny_config
 
 TORCHJD = {  # multiret method → torchjd's aggregator with the settings of its conf/method YAML
     "upgrad": lambda tasks: aggregation.UPGrad(),
@@ -251,7 +252,8 @@ def test_weighted_without_weights_is_naive_to_the_bit():
 
 
 def test_weighted_refuses_unknown_tasks_and_non_positive_weights():
-    with pytest.raises(UserError, match=r"method.weights names task\(s\) \['nq'\] that data.task_names does not train; the tasks are \['a', 'b', 'c'\]"):
+    expected = r"method.weights names task\(s\) \['nq'\] that data.task_names does not train; the tasks are \['a', 'b', 'c'\]"
+    with pytest.raises(UserError, match=expected):
         Weighted(weights={"nq": 2.0}).on_fit_start(fake_trainer(), FakeModule())
     with pytest.raises(UserError, match=r"method.weights.a must be a finite number > 0, got 0.0"):
         Weighted(weights={"a": 0})

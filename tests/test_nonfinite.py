@@ -15,10 +15,11 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from helpers import METHODS, tiny_config
 
 from multiret.mtl.base import GradientMethod, NonFiniteTrainingError
 from multiret.mtl.buffers import nonzero_rows
+
+from helpers import METHODS, tiny_config
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import PAGES, kilt_files, page_words
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -24,6 +23,8 @@ from multiret.eval.retrieval import evaluate_task_rankings
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, search
 from multiret.prepare.passages import build_passage_store
+
+from helpers import PAGES, kilt_files, page_words
 
 # Each passage: id, text as written in the file (csv-quoted where needed), the text it must read back as, title, page.
 PASSAGES = [

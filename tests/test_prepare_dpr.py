@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PAGES, kilt_item, page_query, page_words, prepared_config
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import AutoTokenizer
@@ -26,6 +25,8 @@ from multiret.data.tasks import TaskSpec
 from multiret.errors import UserError
 from multiret.experiment.run import CONFIG_DIR, run
 from multiret.prepare import dpr
+
+from helpers import PAGES, kilt_item, page_query, page_words, prepared_config
 
 TASKS = ["nq", "trex", "fever", "aidayago2"]
 AIDA_DOC = " ".join(f"L{i}" for i in range(100)) + f" [START_ENT] {page_query(15, 2)} [END_ENT] " + " ".join(f"R{i}" for i in range(30))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PAGES, kilt_files, page_query, passage_tsv, prepared_config
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -24,6 +23,9 @@ from multiret.prepare import negatives, pipeline
 from multiret.prepare.bm25_index import _write_vocabulary, build_bm25_index, load_bm25_index, search, top_rows
 from multiret.prepare.kilt_tasks import KILT_TASKS, aida_window, convert_split
 from multiret.prepare.passages import build_passage_store
+
+from helpers import PAGES, kilt_files, page_query, passage_tsv, prepared_config
+
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> dict:

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import sweep, tiny_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModel, AutoTokenizer
@@ -16,6 +15,8 @@ from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 from multiret.model.prompt import QueryPrompt
 from multiret.testing import build_tiny_t5
+
+from helpers import sweep, tiny_config
 
 PROMPT_DIR = Path(CONFIG_DIR) / "prompt"
 QA = TaskSpec(name="qa", train=None, dev=None, prompt="QA", max_query_length=8)

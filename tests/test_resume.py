@@ -5,11 +5,12 @@ import json
 import lightning as L
 import pytest
 import torch
-from helpers import tiny_config
 
 from multiret.errors import UserError
 from multiret.experiment import stages
 from multiret.experiment.run import run
+
+from helpers import tiny_config
 
 
 class Interrupt(L.Callback):

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_config
 from torch import nn
 
 from multiret.cli import main as cli
@@ -15,6 +14,8 @@ from multiret.eval.specialization import (
     summarize,
 )
 from multiret.experiment.run import run
+
+from helpers import tiny_config
 
 
 def test_entropy_by_hand():

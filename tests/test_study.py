@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_TASKS, tiny_config
 from hydra import compose, initialize_config_dir
 
 from multiret.cli import main as cli
@@ -23,6 +22,8 @@ from multiret.eval.significance import PairedResult
 from multiret.eval.study_page import conclusions, cosine_stats
 from multiret.experiment.run import run
 from multiret.experiment.study_report import run_cosines
+
+from helpers import TINY_TASKS, tiny_config
 
 TASKS = ("vital-qa", "vital-el")
 
@@ -192,7 +193,8 @@ def test_a_study_whose_final_runs_still_train_reports_their_curves_and_states_th
     assert cli(["study", "report", str(tmp_path), "--out", str(page)]) == 2
     assert "invocations.log:1: expected '<start> <end> <seconds>', got '2026-12-02T04:19:29Z 1431'" in capsys.readouterr().err
     spread = statistics.stdev([0.2, 0.4])
-    assert f"| naive | 2 | 3 | 0.300 ± {spread:.3f} (0) | 0.600 ± {spread:.3f} (2) | 0.500 ± {spread:.3f} (4) | no (peak at step 2) |" in text
+    s = f"{spread:.3f}"
+    assert f"| naive | 2 | 3 | 0.300 ± {s} (0) | 0.600 ± {s} (2) | 0.500 ± {s} (4) | no (peak at step 2) |" in text
     assert "| task_specific | 1 | 2 | 0.200 ± 0.000 (0) | 0.400 ± 0.000 (2) | 0.400 ± 0.000 (2) | yes |" in text  # steps both logged
     assert (tmp_path / "page" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "*Missing: the final multitask test-split runs" in text and "*Incomplete: " in text and "naive/0: tuning job without" in text
@@ -209,7 +211,8 @@ def test_the_sentences_follow_the_numbers():
     assert "orders the arms TACO (0.500) > naive (0.450) = task-specific (0.450)" in text
     assert "TACO − naive: significant at the 5% level" in text and "naive − task-specific: within noise" in text
     assert "show no measurable conflict" in text
-    text = conclusions({}, roles, {("naive", "task-specific"): worse}, ("taco", {"a~b": {"mean": -0.1, "negative_share": 0.6, "logged": 10}}))
+    cosines = ("taco", {"a~b": {"mean": -0.1, "negative_share": 0.6, "logged": 10}})
+    text = conclusions({}, roles, {("naive", "task-specific"): worse}, cosines)
     assert "significantly below task-specific training" in text and "pairs with a negative mean: a~b" in text
 
 

@@ -61,7 +61,8 @@ def read_queries(
 ) -> list[Query]:
     """Read a KILT jsonl file; with ``limit``, keep a seeded random sample of that size in file order.
 
-    Gold pages are the provenance's ``page_key`` values (see :func:`validated_outputs`). Every record needs a string ``id`` and ``input``; violations fail with ``file:line``.
+    Gold pages are the provenance's ``page_key`` values (see :func:`validated_outputs`).
+    Every record needs a string ``id`` and ``input``; violations fail with ``file:line``.
     """
     queries: list[Query] = []
     seen: set[str] = set()

@@ -86,6 +86,7 @@ def paired_test(
     total = sum(len(d) for d in weighted)
     z = np.concatenate(weighted) * total / len(tasks)
     rng = np.random.default_rng(seed)
-    permutation = stats.permutation_test((z,), np.mean, permutation_type="samples", n_resamples=resamples, vectorized=True, random_state=rng)
+    permutation = stats.permutation_test((z,), np.mean, permutation_type="samples", n_resamples=resamples,
+                                         vectorized=True, random_state=rng)
     interval = stats.bootstrap((z,), np.mean, n_resamples=resamples, method="percentile", random_state=rng).confidence_interval
     return PairedResult(float(z.mean()), float(interval.low), float(interval.high), float(permutation.pvalue), total)

@@ -55,7 +55,8 @@ def specialization(checkpoints: list[Path], out: Path, batches: int, measure: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiret analyze specialization", description="per-parameter task-specialisation entropy (PNG + JSON)")
+    parser = argparse.ArgumentParser(prog="multiret analyze specialization",
+                                     description="per-parameter task-specialisation entropy (PNG + JSON)")
     parser.add_argument("checkpoints", nargs="+", type=Path, help="training checkpoints (<run>/checkpoints/last.ckpt)")
     parser.add_argument("--out", type=Path, default=Path("specialization"), help="folder for the PNG and JSON")
     parser.add_argument("--batches", type=int, default=8, help="held-out batches measured for non-TACO runs")

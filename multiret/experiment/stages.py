@@ -25,11 +25,11 @@ from multiret.atomic import atomic_write_text
 from multiret.data.corpus import Corpus, Passages
 from multiret.data.datamodule import MultitaskDataModule
 from multiret.data.tasks import TaskSpec
-from multiret.eval.ir_metrics import evaluate_task_runs, ranking_run
 from multiret.eval.dev_validation import DevValidation
+from multiret.eval.ir_metrics import evaluate_task_runs, ranking_run
 from multiret.eval.retrieval import evaluate_task_rankings, with_average
-from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.checkpoint import best_checkpoint
+from multiret.experiment.loggers import instantiate_named
 from multiret.experiment.manifest import add_to_manifest, write_manifest
 from multiret.experiment.resume import resume_checkpoint
 from multiret.experiment.spawned import CloseSpawnedProcessGroup

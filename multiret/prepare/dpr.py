@@ -29,7 +29,8 @@ from multiret.data.jsonl import DataFormatError
 from multiret.data.negatives import negatives_file
 from multiret.data.passage_files import AUTO, LAYOUTS
 from multiret.data.prepared import REPORT
-from multiret.data.store import META as STORE_META, PassageStore
+from multiret.data.store import META as STORE_META
+from multiret.data.store import PassageStore
 from multiret.errors import UserError, require_writable_folder
 from multiret.prepare.dpr_files import DPR_NAMES, DprItem, dpr_file, iter_dpr_items
 from multiret.prepare.kilt_tasks import (
@@ -325,7 +326,8 @@ def main(argv: Sequence[str]) -> int:
                         help="drop a training item with fewer hard negatives (default 1, the reference's)")
     parser.add_argument("--max-train", type=parse_max_train, default=None,
                         help="seeded training-set caps, TASK=N,... or none (default: trex=100000,structured_zeroshot=100000)")
-    parser.add_argument("--seed", type=int, default=REFERENCE_SEED, help=f"seed of the down-sampling (default {REFERENCE_SEED}, the reference's)")
+    parser.add_argument("--seed", type=int, default=REFERENCE_SEED,
+                        help=f"seed of the down-sampling (default {REFERENCE_SEED}, the reference's)")
     parser.add_argument("--holdout", type=int, default=0,
                         help=f"hold each task's last N kept training items out as split {HELDOUT_SPLIT!r} (the reference: 500)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -168,7 +168,8 @@ def convert_split(
     """
     source = Path(source)
     if not source.is_file():
-        raise FileNotFoundError(f"{source}: KILT file of task {task.name!r} ({split}) not found; expected {task.kilt_file(split)} in --kilt-dir")
+        raise FileNotFoundError(f"{source}: KILT file of task {task.name!r} ({split}) not found; "
+                                f"expected {task.kilt_file(split)} in --kilt-dir")
     if task.name == "triviaqa" and questions is None and source.name == task.kilt_file(split):
         raise ValueError("triviaqa needs the TriviaQA question files (--triviaqa-questions FILE ...): KILT's files hold ids only")
     total = count_records(source)

@@ -28,7 +28,8 @@ from multiret.data.kilt import read_queries
 from multiret.data.negatives import negatives_file
 from multiret.data.passage_files import AUTO, LAYOUTS
 from multiret.data.prepared import REPORT
-from multiret.data.store import META as STORE_META, PassageStore
+from multiret.data.store import META as STORE_META
+from multiret.data.store import PassageStore
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError, require_writable_folder
 from multiret.prepare.bm25_index import SELECTION, BM25Searcher, build_bm25_index
