@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from multiret.errors import UserErrorExit, full_traceback_wanted, one_line, user_error_in
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # multiret never downloads; set before any command imports huggingface_hub
     try:
         return dispatch(command, rest)
     except UserErrorExit as exit_:  # raised out of a Hydra app, past Hydra's traceback printer

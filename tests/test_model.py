@@ -1,5 +1,7 @@
 """Model stage: pooling as specified, the contrastive loss by hand, clear errors on bad model paths."""
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -62,3 +64,21 @@ def test_untied_encoders_are_separate_copies(tiny_bert_dir):
     assert model.query_encoder is not model.passage_encoder
     shared = BiEncoder(TextEncoder(str(tiny_bert_dir)), optimizer=torch.optim.AdamW)
     assert sum(p.numel() for p in model.parameters()) == 2 * sum(p.numel() for p in shared.parameters())
+
+
+def test_constructing_an_encoder_leaves_the_environment_alone(tiny_bert_dir, monkeypatch):
+    """HF_HUB_OFFLINE is the entry points' to set (`multiret`, `multiret.Retriever`), not a side effect of a model."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    TextEncoder(str(tiny_bert_dir), pooling="mean")
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_the_entry_points_keep_the_hub_offline(monkeypatch, capsys):
+    import multiret
+    from multiret.cli import main
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    main(["no-such-command"])
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert multiret.Retriever and os.environ["HF_HUB_OFFLINE"] == "1"

@@ -29,8 +29,6 @@ class PromptCollator:
         max_passage_length: int,
         sep_to_eos: bool = False,
     ) -> None:
-        if prompt_template is not None and "{query}" not in prompt_template:
-            raise UserError(f"model.prompt_template {prompt_template!r} must contain '{{query}}'")
         if sep_to_eos and not tokenizer.eos_token:
             raise UserError("data.query_sep_to_eos=true needs a tokenizer with an end-of-sequence token (T5 has </s>)")
         self.sep = tokenizer.eos_token if sep_to_eos else None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
@@ -30,7 +28,6 @@ class TextEncoder(nn.Module):
         self.path = str(resolve_model_path(path))
         self.pooling = pooling
         self.normalize = normalize
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model = AutoModel.from_pretrained(self.path, local_files_only=True)
         self.model.train()
         is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))

@@ -69,11 +69,6 @@ class TaskBuffers:
         self.reached: list[list[bool]] = [[False] * len(params) for _ in range(num_tasks)]
         self._rows: list[list[torch.Tensor | None]] = [[None] * len(params) for _ in range(num_tasks)]
 
-    @property
-    def dense_numel(self) -> int:
-        """Entries of the parameters that are not row-sparse: the leading columns of ``flat``."""
-        return sum(p.numel() for p, sparse in zip(self.params, self.row_sparse) if not sparse)
-
     def take(self, task: int) -> None:
         """Move the backward's ``p.grad`` into the task's buffers and drop it: dense ones in one fused copy (or
         add, for a later micro-batch), tables at their touched rows."""

@@ -123,8 +123,6 @@ class TACO(GradientMethod):
         self.normalize = normalize
         self.warmup_ratio = warmup_ratio
         self.median_over = median_over
-        self.seed = seed
-        self.block = block
         self.ema = LaggedEMA(beta, EMA_DTYPES[ema_dtype], lag_limit, seed)
         self.sweep = Sweep(self.ema, tau=tau, normalize=normalize, median_over=median_over, block=block,
                            batched_medians_up_to=batched_medians_up_to)
