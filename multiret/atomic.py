@@ -39,6 +39,14 @@ def atomic_path(path: str | os.PathLike[str], durable: bool = False) -> Iterator
 TEMPORARY_PATTERN = ".*.tmp*"  # every name temporary_beside gives (.<name>.<random>.tmp<suffix>), and the older .<name>.tmp
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporaries a killed writer left in ``folder`` (run before writing there again, never during)."""
+    if folder.is_dir():
+        for tmp in folder.glob(TEMPORARY_PATTERN):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+
+
 def temporary_beside(path: Path) -> Path:
     """An empty temporary file beside ``path`` (same suffix), a name no other writer gets, for :func:`publish`.
 

@@ -6,7 +6,9 @@ folder, an input that cannot be scored), a command that meets it, and the words 
 line must hold. A new class is one more row: ``argv`` builds the command from a copy of the
 tiny KILT fixture (``ws``) and a scratch folder (``tmp``). Cases that need a model or a
 patched setting are tests of their own below (a field over the csv limit by an unclosed quote or by its
-own length, non-finite steps, an unwritable ``MULTIRET_LOGS``, a killed prepare's temporaries, an empty train file).
+own length, non-finite steps, an unwritable ``MULTIRET_LOGS``, a killed prepare's or checkpoint save's temporaries,
+an empty train file, resuming with another method or task list, a full disk while checkpointing, Lightning's
+``weights_only`` default left unset).
 Two classes are behaviour, not messages, and are tested where they live: same-second runs
 get their own folders (tests/test_run_folders.py), and a kill while ``last.ckpt`` is replaced
 leaves it intact (tests/test_checkpoint_safety.py).
@@ -200,6 +202,23 @@ def _crafted_checkpoint(ws: Path, tmp: Path) -> list[str]:
     return train(ws, tmp, "stages=[index,evaluate]", f"ckpt_path={tmp / 'crafted.ckpt'}")
 
 
+class _Command:
+    """What a crafted checkpoint pickles: unpickling it would run a shell command (``os.system``, a blocked module's)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _crafted_checkpoint_of_a_blocked_module(ws: Path, tmp: Path) -> list[str]:
+    import torch
+
+    torch.save({"state_dict": {}, "payload": _Command(tmp / "code-ran")}, tmp / "crafted.ckpt")
+    return train(ws, tmp, "stages=[index,evaluate]", f"ckpt_path={tmp / 'crafted.ckpt'}")
+
+
 def _no_code_ran(ws: Path, tmp: Path) -> bool:
     return not (tmp / "code-ran").exists()
 
@@ -245,8 +264,12 @@ FAULTS = {
     "bad UTF-8: a corpus file": Fault("bad UTF-8", _bad_utf8_corpus, ("{ws}/corpus.tsv:5", "UTF-8")),
     "duplicate ids: corpus": Fault("duplicate ids", _duplicate_passage_id, ("{ws}/corpus.tsv", "duplicate passage id", "line 4")),
     "crafted checkpoint: code in its pickle": Fault("crafted checkpoint", _crafted_checkpoint,
-                                                    ("ckpt_path='{tmp}/crafted.ckpt'", "was refused", "could run code"),
+                                                    ("ckpt_path='{tmp}/crafted.ckpt'", "refused as unsafe", "weights_only=True",
+                                                     "Unsupported global: GLOBAL", "could run code"),
                                                     after=_no_code_ran),
+    "crafted checkpoint: a call into os": Fault("crafted checkpoint", _crafted_checkpoint_of_a_blocked_module,
+                                                ("ckpt_path='{tmp}/crafted.ckpt'", "refused as unsafe", "weights_only=True",
+                                                 "posix.system", "could run code"), after=_no_code_ran),
     "truncated JSON: compare's metrics.json": Fault("truncated JSON", _truncated_metrics_compare,
                                                    ("{tmp}/runs/one/eval/metrics.json:1", "invalid JSON", "truncated")),
     "truncated JSON: study report's metrics.json": Fault("truncated JSON", _truncated_metrics_study,
@@ -393,6 +416,102 @@ def test_an_empty_train_file_names_it(ws: Path, tmp_path: Path, tiny_t5_dir: Pat
     assert cli(argv) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("multiret train: error: ") and f"{ws}/el-train.jsonl" in line and "holds no item" in line
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, kilt_dir: Path, tiny_t5_dir: Path) -> tuple[Path, Path, list[str]]:
+    """A 2-step naive training on the fixture, into a run folder where a killed save had left its temporary file.
+
+    Returns the data folder, the run folder and what Lightning's checkpoint connector logged.
+    """
+    from lightning.pytorch.trainer.connectors import checkpoint_connector
+
+    ws = Path(shutil.copytree(kilt_dir, tmp_path_factory.mktemp("trained") / "ws"))
+    run = ws.parent / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / ".last.ckpt.k1lled.tmp.ckpt").write_bytes(b"")
+    records, logger = _Records(), checkpoint_connector.log
+    handlers, level, old_level = logging.root.handlers[:], logging.root.level, logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", ["multiret"])
+            assert cli(train(ws, ws.parent, "model=t5_prompted", f"model.encoder.path={tiny_t5_dir}", "method=naive",
+                             "trainer.max_steps=2", "stages=[train]", "data.batch_size=4", "data.max_passage_length=16")) == 0
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(old_level)
+        logging.root.handlers[:], logging.root.level = handlers, level
+    return ws, run, records.messages
+
+
+def test_a_killed_checkpoint_save_leaves_no_temporary_file_after_the_next_run(trained) -> None:
+    ws, run, _ = trained
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not list((run / "checkpoints").glob(".*.tmp*"))
+
+
+def test_training_logs_no_weights_only_default(trained) -> None:
+    """Every checkpoint is saved whole and loaded with weights_only=True: nothing is left to Lightning's default."""
+    assert not any("weights_only" in message for message in trained[2])
+
+
+@pytest.mark.parametrize("change,names", [
+    (("method=taco",), ("trained with method='naive', not method='taco'", "resume with method=naive")),
+    (("method=naive", "data.task_names=[el,qa]"), ("trained on tasks ['qa', 'el'], but data.task_names is ['el', 'qa']",
+                                                   "same task list in the same order")),
+    (("method=naive", "data.task_names=[qa]"), ("trained on tasks ['qa', 'el'], but data.task_names is ['qa']",)),
+])
+def test_resuming_another_method_or_task_list_is_one_line(trained, change, names, tmp_path: Path, tiny_t5_dir: Path,
+                                                         monkeypatch, capsys) -> None:
+    ws, run, _ = trained
+    monkeypatch.setattr(sys, "argv", ["multiret"])
+    capsys.readouterr()
+    argv = train(ws, tmp_path, "model=t5_prompted", f"model.encoder.path={tiny_t5_dir}", "stages=[train]", "data.batch_size=4",
+                 "data.max_passage_length=16", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *change)
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("multiret train: error: cannot resume from checkpoint ") and "Traceback" not in err, err
+    assert str(run / "checkpoints" / "last.ckpt") in line and "fresh run folder (resume=false, no ckpt_path)" in line
+    for name in names:
+        assert name in line
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """torch's zip writer raises its own error from the file's ENOSPC; the line says what it was, and the old file stays."""
+    import errno
+
+    import torch
+
+    from multiret.experiment.checkpoint import SafeCheckpointIO
+
+    def full_disk(obj: object, handle) -> None:
+        handle.write(b"PK\x03\x04")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0") from error
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"the previous checkpoint")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError) as error:
+        SafeCheckpointIO().save_checkpoint({"state_dict": {}}, last)
+    message = str(error.value)
+    assert "\n" not in message and f"checkpoint {last}: no space left on device" in message
+    assert last.read_bytes() == b"the previous checkpoint" and list(last.parent.iterdir()) == [last]
 
 
 def test_non_finite_steps_stop_training_with_one_line_and_finite_weights(ws: Path, tmp_path: Path, tiny_t5_dir: Path,

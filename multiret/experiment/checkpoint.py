@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
 
-from multiret.atomic import atomic_file
+from multiret.atomic import atomic_file, remove_temporaries
+from multiret.errors import UserError
 from multiret.model.loading import load_checkpoint
 
 
@@ -23,7 +25,8 @@ class FinalStepCheckpoint(ModelCheckpoint):
     before, so with ``every_n_train_steps=1000`` a 2,500-step run would end with step 2,000 in
     ``last.ckpt``. Here the final step is saved whenever it was not a periodic save step.
     The trainer's default checkpoint I/O is replaced by :class:`SafeCheckpointIO` (a
-    ``plugins`` entry of another kind is left as it is).
+    ``plugins`` entry of another kind is left as it is), and the temporary files of a save that
+    was killed (``.last.ckpt.<random>.tmp.ckpt``) are removed before training writes again.
     """
 
     def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
@@ -34,13 +37,15 @@ class FinalStepCheckpoint(ModelCheckpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()  # before fit(ckpt_path=...) restores: the setup hook runs first
+        if stage == "fit" and trainer.is_global_zero and self.dirpath is not None:
+            remove_temporaries(Path(self.dirpath))
         super().setup(trainer, pl_module, stage)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         saved_this_step = self.periodic_steps > 0 and trainer.global_step % self.periodic_steps == 0
         if self.save_last and not saved_this_step and self.dirpath is not None:
-            trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+            trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}", self.save_weights_only)
             return
         super().on_train_end(trainer, pl_module)
 
@@ -67,9 +72,24 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
 
 def save_atomically(checkpoint: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in ``path``'s folder, fsync, then rename over ``path``."""
-    with atomic_file(path, "wb", durable=True) as handle:
-        torch.save(checkpoint, handle)
+    """``torch.save`` to a temporary file in ``path``'s folder, fsync, then rename over ``path``; a full disk is one line."""
+    try:
+        with atomic_file(path, "wb", durable=True) as handle:
+            torch.save(checkpoint, handle)
+    except (OSError, RuntimeError) as error:
+        if not _disk_full(error):
+            raise
+        raise UserError(f"cannot save the checkpoint {path}: no space left on device; free space there, or write checkpoints "
+                        "to another disk (callbacks.model_checkpoint.dirpath=...)") from error
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` or what it was raised from is ENOSPC (torch's zip writer raises its own error from the write's)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -85,7 +85,7 @@ def train(cfg: DictConfig, model: BiEncoder, datamodule: MultitaskDataModule, lo
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=list(loggers) or False)
     if cfg.get("init_from"):
         load_weights(model, cfg.init_from, "init_from")  # weights only: the optimizer and schedule start afresh
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg), weights_only=True)  # as SafeCheckpointIO loads
     return trainer
 
 

@@ -70,8 +70,9 @@ def load_checkpoint(path: str | Path, label: str = "ckpt_path", lazy: bool = Fal
         if reason is None:
             raise CheckpointError(_unreadable(path, label, error)) from error
         raise CheckpointError(
-            f"{label}={str(path)!r} was refused: it holds more than tensors and plain values ({reason.group(1)}), "
-            "and loading it could run code from the file; use checkpoints written by multiret"
+            f"{label}={str(path)!r} was refused as unsafe: torch.load(weights_only=True) does not load it ({reason.group(1)}); "
+            "it holds more than tensors and plain values, and loading it could run code from the file; "
+            "use checkpoints written by multiret"
         ) from error
     except _UNREADABLE as error:
         raise CheckpointError(_unreadable(path, label, error)) from error
@@ -80,7 +81,10 @@ def load_checkpoint(path: str | Path, label: str = "ckpt_path", lazy: bool = Fal
     return checkpoint
 
 
-_UNSAFE_REASON = re.compile(r"WeightsUnpickler error: (Unsupported .*?)(?: was not an allowed global|\.? Please|\.?$)", re.M)
+# What torch's weights-only unpickler says when it refuses a global (not allow-listed, or of a blocked module such as
+# os) or an object built from one; a refusal for any other reason (an unknown opcode) is a damaged file.
+_UNSAFE_REASON = re.compile(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+ whose module \S+ is blocked"
+                            r"|Can only (?:create new object|build) .*?but got [^\n]*|reduce for unrecognized function [^\n]*)")
 # What torch.load raises on an empty, truncated or foreign file.
 _UNREADABLE = (EOFError, RuntimeError, KeyError, ValueError, OSError)
 

@@ -159,7 +159,7 @@ class GradientMethod(Callback):
         self._device_losses = torch.zeros(count, device=self._params[0].device if self._params else "cpu")
         self.setup_state(self._params, count)
         if self._pending_state is not None:
-            self._restore(self._pending_state)
+            self._restore(self._pending_state, f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else "the checkpoint")
             self._pending_state = None
 
     def _select(self, module: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
@@ -398,14 +398,15 @@ class GradientMethod(Callback):
         else:
             self._pending_state = dict(state_dict)
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any], where: str = "the checkpoint") -> None:
+        """Refuse a checkpoint of another method or task list (its state means nothing here), naming both fixes."""
+        fresh = "or start a fresh run folder (resume=false, no ckpt_path) to train this one from the start"
         if state.get("method") != self.name:
-            raise ValueError(f"checkpoint was trained with method={state.get('method')!r}, not method={self.name!r}")
+            raise UserError(f"cannot resume from {where}: it was trained with method={state.get('method')!r}, "
+                            f"not method={self.name!r}; resume with method={state.get('method')}, {fresh}")
         if list(state.get("task_names", [])) != self.task_names:
-            raise ValueError(
-                f"checkpoint was trained on tasks {state.get('task_names')}, but data.task_names is {self.task_names}; "
-                "resume with the same task list (and order)"
-            )
+            raise UserError(f"cannot resume from {where}: it was trained on tasks {state.get('task_names')}, but data.task_names "
+                            f"is {self.task_names}; resume with the same task list in the same order, {fresh}")
         self.step = int(state["step"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))  # checkpoints from before the streak was saved

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from multiret.atomic import TEMPORARY_PATTERN, atomic_write_text
+from multiret.atomic import atomic_write_text, remove_temporaries
 from multiret.data.jsonl import DataFormatError
 from multiret.data.kilt import read_queries
 from multiret.data.negatives import negatives_file
@@ -120,10 +120,7 @@ def _check_store_utf8(store: Path, source: Path) -> None:
 def remove_partial_outputs(out: Path) -> None:
     """Temporary files of an interrupted step (they are renamed into place only when complete)."""
     for folder in (out, out / NEGATIVES_DIR, out / POSITIVES_DIR, out / DONE_DIR):
-        if folder.is_dir():
-            for tmp in folder.glob(TEMPORARY_PATTERN):
-                if tmp.is_file():
-                    tmp.unlink()
+        remove_temporaries(folder)
 
 
 def passage_store_step(steps: Steps, passages: Path, out: Path, layout: str, show_progress: bool) -> dict[str, Any]:
