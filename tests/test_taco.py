@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from multiret.errors import UserError
 from multiret.mtl.taco import TACO, taco_combine
 from multiret.mtl.taco_ema import importance_ema_from_state
 from multiret.mtl.taco_sweep import ParameterBlocks, lower_medians_, softmax_weighted_sum
@@ -356,6 +357,16 @@ def test_checkpoint_state_round_trips_the_lagged_ema_and_reads_the_earlier_layou
     earlier = {"ema": [e.clone() for e in ema], "generator": state["generator"], "beta": 0.9}  # Ī itself, no lag
     restored.load_extra_state(earlier)
     assert restored.ema.lag == 0 and all(torch.equal(a, b) for a, b in zip(restored.importance_ema(), ema))
+
+
+def test_a_checkpoint_of_other_parameters_is_one_user_error():
+    """Resuming TACO after method.parameters (or the model) changed: the EMA has other shapes; a user error, not a bug."""
+    method = TACO(beta=0.9)
+    method.setup_state([torch.randn(6, 2), torch.randn(3)], num_tasks=2)
+    other = TACO(beta=0.9)
+    other.setup_state([torch.randn(6, 2)], num_tasks=2)
+    with pytest.raises(UserError, match=r"method.parameters\); resume with the same ones, or start a fresh run folder"):
+        other.load_extra_state(method.extra_state())
 
 
 def test_the_demo_configuration_runs_taco_with_non_zero_medians_on_real_minilm_batches(tmp_path):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from multiret.errors import UserError
 from multiret.mtl.buffers import task_tensors
 
 EMA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -103,7 +104,9 @@ class LaggedEMA:
         """Restore :meth:`state`'s values, or a checkpoint's written before the lagged storage."""
         saved, lag = stored_ema(state)
         if len(saved) != len(self.stored) or any(s.shape != e.shape for s, e in zip(saved, self.stored)):
-            raise ValueError("checkpoint's TACO importance EMA does not match this model's parameters")
+            raise UserError("cannot resume: the checkpoint's TACO importance EMA does not match this run's parameters (another "
+                            "model or method.parameters); resume with the same ones, or start a fresh run folder "
+                            "(resume=false, no ckpt_path)")
         for ema, value in zip(self.stored, saved):
             ema.copy_(value)
         self.lag = lag
