@@ -18,10 +18,10 @@ from hydra import compose, initialize_config_dir
 from multiret.cli import main as cli
 from multiret.configs import config_dir
 from multiret.eval.curves import run_curve
-from multiret.eval.significance import PairedResult
-from multiret.eval.study_page import conclusions, cosine_stats
 from multiret.experiment.run import run
-from multiret.experiment.study_report import run_cosines
+from multiret.report.significance import PairedResult
+from multiret.report.study_page import conclusions, cosine_stats
+from multiret.report.study_report import run_cosines
 
 from helpers import TINY_TASKS, tiny_config
 

@@ -11,9 +11,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from multiret.eval.compare import cell
 from multiret.eval.figures import new_figure, save_figure
-from multiret.eval.significance import PairedResult
+from multiret.report.compare import cell
+from multiret.report.significance import PairedResult
 
 ALPHA = 0.05  # significance level of the page's sentences
 Series = Mapping[int, float]  # step -> value

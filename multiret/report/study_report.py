@@ -4,7 +4,7 @@ Reads ``ROOT/tune`` (trials and the chosen settings), ``ROOT/final`` (test-split
 seeds: the learning curves their validation while training logged, the table, paired tests,
 the specialisation of naive vs TACO measured on their seed-13 checkpoints, the task-gradient
 cosines their CSV logs hold) and every run's ``wall_seconds.json``; a part not there yet is
-stated as missing. The rendering is :mod:`multiret.eval.study_page` and :mod:`multiret.eval.compare`.
+stated as missing. The rendering is :mod:`multiret.report.study_page` and :mod:`multiret.report.compare`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from omegaconf import OmegaConf
 from multiret.atomic import atomic_write_text
 from multiret.data.jsonl import read_json
 from multiret.errors import UserError
-from multiret.eval import study_page
-from multiret.eval.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, paired_markdown, paired_results, plot, table
-from multiret.eval.curves import arm_curves, mean_curve, plot_arm_curves, run_curve
+from multiret.eval.curves import run_curve
 from multiret.experiment.analyze import specialization
-from multiret.experiment.study import arm_trials, best_trial, natural_key, tune_arms
+from multiret.report import study_page
+from multiret.report.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, paired_markdown, paired_results, plot, table
+from multiret.report.curves import arm_curves, mean_curve, plot_arm_curves
+from multiret.report.study import arm_trials, best_trial, natural_key, tune_arms
 
 METRICS = ("Rprec", "recall@5")
 STAGES = ("tune", "final")
