@@ -1,7 +1,7 @@
 """`multiret study report`: a study's results page, generated from its run folders.
 
 Reads ``ROOT/tune`` (trials and the chosen settings), ``ROOT/final`` (test-split runs over
-seeds: the learning curves their validation while training logged, the table, paired tests,
+seeds: the learning curves their validation while training logged, the table, paired tests over seeds and queries,
 the specialisation of naive vs TACO measured on their seed-13 checkpoints, the task-gradient
 cosines their CSV logs hold) and every run's ``wall_seconds.json``; a part not there yet is
 stated as missing. The rendering is :mod:`multiret.report.study_page` and :mod:`multiret.report.compare`.
@@ -25,9 +25,10 @@ from multiret.errors import UserError
 from multiret.eval.curves import run_curve
 from multiret.experiment.analyze import specialization
 from multiret.report import study_page
-from multiret.report.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, paired_markdown, paired_results, plot, table
+from multiret.report.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, plot, table
 from multiret.report.curves import arm_curves, mean_curve, plot_arm_curves
 from multiret.report.study import arm_trials, best_trial, natural_key, tune_arms
+from multiret.report.study_tests import RESAMPLES, pair_tests
 
 METRICS = ("Rprec", "recall@5")
 STAGES = ("tune", "final")
@@ -164,7 +165,8 @@ def final_sections(root: Path, figures: Path, page: Path, roles: dict[str, str],
     main_arms = [roles[role] for role in ("naive", "TACO", "task-specific")]
     tasks = [row for row in rows if row != "average"]
     sections[1:1] = ["### Summary: one row per arm\n", study_page.summary_section(per_arm, tasks, main_arms)]
-    sections.append("## Paired significance (queries pooled across seeds)\n")
+    sections.append("## Paired significance (hierarchical bootstrap over seeds and queries)\n")
+    sections.append(study_page.paired_intro(RESAMPLES))
     wanted = [(a, b) for a, b in pairs if a in label and b in label]
     absent = [f"{a} − {b}" for a, b in pairs if (a, b) not in wanted]
     if absent:
@@ -172,10 +174,10 @@ def final_sections(root: Path, figures: Path, page: Path, roles: dict[str, str],
     tests = {}
     role_of = {label[arm]: role for role, arm in roles.items() if arm in label}
     for metric in METRICS:
-        results = paired_results(runs, [(label[a], label[b]) for a, b in wanted], metric, metric_ks(METRICS))
-        sections.append(paired_markdown(results, metric))
-        tests.update({(role_of[a], role_of[b]): result for a, b, row, result in results
-                      if metric == "Rprec" and row == "average" and a in role_of and b in role_of})
+        results = pair_tests(runs, [(label[a], label[b]) for a, b in wanted], metric, metric_ks(METRICS))
+        sections.append(study_page.paired_table(results, metric))
+        tests.update({(role_of[r.a], role_of[r.b]): r for r in results
+                      if metric == "Rprec" and r.row == "average" and r.a in role_of and r.b in role_of})
     sections.append("## Specialisation: naive vs TACO (importance measured on held-out batches)\n")
     sections.append(specialization_section(final, roles, figures, figures_link, batches))
     sections.append("## Task-gradient cosines over training\n")
