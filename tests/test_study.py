@@ -237,3 +237,25 @@ def test_the_readme_first_table_is_the_study_pages_summary():
     page = (repo / "docs" / "results-vital.md").read_text(encoding="utf-8").splitlines()
     assert table[0].startswith("| arm | vital-qa R-prec |") and len(table) >= 5
     assert [line for line in table if line not in page] == []
+
+
+def test_collect_writes_a_data_folder_the_report_reads_byte_for_byte(study, tmp_path, tmp_path_factory, capsys):
+    """`study collect` keeps the page's inputs without checkpoints, guess files or machine paths; the page from the data
+    folder is the page from the study (its own name aside), and the same bytes every time."""
+    data = tmp_path / "data"
+    assert cli(["study", "collect", str(study), "--out", str(data), "--batches", "1"]) == 0
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".ckpt", ".jsonl", ".npy")]
+    for path in files:
+        if path.suffix != ".png":
+            assert str(tmp_path_factory.getbasetemp()) not in path.read_text(), path  # the study's, the model's, the data's
+    pages = []
+    for _ in range(2):
+        assert cli(["study", "report", str(data), "--out", str(tmp_path / "page.md"), "--batches", "1"]) == 0
+        pages.append((tmp_path / "page.md").read_bytes())
+    assert pages[0] == pages[1]
+    assert cli(["study", "report", str(study), "--out", str(tmp_path / "page.md"), "--batches", "1"]) == 0
+    from_study = (tmp_path / "page.md").read_text(encoding="utf-8").replace(str(study), str(data))
+    assert pages[0].decode("utf-8") == from_study
+    assert cli(["study", "collect", str(study), "--out", str(data)]) == 2
+    assert "exists and is not empty; remove it first" in capsys.readouterr().err

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from multiret.data.jsonl import read_jsonl
+from multiret.data.jsonl import read_json, read_jsonl
 from multiret.errors import UserError
 from multiret.eval.kilt_metrics import item_scores
 
 QueryScores = Mapping[str, Mapping[str, float]]  # task -> query id -> score
+QUERY_SCORES = "query_scores.json"  # a collected run's per-query scores, task -> query id -> metric -> score
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,14 @@ class PairedResult:
 
 
 def run_query_scores(run_dir: str | Path, tasks: Sequence[str], metric: str, ks: Sequence[int]) -> dict[str, dict[str, float]]:
-    """Per task and query, ``metric`` of one evaluated run, recomputed from its ``eval/<task>-{gold,guess}.jsonl``."""
+    """Per task and query, ``metric`` of one evaluated run, recomputed from its ``eval/<task>-{gold,guess}.jsonl``.
+
+    A study's data folder (``multiret study collect``) holds them instead as ``eval/query_scores.json``: read from there.
+    """
     eval_dir = Path(run_dir) / "eval"
+    if (eval_dir / QUERY_SCORES).is_file():
+        stored = read_json(eval_dir / QUERY_SCORES)
+        return {task: {query: values[metric] for query, values in stored[task].items()} for task in tasks}
     scores: dict[str, dict[str, float]] = {}
     for task in tasks:
         gold, guess = eval_dir / f"{task}-gold.jsonl", eval_dir / f"{task}-guess.jsonl"

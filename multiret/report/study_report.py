@@ -4,7 +4,8 @@ Reads ``ROOT/tune`` (trials and the chosen settings), ``ROOT/final`` (test-split
 seeds: the learning curves their validation while training logged, the table, paired tests over seeds and queries,
 the specialisation of naive vs TACO measured on their seed-13 checkpoints, the task-gradient
 cosines their CSV logs hold) and every run's ``wall_seconds.json``; a part not there yet is
-stated as missing. The rendering is :mod:`multiret.report.study_page` and :mod:`multiret.report.compare`.
+stated as missing. ROOT may also be the data folder `multiret study collect` wrote (:mod:`multiret.report.study_collect`).
+The rendering is :mod:`multiret.report.study_page` and :mod:`multiret.report.compare`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +36,7 @@ METRICS = ("Rprec", "recall@5")
 STAGES = ("tune", "final")
 COSINE_PREFIX = "mtl/cosine/"
 SPECIALIZATION_SEED = 13
+SPECIALIZATION = "specialization"  # a data folder's measured specialisation (`multiret study collect`): its JSON and chart
 
 
 def missing(what: str, where: Path) -> str:
@@ -187,11 +190,18 @@ def final_sections(root: Path, figures: Path, page: Path, roles: dict[str, str],
 
 
 def specialization_section(final: Path, roles: dict[str, str], figures: Path, link: str, batches: int) -> str:
+    """The specialisation of naive vs TACO: measured on their checkpoints, or as a data folder holds it."""
+    collected = final.parent / SPECIALIZATION
     checkpoints = {role: seed_checkpoint(final, roles[role]) for role in ("naive", "TACO")}
     absent = [f"{role} ({roles[role]})" for role, path in checkpoints.items() if path is None]
-    if absent:
+    if (collected / "specialization.json").is_file():
+        summary, batches = read_json(collected / "specialization.json"), read_json(collected / "settings.json")["batches"]
+        for name in ("specialization.json", "specialization.png"):
+            shutil.copyfile(collected / name, figures / name)
+    elif absent:
         return f"*Missing: no seed-{SPECIALIZATION_SEED} final checkpoint for {', '.join(absent)}.*\n"
-    summary = specialization(list(checkpoints.values()), figures, batches, measure=True, low_entropy=0.5)
+    else:
+        summary = specialization(list(checkpoints.values()), figures, batches, measure=True, low_entropy=0.5)
     tasks = next(iter(summary.values()))["tasks"]
     lines = [f"`multiret analyze specialization --measure --batches {batches}` on the seed-{SPECIALIZATION_SEED} checkpoints.", "",
              "| run | mean entropy | share with entropy < 0.5 | " + " | ".join(f"share of {t}" for t in tasks) + " |",
