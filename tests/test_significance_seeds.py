@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from multiret.errors import UserError
-from multiret.report.significance import hierarchical_bootstrap, holm, per_seed_test, seed_scores
+from multiret.report.significance import QUERY_SCORES, hierarchical_bootstrap, holm, per_seed_test, run_query_scores, seed_scores
 
 TASKS = ("qa", "el", "clue")
 
@@ -65,3 +65,11 @@ def test_arms_need_seeds_scored_on_the_same_queries():
     with pytest.raises(UserError, match="task qa: arm B's seed 14 was scored on other queries"):
         hierarchical_bootstrap({13: {"qa": {"1": 1.0}}}, {13: {"qa": {"1": 1.0}}, 14: {"qa": {"2": 1.0}}}, ["qa"], resamples=10)
     assert per_seed_test({13: {"qa": {"1": 1.0}}}, {13: {"qa": {"1": 0.0}}}, ["qa"]) is None  # one shared seed: no t-test
+
+
+def test_collected_query_scores_are_read_in_place_of_guess_files(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / QUERY_SCORES).write_text('{"qa": {"1": {"Rprec": 0.5, "recall@5": 1.0}}}')
+    assert run_query_scores(tmp_path, ["qa"], "recall@5", [5]) == {"qa": {"1": 1.0}}
+    with pytest.raises(UserError, match=r"holds \['Rprec', 'recall@5'\] of tasks \['qa'\], not ndcg@10 of \['qa'\]"):
+        run_query_scores(tmp_path, ["qa"], "ndcg@10", [10])

@@ -54,6 +54,10 @@ def run_query_scores(run_dir: str | Path, tasks: Sequence[str], metric: str, ks:
     eval_dir = Path(run_dir) / "eval"
     if (eval_dir / QUERY_SCORES).is_file():
         stored = read_json(eval_dir / QUERY_SCORES)
+        held = sorted({name for queries in stored.values() for values in queries.values() for name in values})
+        if metric not in held or any(task not in stored for task in tasks):
+            raise UserError(f"{eval_dir / QUERY_SCORES}: holds {held} of tasks {sorted(stored)}, not {metric} of {list(tasks)}; "
+                            "collect the study again or test one of those")
         return {task: {query: values[metric] for query, values in stored[task].items()} for task in tasks}
     scores: dict[str, dict[str, float]] = {}
     for task in tasks:
