@@ -259,3 +259,10 @@ def test_collect_writes_a_data_folder_the_report_reads_byte_for_byte(study, tmp_
     assert pages[0].decode("utf-8") == from_study
     assert cli(["study", "collect", str(study), "--out", str(data)]) == 2
     assert "exists and is not empty; remove it first" in capsys.readouterr().err
+    scores = data / "final" / "taco" / "1" / "eval" / "query_scores.json"
+    drawn = json.loads(scores.read_text())
+    drawn["qa"].pop(sorted(drawn["qa"])[0])  # this seed drew other queries (data.max_eval_queries samples per seed)
+    scores.write_text(json.dumps(drawn))
+    assert cli(["study", "report", str(data), "--out", str(tmp_path / "page.md"), "--batches", "1"]) == 0
+    assert ("*Not tested: paired test taco: TACO − naive: Naive, Rprec: task qa: arm A's seed 14 was scored on other queries"
+            in (tmp_path / "page.md").read_text())

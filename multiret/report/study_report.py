@@ -177,7 +177,11 @@ def final_sections(root: Path, figures: Path, page: Path, roles: dict[str, str],
     tests = {}
     role_of = {label[arm]: role for role, arm in roles.items() if arm in label}
     for metric in METRICS:
-        results = pair_tests(runs, [(label[a], label[b]) for a, b in wanted], metric, metric_ks(METRICS))
+        try:
+            results = pair_tests(runs, [(label[a], label[b]) for a, b in wanted], metric, metric_ks(METRICS))
+        except UserError as error:  # e.g. seeds scored on different query samples: stated on the page, as a missing part
+            sections.append(f"*Not tested: {error}.*\n")
+            continue
         sections.append(study_page.paired_table(results, metric))
         tests.update({(role_of[r.a], role_of[r.b]): r for r in results
                       if metric == "Rprec" and r.row == "average" and r.a in role_of and r.b in role_of})
