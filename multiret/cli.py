@@ -20,6 +20,7 @@ commands:
   analyze specialization CKPT [CKPT ...]   per-parameter task-specialisation entropy (PNG + JSON)
   study select ROOT/tune [--out DIR]   each arm's best dev trial → conf/experiment/vital_study/<arm>.yaml + selection.json
   study report ROOT [--out PAGE] [--figures DIR]   a study's results page (docs/results-vital.md) from its run folders
+  study collect ROOT --out DIR   the small files the page needs (no checkpoints, no machine paths), which study report reads
   compare [RUN_OR_SWEEP ...] [--wandb ENTITY/PROJECT] [--group G] [--out DIR]   multitask vs task-specific table (markdown + PNG)
   prepare kilt --kilt-dir DIR --passages TSV --out DIR [...]   KILT's eight tasks → a folder data=kilt reads
   export RUN_OR_CKPT --out DIR [--format sentence-transformers|hf] [--checkpoint best|last]   the trained model for use elsewhere
@@ -57,9 +58,10 @@ PLAIN_COMMANDS = {
     ("kilt-eval", None): "multiret.eval.kilt_eval_cli",
     ("demo", None): "multiret.experiment.demo",
     ("analyze", "specialization"): "multiret.experiment.analyze",
-    ("study", "select"): "multiret.experiment.study",
-    ("study", "report"): "multiret.experiment.study_report",
-    ("compare", None): "multiret.eval.compare",
+    ("study", "select"): "multiret.report.study",
+    ("study", "report"): "multiret.report.study_report",
+    ("study", "collect"): "multiret.report.study_collect",
+    ("compare", None): "multiret.report.compare",
     ("prepare", "kilt"): "multiret.prepare.pipeline",
     ("prepare", "dpr"): "multiret.prepare.dpr",
     ("convert", "t5-fp16"): "multiret.model.t5_fp16",

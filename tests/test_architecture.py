@@ -167,9 +167,9 @@ def test_the_check_sees_a_relative_upward_import(tmp_path):
 
 
 def test_the_check_sees_importlib_calls(tmp_path):
-    against = violations_in(tmp_path, {"model/m.py": "import importlib\nimportlib.import_module('multiret.eval.compare')\n",
+    against = violations_in(tmp_path, {"model/m.py": "import importlib\nimportlib.import_module('multiret.report.compare')\n",
                                        "mtl/m.py": "from importlib import import_module\nimport_module(NAME)\n"})
-    assert against == ["multiret/model/m.py imports multiret.eval.compare (eval, not below model)",
+    assert against == ["multiret/model/m.py imports multiret.report.compare (report, not below model)",
                        "multiret/mtl/m.py imports a module by a computed name, which no check can follow"]
 
 

@@ -16,10 +16,10 @@ from wandb.apis.public import Run
 from wandb.apis.public.summary import HTTPSummary
 
 from multiret.cli import main as cli
-from multiret.eval import wandb_store
-from multiret.eval.compare import load_runs, load_wandb_api
-from multiret.eval.curves import WANDB_STEP
 from multiret.experiment.run import run
+from multiret.report import wandb_store
+from multiret.report.compare import load_runs, load_wandb_api
+from multiret.report.curves import WANDB_STEP
 
 from helpers import tiny_config
 
@@ -202,7 +202,8 @@ def test_wandb_file_reader_joins_records_across_blocks_and_refuses_damage(tmp_pa
 
 
 def test_validation_curves_average_each_arm_over_seeds(sweeps, tmp_path):
-    from multiret.eval.curves import arm_curves, run_curve
+    from multiret.eval.curves import run_curve
+    from multiret.report.curves import arm_curves
 
     assert cli(["compare", str(sweeps / "multi"), "--out", str(tmp_path), "--metrics", "Rprec"]) == 0
     assert (tmp_path / "curves-Rprec.png").read_bytes()[:4] == b"\x89PNG"
@@ -216,8 +217,8 @@ def test_validation_curves_average_each_arm_over_seeds(sweeps, tmp_path):
 def test_wandb_api_runs_bring_their_validation_curves(sweeps, tmp_path, monkeypatch):
     """The history rows W&B's server sends (here: the run folder's CSV rows with the step Lightning's logger adds) become
     the same curves as the run folder's own CSV logs."""
-    from multiret.eval.compare import validation_curve
     from multiret.eval.curves import run_curve
+    from multiret.report.compare import validation_curve
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     scans = []

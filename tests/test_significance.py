@@ -7,7 +7,7 @@ import yaml
 
 from multiret.cli import main as cli
 from multiret.eval.kilt_metrics import evaluate_kilt, guess_record, item_scores
-from multiret.eval.significance import mean_over_seeds, paired_test
+from multiret.report.significance import mean_over_seeds, paired_test
 
 
 def test_macro_average_difference_and_exact_sign_flip_p_value():

@@ -18,10 +18,11 @@ from hydra import compose, initialize_config_dir
 from multiret.cli import main as cli
 from multiret.configs import config_dir
 from multiret.eval.curves import run_curve
-from multiret.eval.significance import PairedResult
-from multiret.eval.study_page import conclusions, cosine_stats
 from multiret.experiment.run import run
-from multiret.experiment.study_report import run_cosines
+from multiret.report.significance import BootstrapResult, PerSeedResult
+from multiret.report.study_page import conclusions, cosine_stats
+from multiret.report.study_report import run_cosines
+from multiret.report.study_tests import PairTest
 
 from helpers import TINY_TASKS, tiny_config
 
@@ -123,6 +124,10 @@ def metric(folder: Path, task: str, name: str) -> float:
     return json.loads((folder / "eval" / "metrics.json").read_text())[task][name]
 
 
+def gold_queries(study: Path, task: str) -> list[str]:
+    return [json.loads(line)["id"] for line in (study / "final" / "taco" / "0" / "eval" / f"{task}-gold.jsonl").open()]
+
+
 def test_report_holds_the_runs_numbers_and_states_missing_parts(study, tmp_path):
     page = tmp_path / "docs" / "results-vital.md"
     assert cli(["study", "report", str(study), "--out", str(page), "--batches", "1"]) == 0
@@ -142,6 +147,10 @@ def test_report_holds_the_runs_numbers_and_states_missing_parts(study, tmp_path)
     assert [line.split(" | ")[0] for line in summary[4:7]] == ["| naive", "| taco", "| task_specific"]  # the main arms first
     assert summary[5].startswith(f"| taco | {statistics.fmean(taco_qa):.3f} ± {statistics.stdev(taco_qa):.3f} |")
     assert "| naive: Naive − task-specific | average |" in text and "| taco: TACO − naive: Naive | qa |" in text
+    intro = text[text.index("## Paired significance"):text.index("### paired tests, Rprec")]
+    assert "hierarchical bootstrap (10,000 resamples)" in intro and "Holm-adjusted" in intro and "floor 1/(resamples + 1) = 0.0001" in intro
+    taco_naive = next(line for line in text.splitlines() if line.startswith("| taco: TACO − naive: Naive | average |"))
+    assert taco_naive.split(" | ")[6:8] == ["2 / 1", str(sum(len(gold_queries(study, task)) for task in ("qa", "el")))]
     taco = [run_curve(study / "final" / "taco" / job, "Rprec") for job in ("0", "1")]
     assert [sorted(curve) for curve in taco] == [[0, 2], [0, 2]]
     end = [curve[2] for curve in taco]
@@ -202,8 +211,10 @@ def test_a_study_whose_final_runs_still_train_reports_their_curves_and_states_th
 
 
 def test_the_sentences_follow_the_numbers():
-    noise, better, worse = PairedResult(0.01, -0.02, 0.04, 0.4, 100), PairedResult(0.05, 0.02, 0.08, 0.001, 100), \
-        PairedResult(-0.05, -0.08, -0.02, 0.001, 100)
+    def test(difference, low, high, p):
+        return PairTest("a", "b", "average", BootstrapResult(difference, low, high, p, 1 / 10_001, 10_000, 100, (3, 3)), None,
+                        PerSeedResult(difference, low, high, 0.2, (13, 14, 15)))
+    noise, better, worse = test(0.01, -0.02, 0.04, 0.4), test(0.05, 0.02, 0.08, 0.001), test(-0.05, -0.08, -0.02, 1 / 10_001)
     roles = {"TACO": "taco", "naive": "naive", "task-specific": "ts"}
     calm = {"a~b": {"mean": 0.2, "negative_share": 0.1, "logged": 10}}
     text = conclusions({"taco": 0.5, "naive": 0.45, "ts": 0.45}, roles,
@@ -214,6 +225,7 @@ def test_the_sentences_follow_the_numbers():
     cosines = ("taco", {"a~b": {"mean": -0.1, "negative_share": 0.6, "logged": 10}})
     text = conclusions({}, roles, {("naive", "task-specific"): worse}, cosines)
     assert "significantly below task-specific training" in text and "pairs with a negative mean: a~b" in text
+    assert "hierarchical bootstrap p ≤ 0.0001; per-seed t-test over 3 seeds p = 0.2000" in text  # at the floor: ≤, not =
 
 
 def test_the_readme_first_table_is_the_study_pages_summary():
@@ -225,3 +237,32 @@ def test_the_readme_first_table_is_the_study_pages_summary():
     page = (repo / "docs" / "results-vital.md").read_text(encoding="utf-8").splitlines()
     assert table[0].startswith("| arm | vital-qa R-prec |") and len(table) >= 5
     assert [line for line in table if line not in page] == []
+
+
+def test_collect_writes_a_data_folder_the_report_reads_byte_for_byte(study, tmp_path, tmp_path_factory, capsys):
+    """`study collect` keeps the page's inputs without checkpoints, guess files or machine paths; the page from the data
+    folder is the page from the study (its own name aside), and the same bytes every time."""
+    data = tmp_path / "data"
+    assert cli(["study", "collect", str(study), "--out", str(data), "--batches", "1"]) == 0
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".ckpt", ".jsonl", ".npy")]
+    for path in files:
+        if path.suffix != ".png":
+            assert str(tmp_path_factory.getbasetemp()) not in path.read_text(), path  # the study's, the model's, the data's
+    pages = []
+    for _ in range(2):
+        assert cli(["study", "report", str(data), "--out", str(tmp_path / "page.md"), "--batches", "1"]) == 0
+        pages.append((tmp_path / "page.md").read_bytes())
+    assert pages[0] == pages[1]
+    assert cli(["study", "report", str(study), "--out", str(tmp_path / "page.md"), "--batches", "1"]) == 0
+    from_study = (tmp_path / "page.md").read_text(encoding="utf-8").replace(str(study), str(data))
+    assert pages[0].decode("utf-8") == from_study
+    assert cli(["study", "collect", str(study), "--out", str(data)]) == 2
+    assert "exists and is not empty; remove it first" in capsys.readouterr().err
+    scores = data / "final" / "taco" / "1" / "eval" / "query_scores.json"
+    drawn = json.loads(scores.read_text())
+    drawn["qa"].pop(sorted(drawn["qa"])[0])  # this seed drew other queries (data.max_eval_queries samples per seed)
+    scores.write_text(json.dumps(drawn))
+    assert cli(["study", "report", str(data), "--out", str(tmp_path / "page.md"), "--batches", "1"]) == 0
+    assert ("*Not tested: paired test taco: TACO − naive: Naive, Rprec: task qa: arm A's seed 14 was scored on other queries"
+            in (tmp_path / "page.md").read_text())

@@ -9,7 +9,7 @@ each multitask column's change against task-specific), a bar chart (error bars: 
 folders (their CSV logs) or W&B API runs (their history) hold validation scores, their validation curves (mean ± std
 over seeds per column); ``--paired A B`` adds
 paired significance tests between two columns over their runs' per-query scores
-(:mod:`multiret.eval.significance`).
+(:mod:`multiret.report.significance`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from omegaconf import OmegaConf
 from multiret.atomic import atomic_write_text
 from multiret.data.jsonl import read_json
 from multiret.errors import UserError
-from multiret.eval import wandb_store
-from multiret.eval.curves import plot_curves, run_curve, wandb_curves
+from multiret.eval.curves import run_curve
 from multiret.eval.figures import new_figure, save_figure
-from multiret.eval.significance import PairedResult, mean_over_seeds, paired_test, run_query_scores
+from multiret.report import wandb_store
+from multiret.report.curves import plot_curves, wandb_curves
+from multiret.report.significance import PairedResult, mean_over_seeds, paired_test, run_query_scores
 
 TASK_SPECIFIC = "task-specific"
 log = logging.getLogger(__name__)

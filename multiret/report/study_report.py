@@ -1,10 +1,11 @@
 """`multiret study report`: a study's results page, generated from its run folders.
 
 Reads ``ROOT/tune`` (trials and the chosen settings), ``ROOT/final`` (test-split runs over
-seeds: the learning curves their validation while training logged, the table, paired tests,
+seeds: the learning curves their validation while training logged, the table, paired tests over seeds and queries,
 the specialisation of naive vs TACO measured on their seed-13 checkpoints, the task-gradient
 cosines their CSV logs hold) and every run's ``wall_seconds.json``; a part not there yet is
-stated as missing. The rendering is :mod:`multiret.eval.study_page` and :mod:`multiret.eval.compare`.
+stated as missing. ROOT may also be the data folder `multiret study collect` wrote (:mod:`multiret.report.study_collect`).
+The rendering is :mod:`multiret.report.study_page` and :mod:`multiret.report.compare`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -22,16 +24,19 @@ from omegaconf import OmegaConf
 from multiret.atomic import atomic_write_text
 from multiret.data.jsonl import read_json
 from multiret.errors import UserError
-from multiret.eval import study_page
-from multiret.eval.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, paired_markdown, paired_results, plot, table
-from multiret.eval.curves import arm_curves, mean_curve, plot_arm_curves, run_curve
+from multiret.eval.curves import run_curve
 from multiret.experiment.analyze import specialization
-from multiret.experiment.study import arm_trials, best_trial, natural_key, tune_arms
+from multiret.report import study_page
+from multiret.report.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, plot, table
+from multiret.report.curves import arm_curves, mean_curve, plot_arm_curves
+from multiret.report.study import arm_trials, best_trial, natural_key, tune_arms
+from multiret.report.study_tests import RESAMPLES, pair_tests
 
 METRICS = ("Rprec", "recall@5")
 STAGES = ("tune", "final")
 COSINE_PREFIX = "mtl/cosine/"
 SPECIALIZATION_SEED = 13
+SPECIALIZATION = "specialization"  # a data folder's measured specialisation (`multiret study collect`): its JSON and chart
 
 
 def missing(what: str, where: Path) -> str:
@@ -163,7 +168,8 @@ def final_sections(root: Path, figures: Path, page: Path, roles: dict[str, str],
     main_arms = [roles[role] for role in ("naive", "TACO", "task-specific")]
     tasks = [row for row in rows if row != "average"]
     sections[1:1] = ["### Summary: one row per arm\n", study_page.summary_section(per_arm, tasks, main_arms)]
-    sections.append("## Paired significance (queries pooled across seeds)\n")
+    sections.append("## Paired significance (hierarchical bootstrap over seeds and queries)\n")
+    sections.append(study_page.paired_intro(RESAMPLES))
     wanted = [(a, b) for a, b in pairs if a in label and b in label]
     absent = [f"{a} − {b}" for a, b in pairs if (a, b) not in wanted]
     if absent:
@@ -171,10 +177,14 @@ def final_sections(root: Path, figures: Path, page: Path, roles: dict[str, str],
     tests = {}
     role_of = {label[arm]: role for role, arm in roles.items() if arm in label}
     for metric in METRICS:
-        results = paired_results(runs, [(label[a], label[b]) for a, b in wanted], metric, metric_ks(METRICS))
-        sections.append(paired_markdown(results, metric))
-        tests.update({(role_of[a], role_of[b]): result for a, b, row, result in results
-                      if metric == "Rprec" and row == "average" and a in role_of and b in role_of})
+        try:
+            results = pair_tests(runs, [(label[a], label[b]) for a, b in wanted], metric, metric_ks(METRICS))
+        except UserError as error:  # e.g. seeds scored on different query samples: stated on the page, as a missing part
+            sections.append(f"*Not tested: {error}.*\n")
+            continue
+        sections.append(study_page.paired_table(results, metric))
+        tests.update({(role_of[r.a], role_of[r.b]): r for r in results
+                      if metric == "Rprec" and r.row == "average" and r.a in role_of and r.b in role_of})
     sections.append("## Specialisation: naive vs TACO (importance measured on held-out batches)\n")
     sections.append(specialization_section(final, roles, figures, figures_link, batches))
     sections.append("## Task-gradient cosines over training\n")
@@ -184,11 +194,18 @@ def final_sections(root: Path, figures: Path, page: Path, roles: dict[str, str],
 
 
 def specialization_section(final: Path, roles: dict[str, str], figures: Path, link: str, batches: int) -> str:
+    """The specialisation of naive vs TACO: measured on their checkpoints, or as a data folder holds it."""
+    collected = final.parent / SPECIALIZATION
     checkpoints = {role: seed_checkpoint(final, roles[role]) for role in ("naive", "TACO")}
     absent = [f"{role} ({roles[role]})" for role, path in checkpoints.items() if path is None]
-    if absent:
+    if (collected / "specialization.json").is_file():
+        summary, batches = read_json(collected / "specialization.json"), read_json(collected / "settings.json")["batches"]
+        for name in ("specialization.json", "specialization.png"):
+            shutil.copyfile(collected / name, figures / name)
+    elif absent:
         return f"*Missing: no seed-{SPECIALIZATION_SEED} final checkpoint for {', '.join(absent)}.*\n"
-    summary = specialization(list(checkpoints.values()), figures, batches, measure=True, low_entropy=0.5)
+    else:
+        summary = specialization(list(checkpoints.values()), figures, batches, measure=True, low_entropy=0.5)
     tasks = next(iter(summary.values()))["tasks"]
     lines = [f"`multiret analyze specialization --measure --batches {batches}` on the seed-{SPECIALIZATION_SEED} checkpoints.", "",
              "| run | mean entropy | share with entropy < 0.5 | " + " | ".join(f"share of {t}" for t in tasks) + " |",

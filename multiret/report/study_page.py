@@ -11,9 +11,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from multiret.eval.compare import cell
 from multiret.eval.figures import new_figure, save_figure
-from multiret.eval.significance import PairedResult
+from multiret.report.compare import cell
+from multiret.report.study_tests import PairTest
 
 ALPHA = 0.05  # significance level of the page's sentences
 Series = Mapping[int, float]  # step -> value
@@ -152,18 +152,66 @@ def invocations_sentence(rows: Sequence[tuple[str, str, float]]) -> str:
             "and any run interrupted and redone.\n")
 
 
-def verdict(result: PairedResult) -> str:
-    """Whether a paired difference is significant: both the permutation p and the bootstrap interval must agree."""
-    interval = f"{result.difference:+.3f}, 95% interval [{result.low:+.3f}, {result.high:+.3f}], p = {result.p_value:.4f}"
-    excludes_zero = result.low > 0 or result.high < 0
-    if result.p_value < ALPHA and excludes_zero:
+def p_text(p_value: float, floor: float) -> str:
+    """A p-value to 4 decimals; at the floor, ``≤`` it (no resample was as extreme: the true p may be lower)."""
+    return f"≤ {floor:.4f}" if p_value <= floor else f"{p_value:.4f}"
+
+
+def paired_intro(resamples: int) -> str:
+    """How the paired tests were made: the test, the correction, the p-value's floor and the alternative."""
+    return (f"Each difference A − B is the mean over tasks of each task's mean over queries of the seed-averaged scores. "
+            f"Test: a hierarchical bootstrap ({resamples:,} resamples): each resample draws each arm's seeds with replacement, "
+            "then each task's queries with replacement, the same queries for both arms (every seed is scored on the full test "
+            "query set); the 95% interval is the resampled differences' 2.5 and 97.5 percentiles, the two-sided p the share "
+            "of resampled differences, centred on the observed one, at least as far from 0 as it. The p-value cannot go below "
+            f"its floor 1/(resamples + 1) = {1 / (resamples + 1):.4f}, written `≤ {1 / (resamples + 1):.4f}`. Correction: "
+            "per-task p-values are Holm-adjusted (step-down) within each pair and metric; the average row is the pair's one "
+            "main test and is not adjusted. Alternative: per-seed paired differences (seed s of A − seed s of B over the "
+            "seeds both arms ran), their mean, a 95% t interval and a one-sample t-test (– below two shared seeds). "
+            "With three seeds the bootstrap is calibrated only while the seed-to-seed offsets are small next to the "
+            "query-level differences (docs/study.md); the per-seed test is the check.\n")
+
+
+def paired_table(tests: Sequence[PairTest], metric: str) -> str:
+    """One row per pair and task (and the average): the bootstrap's Δ, interval, p and Holm p, then the per-seed test."""
+    lines = [f"### paired tests, {metric}", "",
+             "| A − B | task | Δ | 95% interval | p | Holm p | seeds | queries | per-seed Δ [95% t interval] | per-seed p |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for test in tests:
+        boot, seeds = test.bootstrap, test.per_seed
+        holm_p = "–" if test.holm_p is None else p_text(test.holm_p, boot.p_floor)
+        if seeds is None:
+            alternative = "– | –"
+        else:
+            seed_p = "–" if seeds.p_value != seeds.p_value else f"{seeds.p_value:.4f}"  # NaN: the seeds' differences are equal
+            alternative = f"{seeds.difference:+.3f} [{seeds.low:+.3f}, {seeds.high:+.3f}] ({len(seeds.seeds)} seeds) | {seed_p}"
+        lines.append(f"| {test.a} − {test.b} | {test.row} | {boot.difference:+.3f} | [{boot.low:+.3f}, {boot.high:+.3f}] "
+                     f"| {p_text(boot.p_value, boot.p_floor)} | {holm_p} | {boot.seeds[0]} / {boot.seeds[1]} | {boot.queries} "
+                     f"| {alternative} |")
+    return "\n".join(lines) + "\n"
+
+
+def significant(result: PairTest) -> bool:
+    return result.bootstrap.p_value < ALPHA and (result.bootstrap.low > 0 or result.bootstrap.high < 0)
+
+
+def verdict(result: PairTest) -> str:
+    """Whether a paired difference is significant: the bootstrap's p and its interval must agree; the per-seed test beside it."""
+    boot = result.bootstrap
+    shown = p_text(boot.p_value, boot.p_floor)
+    interval = (f"{boot.difference:+.3f}, 95% interval [{boot.low:+.3f}, {boot.high:+.3f}], "
+                f"hierarchical bootstrap p {shown if shown.startswith('≤') else '= ' + shown}")
+    if result.per_seed is not None and result.per_seed.p_value == result.per_seed.p_value:
+        interval += f"; per-seed t-test over {len(result.per_seed.seeds)} seeds p = {result.per_seed.p_value:.4f}"
+    excludes_zero = boot.low > 0 or boot.high < 0
+    if significant(result):
         return f"significant at the 5% level ({interval})"
-    if result.p_value >= ALPHA and not excludes_zero:
+    if boot.p_value >= ALPHA and not excludes_zero:
         return f"within noise ({interval})"
-    return f"borderline: the permutation test and the bootstrap interval disagree ({interval})"
+    return f"borderline: the bootstrap's p and its interval disagree ({interval})"
 
 
-def conclusions(averages: Mapping[str, float], names: Mapping[str, str], tests: Mapping[tuple[str, str], PairedResult],
+def conclusions(averages: Mapping[str, float], names: Mapping[str, str], tests: Mapping[tuple[str, str], PairTest],
                 measured: tuple[str, Mapping[str, Mapping[str, float]]] | None) -> str:
     """Sentences from the numbers: the ordering of the main arms, each difference's significance, the conflict diagnostic.
 
@@ -192,16 +240,17 @@ def conclusions(averages: Mapping[str, float], names: Mapping[str, str], tests: 
             + (f"; pairs with a negative mean: {', '.join(negative)}." if negative else "; no pair has a negative mean.")
         )
     if cosines is not None and naive_vs_specific is not None:
-        quiet = naive_vs_specific.p_value >= ALPHA and not (naive_vs_specific.low > 0 or naive_vs_specific.high < 0)
+        boot = naive_vs_specific.bootstrap
+        quiet = boot.p_value >= ALPHA and not (boot.low > 0 or boot.high < 0)
         if quiet and not any(row["mean"] < 0 for row in cosines.values()):
             lines.append("- Conflict diagnostic: no pair's gradients point apart on average and naive multitask training is within "
                          "noise of task-specific training, so these tasks show no measurable conflict for a method like TACO to resolve.")
-        elif not quiet and naive_vs_specific.difference < 0:
+        elif not quiet and boot.difference < 0:
             lines.append("- Conflict diagnostic: naive multitask training is significantly below task-specific training: the "
                          "signature of task conflict that TACO targets, or of each task-specific model seeing its own task "
                          "in every query of a step (the same steps and batch size, one task instead of all); the cosines "
                          "tell the two apart (conflict shows as pairs whose gradients point apart).")
-        elif not quiet and naive_vs_specific.difference > 0 and not any(row["mean"] < 0 for row in cosines.values()):
+        elif not quiet and boot.difference > 0 and not any(row["mean"] < 0 for row in cosines.values()):
             lines.append("- Conflict diagnostic: naive multitask training is significantly above task-specific training and no "
                          "pair's gradients point apart on average: sharing helps these tasks more than any conflict costs.")
         else:

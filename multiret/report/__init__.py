@@ -1,0 +1,1 @@
+"""Research reports above the pipeline: comparison tables, significance, the study commands and their page."""
