@@ -3,7 +3,7 @@
     nice -n 10 python benchmarks/beir_store.py --docs 200000,800000 --out beir-store.json
 
 Writes, per size, a synthetic BEIR ``corpus.jsonl`` (``doc<i>`` ids, a 3-word title and a 60-word
-text of words drawn from 20,000, ~470 bytes a line), then loads it three ways, each in a fresh
+text of words drawn from 20,000, ~450 bytes a line), then loads it three ways, each in a fresh
 process: ``memory`` builds the in-memory ``Corpus`` of the same rows as the reader before the
 store did (a list of rows, then ``Corpus.from_rows``); ``build`` is the first load of
 :func:`multiret.data.beir.read_dataset_corpus` (streams the file into a store and maps it);
@@ -11,9 +11,9 @@ store did (a list of rows, then ``Corpus.from_rows``); ``build`` is the first lo
 reads their texts, then reports its seconds and two peaks above what it held before loading
 (Python and the imports): anonymous memory (``RssAnon``, sampled every 20 ms by
 ``kilt_scale.MemoryTimeline``: Python objects and arrays, what a corpus costs in RAM) and resident
-memory (``ru_maxrss``, which also counts the pages of the mapped store that were touched: the
-kernel can drop those, and faults map 16 pages around each one). One JSON object goes to stdout
-and ``--out``.
+memory (``ru_maxrss``, which also counts the touched pages of the mapped store: the kernel can
+drop those, and its fault-around maps up to 16 pages around each page read). One JSON object
+goes to stdout and ``--out``.
 """
 
 from __future__ import annotations
