@@ -334,3 +334,12 @@ def test_a_failed_build_leaves_no_store_and_the_next_load_builds_it(tmp_path):
     assert not [p for p in (folder / STORE_FOLDER).iterdir() if is_passage_store(p)]
     (folder / "corpus.jsonl").write_text(good)
     assert len(read_dataset_corpus(folder)) == DOCS
+
+
+def test_the_data_module_keeps_every_dataset_store_in_the_given_folder(tmp_path, beir_root):
+    module = BeirDataModule(str(beir_root), ["sci", "marco"], store_dir=str(tmp_path / "stores"), eval_split="dev",
+                            negatives_miner=None)
+    module.setup("evaluate")
+    folders = {module.corpus_of(task).folder for task in ("sci", "marco")}
+    assert {folder.parent for folder in folders} == {tmp_path / "stores"} and len(folders) == 2
+    assert all(is_passage_store(folder) for folder in folders)
