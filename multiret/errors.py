@@ -24,6 +24,10 @@ class UserError(ValueError):
     """
 
 
+class DataFormatError(UserError):
+    """Raised when an input file does not have the expected format; the message names file:line."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 """What the command line reports as one line: our validation, and the file system's own errors (they name the path)."""
 

@@ -3,6 +3,7 @@ corpora in training batches, and a tiny train → index → evaluate run over tw
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import random
@@ -14,9 +15,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from multiret.cli import main as cli
-from multiret.data.beir import read_dataset_corpus, read_split
+from multiret.data import beir, jsonl
+from multiret.data.beir import STORE_FOLDER, read_dataset_corpus, read_split
 from multiret.data.beir_datamodule import BeirDataModule
 from multiret.data.jsonl import DataFormatError, write_jsonl
+from multiret.data.store import is_passage_store
 from multiret.errors import UserError
 from multiret.eval.ir_metrics import MEASURES, ir_scores, ranking_run, write_run
 from multiret.experiment.run import CONFIG_DIR, objective, run
@@ -254,3 +257,89 @@ def test_the_sweep_objective_is_the_configured_average_and_refuses_a_metric_the_
     assert objective({}, "Rprec") is None  # nothing evaluated (stages=[train], or a DDP process other than the first)
     with pytest.raises(UserError, match="optimized_metric=Rprec is not among this run's averaged metrics"):
         objective(beir, "Rprec")
+
+
+def gzip_all(folder: Path) -> Path:
+    """Replace every file of a dataset folder by its gzipped twin (``<name>.gz``), as some mirrors ship them."""
+    for path in [p for p in folder.rglob("*") if p.is_file()]:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    return folder
+
+
+def _contents(folder: Path, split: str) -> tuple:
+    corpus = read_dataset_corpus(folder)
+    queries, qrels = read_split(folder, split, corpus)
+    return list(corpus.ids), list(corpus.texts), list(corpus.titles), queries, qrels
+
+
+@pytest.mark.parametrize("writer", [write_beir, write_msmarco])
+def test_gzipped_files_read_as_the_plain_ones(tmp_path, writer):
+    plain = writer(tmp_path / "plain")
+    zipped = gzip_all(writer(tmp_path / "zipped"))
+    assert not [p for p in zipped.rglob("*") if p.is_file() and p.suffix != ".gz"]
+    for split in ("train", "dev"):
+        assert _contents(zipped, split) == _contents(plain, split)
+
+
+def test_a_cut_gzip_or_a_doubled_file_is_one_line_and_exit_2(tmp_path, capsys):
+    folder = gzip_all(write_beir(tmp_path / "root" / "sci"))
+    whole = (folder / "corpus.jsonl.gz").read_bytes()
+    (folder / "corpus.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    code = cli(["evaluate", "retriever=bm25", "stages=[evaluate]", "data=beir", f"data.root={tmp_path / 'root'}",
+                "data.task_names=[sci]", "data.eval_split=dev", f"paths.output_dir={tmp_path / 'out'}", "logger=csv"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "corpus.jsonl.gz:" in err[0] and "cut short" in err[0]
+    with pytest.raises(DataFormatError, match=r"corpus.jsonl.gz:\d+: the gzip stream is cut short"):
+        read_dataset_corpus(folder)
+    assert not [p for p in (folder / STORE_FOLDER).iterdir() if is_passage_store(p)]  # no half store to reuse
+    (folder / "corpus.jsonl").write_text('{"_id": "d0", "text": "a"}\n')
+    with pytest.raises(DataFormatError, match=r"holds both corpus.jsonl and corpus.jsonl.gz; keep one"):
+        read_dataset_corpus(folder)
+
+
+def _fail_reading(monkeypatch):
+    """Any read of a dataset file fails from here on (the corpus's, queries' and judgements' alike)."""
+    def refuse(path):
+        raise AssertionError(f"{path} was read")
+    monkeypatch.setattr(beir, "read_lines", refuse)
+    monkeypatch.setattr(jsonl, "read_lines", refuse)
+
+
+@pytest.mark.parametrize("writer", [write_beir, write_msmarco])
+def test_the_store_is_built_once_reused_unread_and_rebuilt_when_the_corpus_changes(tmp_path, monkeypatch, writer):
+    folder, stores = writer(tmp_path / "dataset"), tmp_path / "stores"
+    first = read_dataset_corpus(folder, store_dir=stores)
+    assert [p.name for p in stores.iterdir() if is_passage_store(p)] == [first.folder.name]
+    assert first.rows_of_page(first.ids[3]) == [3] and not first.has_page("nope")
+    assert first.page_codes[5] == first.page_code(first.ids[5]) and first.num_pages == DOCS
+    with monkeypatch.context() as patch:
+        _fail_reading(patch)
+        again = read_dataset_corpus(folder, store_dir=stores)
+    assert list(again.ids) == list(first.ids) and list(again.texts) == list(first.texts)
+    corpus = folder / ("corpus.jsonl" if writer is write_beir else "collection.tsv")
+    extra = '{"_id": "new", "title": "t", "text": "fresh words"}\n' if writer is write_beir else "new\tfresh words\n"
+    corpus.write_text(corpus.read_text() + extra)
+    changed = read_dataset_corpus(folder, store_dir=stores)
+    assert len(changed) == DOCS + 1 and changed.texts[changed.row("new")] == "fresh words"
+    assert [p.name for p in stores.iterdir() if is_passage_store(p)] == [first.folder.name]  # rebuilt over the old one
+
+
+def test_a_failed_build_leaves_no_store_and_the_next_load_builds_it(tmp_path):
+    folder = write_beir(tmp_path / "dataset")
+    good = (folder / "corpus.jsonl").read_text()
+    (folder / "corpus.jsonl").write_text(good + good.splitlines()[0] + "\n")
+    with pytest.raises(DataFormatError, match=rf"corpus.jsonl:{DOCS + 1}: duplicate document id 'd0' \(first at line 1\)"):
+        read_dataset_corpus(folder)
+    assert not [p for p in (folder / STORE_FOLDER).iterdir() if is_passage_store(p)]
+    (folder / "corpus.jsonl").write_text(good)
+    assert len(read_dataset_corpus(folder)) == DOCS
+
+
+def test_the_data_module_keeps_every_dataset_store_in_the_given_folder(tmp_path, beir_root):
+    module = BeirDataModule(str(beir_root), ["sci", "marco"], store_dir=str(tmp_path / "stores"), eval_split="dev",
+                            negatives_miner=None)
+    module.setup("evaluate")
+    folders = {module.corpus_of(task).folder for task in ("sci", "marco")}
+    assert {folder.parent for folder in folders} == {tmp_path / "stores"} and len(folders) == 2
+    assert all(is_passage_store(folder) for folder in folders)

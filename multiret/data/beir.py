@@ -8,9 +8,11 @@ A dataset is one folder, in one of two layouts told apart by its corpus file:
 - ``msmarco`` (Nguyen et al. 2016, MS MARCO passage ranking): ``collection.tsv`` (``pid, text``),
   ``queries.<split>.tsv`` (``qid, text``), ``qrels.<split>.tsv`` (TREC qrels: ``qid 0 pid grade``).
 
-Each document is its own page (``page_ids == ids``), so the KILT-shaped machinery (gold pages,
-positives, negatives that avoid gold pages) works unchanged: a query's gold pages are the
-documents it judges relevant (grade > 0). Every reader fails naming ``file:line``.
+Any of these files may be gzipped instead (``corpus.jsonl.gz``, ...), not both. Each document is
+its own page (``page_ids == ids``), so the KILT-shaped machinery (gold pages, positives, negatives
+that avoid gold pages) works unchanged: a query's gold pages are the documents it judges relevant
+(grade > 0). The corpus is streamed once into a memory-mapped passage store that later loads
+reuse (:mod:`multiret.data.store_cache`). Every reader fails naming ``file:line``.
 """
 
 from __future__ import annotations
@@ -21,36 +23,43 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from multiret.data.corpus import Corpus
+from multiret.data.corpus import Passages
+from multiret.data.gzipped import GZIP, plain_or_gzipped, read_lines
 from multiret.data.jsonl import DataFormatError, iter_jsonl
 from multiret.data.kilt import Query, sample_in_order
+from multiret.data.passage_files import PassageRow
+from multiret.data.store import ID_PAGES, PassageStore
+from multiret.data.store_cache import cached_store
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE
 
 BEIR, MSMARCO = "beir", "msmarco"
 CORPUS_FILES = {BEIR: "corpus.jsonl", MSMARCO: "collection.tsv"}
-PAGE_KEY = "corpus-id"  # a document is its own page
+PAGE_KEY = ID_PAGES  # a document is its own page
+STORE_FOLDER = ".multiret-store"  # where a dataset's corpus store is kept when no store folder is given: inside the dataset's
 
 Qrels = dict[str, dict[str, int]]  # query id → {document id: grade}, as ir-measures and trec_eval read them
 
 csv.field_size_limit(sys.maxsize)  # BEIR documents can be long
 
 
-def dataset_layout(folder: str | Path) -> str:
-    """``beir`` or ``msmarco``, told by the corpus file the folder holds; a clear error otherwise."""
+def corpus_file(folder: str | Path) -> tuple[str, Path]:
+    """The folder's layout (``beir`` or ``msmarco``) and corpus file (plain or gzipped); a clear error unless exactly one."""
     folder = Path(folder)
-    found = [layout for layout, name in CORPUS_FILES.items() if (folder / name).is_file()]
+    found = [(layout, plain_or_gzipped(folder / name)) for layout, name in CORPUS_FILES.items()]
+    found = [(layout, path) for layout, path in found if path.is_file()]
     if len(found) != 1:
         held = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else "no such folder"
         raise DataFormatError(
             f"{folder}: not a BEIR or MS MARCO dataset folder (expected exactly one of corpus.jsonl with queries.jsonl "
-            f"and qrels/<split>.tsv, or collection.tsv with queries.<split>.tsv and qrels.<split>.tsv; found: {held})"
+            f"and qrels/<split>.tsv, or collection.tsv with queries.<split>.tsv and qrels.<split>.tsv, each plain or "
+            f"{GZIP}; found: {held})"
         )
     return found[0]
 
 
 @dataclass(frozen=True)
 class DatasetFiles:
-    """Where one dataset's corpus, queries and judgements of a split are."""
+    """Where one dataset's corpus, queries and judgements of a split are (each file plain or gzipped)."""
 
     layout: str
     corpus: Path
@@ -60,24 +69,33 @@ class DatasetFiles:
     @classmethod
     def of(cls, folder: str | Path, split: str) -> DatasetFiles:
         folder = Path(folder)
-        layout = dataset_layout(folder)
+        layout, corpus = corpus_file(folder)
         if layout == BEIR:
-            return cls(layout, folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv")
-        return cls(layout, folder / "collection.tsv", folder / f"queries.{split}.tsv", folder / f"qrels.{split}.tsv")
+            queries, qrels = folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
+        else:
+            queries, qrels = folder / f"queries.{split}.tsv", folder / f"qrels.{split}.tsv"
+        return cls(layout, corpus, plain_or_gzipped(queries), plain_or_gzipped(qrels))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line, text)`` of a UTF-8 file, plain or gzipped, the line ending dropped."""
+    for line_number, raw in enumerate(read_lines(path), start=1):
+        try:
+            yield line_number, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as error:
+            raise DataFormatError(f"{path}:{line_number}: not UTF-8 (byte {raw[error.start]:#04x} at byte {error.start + 1} "
+                                  "of the line); save the file as UTF-8") from None
 
 
 def _tsv_rows(path: Path, columns: int, what: str) -> Iterator[tuple[int, list[str]]]:
     """``(line, fields)`` of a tab-separated file with ``columns`` fields per non-blank line."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != columns:
-                raise DataFormatError(f"{path}:{line_number}: expected {columns} tab-separated fields ({what}), "
-                                      f"got {len(fields)}")
-            yield line_number, fields
+    for line_number, line in _lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != columns:
+            raise DataFormatError(f"{path}:{line_number}: expected {columns} tab-separated fields ({what}), got {len(fields)}")
+        yield line_number, fields
 
 
 def _text_field(record: dict, key: str, where: str) -> str:
@@ -100,24 +118,26 @@ def _unique(seen: dict, key: object, line: int, path: Path, what: str) -> None:
         raise DataFormatError(f"{path}:{line}: duplicate {what} {key!r} (first at line {first}); each {what} must be unique")
 
 
-def read_dataset_corpus(folder: str | Path, template: str | None = DEFAULT_PASSAGE_TEMPLATE) -> Corpus:
-    """The dataset's documents as a corpus whose every document is its own page."""
-    files = DatasetFiles.of(folder, "")
-    seen: dict[str, int] = {}
-    rows: list[tuple[str, str, str, str]] = []
+def iter_documents(files: DatasetFiles) -> Iterator[PassageRow]:
+    """The dataset's documents in file order, each its own page (a duplicate id is the store writer's to find)."""
     if files.layout == BEIR:
         for line, record in iter_jsonl(files.corpus):
             where = f"{files.corpus}:{line}"
             doc = _id_field(record, where)
-            _unique(seen, doc, line, files.corpus, "document id")
-            rows.append((doc, _text_field(record, "text", where), _text_field(record, "title", where), doc))
+            yield PassageRow(line, doc, _text_field(record, "text", where), _text_field(record, "title", where), doc)
     else:
         for line, (doc, text) in _tsv_rows(files.corpus, 2, "pid, passage"):
-            _unique(seen, doc.strip(), line, files.corpus, "passage id")
-            rows.append((doc.strip(), text, "", doc.strip()))
-    if not rows:
-        raise DataFormatError(f"{files.corpus}: no documents in the file")
-    return Corpus.from_rows(rows, template, PAGE_KEY)
+            yield PassageRow(line, doc.strip(), text, "", doc.strip())
+
+
+def read_dataset_corpus(folder: str | Path, template: str | None = DEFAULT_PASSAGE_TEMPLATE,
+                        store_dir: str | Path | None = None) -> PassageStore:
+    """The dataset's documents, each its own page, as a memory-mapped store: built from the corpus file on the
+    first load into ``store_dir`` (default ``<folder>/.multiret-store``), mapped unread while the file is unchanged."""
+    files = DatasetFiles.of(folder, "")
+    unit = "document" if files.layout == BEIR else "passage"
+    store_dir = Path(store_dir) if store_dir is not None else Path(folder) / STORE_FOLDER
+    return cached_store(files.corpus, iter_documents(files), store_dir, PAGE_KEY, {"layout": files.layout}, template, unit)
 
 
 def _read_query_texts(files: DatasetFiles) -> dict[str, str]:
@@ -165,18 +185,16 @@ def read_qrels(files: DatasetFiles) -> Qrels:
 
 
 def _trec_qrels(path: Path) -> Iterator[tuple[int, str, str, str]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 4:
-                raise DataFormatError(f"{path}:{line_number}: expected TREC qrels 'qid 0 pid grade' (4 fields), "
-                                      f"got {len(fields)}")
-            yield line_number, fields[0], fields[2], fields[3]
+    for line_number, line in _lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 4:
+            raise DataFormatError(f"{path}:{line_number}: expected TREC qrels 'qid 0 pid grade' (4 fields), got {len(fields)}")
+        yield line_number, fields[0], fields[2], fields[3]
 
 
-def read_split(folder: str | Path, split: str, corpus: Corpus, limit: int | None = None,
+def read_split(folder: str | Path, split: str, corpus: Passages, limit: int | None = None,
                seed: int = 0) -> tuple[list[Query], Qrels]:
     """The split's judged queries (gold pages: documents graded > 0), in judgement order, and their judgements.
 
@@ -201,9 +219,8 @@ def read_split(folder: str | Path, split: str, corpus: Corpus, limit: int | None
 
 def _line_of(path: Path, qid: str, doc: str | None) -> str:
     """``file:line`` of the first judgement of ``qid`` (of ``doc`` too, if given), for an error message."""
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            fields = [f.strip() for f in (line.split("\t") if "\t" in line else line.split())]
-            if fields and fields[0] == qid and (doc is None or doc in fields[1:3]):
-                return f"{path}:{line_number}"
+    for line_number, line in _lines(path):
+        fields = [f.strip() for f in (line.split("\t") if "\t" in line else line.split())]
+        if fields and fields[0] == qid and (doc is None or doc in fields[1:3]):
+            return f"{path}:{line_number}"
     return str(path)

@@ -20,11 +20,13 @@ class BeirDataModule(MultitaskDataModule):
     corpus; training reads its ``train`` judgements, evaluation its ``eval_split`` ones (scored with IR measures).
 
     ``tasks`` optionally sets a dataset's ``prompt`` word (default: its name) and ``max_query_length``
-    (default: ``max_query_length``). Every other setting is :class:`MultitaskDataModule`'s.
+    (default: ``max_query_length``). Each corpus is read through a memory-mapped store kept in
+    ``store_dir`` (default: inside the dataset's folder), built on the first load. Every other setting
+    is :class:`MultitaskDataModule`'s.
     """
 
     def __init__(self, root: str, task_names: Sequence[str], tasks: Mapping[str, Mapping[str, Any]] | None = None,
-                 max_query_length: int = 64, corpus: str | None = None, **settings: Any) -> None:
+                 max_query_length: int = 64, corpus: str | None = None, store_dir: str | None = None, **settings: Any) -> None:
         tasks = dict(tasks or {})
         for name, spec in tasks.items():
             extra = sorted(set(spec) - set(TASK_SETTINGS))
@@ -34,6 +36,7 @@ class BeirDataModule(MultitaskDataModule):
         specs = {name: {"train": name, "dev": name, "test": name, "prompt": name, "max_query_length": max_query_length,
                         **tasks.get(name, {})} for name in task_names}
         super().__init__(root=root, corpus=corpus or ".", tasks=specs, task_names=task_names, **settings)
+        self.store_dir = store_dir
 
     def data_files(self) -> list[Path]:
         """Each dataset's corpus, queries and judgements of the eval split, and of ``train`` where it has them."""
@@ -52,7 +55,7 @@ class BeirDataModule(MultitaskDataModule):
         corpora, train, evaluation = {}, {}, {}
         for task in self.tasks:
             folder = self.root / task.name
-            corpus = read_dataset_corpus(folder, self.passage_template)
+            corpus = read_dataset_corpus(folder, self.passage_template, self.store_dir)
             if DatasetFiles.of(folder, "train").qrels.is_file():
                 train[task.name], _ = read_split(folder, "train", corpus, self.max_train_queries, self.seed)
             else:

@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from multiret.atomic import atomic_file
-from multiret.errors import UserError
-
-
-class DataFormatError(UserError):
-    """Raised when an input file does not have the expected format; the message names file:line."""
+from multiret.data.gzipped import read_lines
+from multiret.errors import DataFormatError
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for every non-blank line of a JSON-lines file.
+    """Yield ``(line_number, object)`` for every non-blank line of a JSON-lines file (gzipped if named ``.gz``).
 
     Fails with :class:`DataFormatError` naming ``file:line`` on malformed JSON, on bytes that
     are not UTF-8 or on a line that is not a JSON object, so a user can fix the exact record.
@@ -25,8 +22,7 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected a JSON-lines file)")
-    with path.open("rb") as handle:
-        yield from parse_jsonl(handle, str(path))
+    yield from parse_jsonl(read_lines(path), str(path))
 
 
 def parse_jsonl(lines: Iterable[bytes], name: str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -1,10 +1,11 @@
 """Reading a memory-mapped passage store: KILT's 36M passages without holding them in Python objects.
 
 ``read_corpus`` keeps every column in Python lists, which cannot hold KILT's ~36M passages.
-The store (written by :func:`multiret.prepare.passages.build_passage_store`) keeps each column
+The store (written by :func:`multiret.data.store_writer.write_passage_store`) keeps each column
 on disk and this module maps it: strings as one UTF-8 blob plus ``int64`` offsets, page ids as
 ``int64`` (KILT's ``wikipedia_id`` is numeric; a file without page ids, ``dpr``, stores a 64-bit
-hash of the title and reads its titles as page ids), a page → rows index (rows sorted by page),
+hash of the title and reads its titles as page ids; a corpus whose every passage is its own page,
+BEIR's and MS MARCO's, the hash of the id), a page → rows index (rows sorted by page),
 and passage id → row through sorted 64-bit hashes of the ids (a hash hit is confirmed against
 the stored id, so collisions are harmless).
 """
@@ -26,6 +27,7 @@ from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template, for
 META = "store.json"
 FORMAT = "multiret-passages-v1"
 CHUNK_ROWS = 100_000
+ID_PAGES = "corpus-id"  # the page key of a corpus whose every passage is its own page: its page ids are its passage ids
 
 
 def id_hash(passage_id: str | bytes) -> int:
@@ -140,8 +142,9 @@ class PassageStore:
         self.texts = StoredStrings(array("text.bin", np.uint8), array("text.off", np.int64))
         self.titles = StoredStrings(array("title.bin", np.uint8), array("title.off", np.int64))
         self._pages = array("page.i64", np.int64)
-        self.page_ids: Sequence[str] = self.titles if self.page_key == "title" else _Pages(self._pages)
-        self.page_codes = self._pages  # numeric page ids, or hashes of the titles when pages are keyed by title
+        by_key = {"title": self.titles, ID_PAGES: self.ids}
+        self.page_ids: Sequence[str] = by_key[self.page_key] if self.page_key in by_key else _Pages(self._pages)
+        self.page_codes = self._pages  # numeric page ids, or hashes of the titles (of the ids) when pages are keyed by them
         self._hashes = array("id_hash.sorted.i64", np.int64)
         self._hash_rows = array("id_hash.rows.i64", np.int64)
         self._page_rows = array("page.rows.i64", np.int64)
@@ -174,7 +177,9 @@ class PassageStore:
         return row
 
     def _page_number(self, page_id: str) -> int | None:
-        """What ``page.i64`` holds for this page: its numeric id, or the hash of its title when pages are keyed by title."""
+        """What ``page.i64`` holds for this page: its numeric id, or the hash of its title (its id) when pages are keyed by them."""
+        if self.page_key == ID_PAGES:
+            return id_hash(page_id)
         return id_hash(page_id.strip()) if self.page_key == "title" else _page_key(page_id)
 
     def _page_slot(self, page_id: str) -> int | None:
@@ -186,17 +191,20 @@ class PassageStore:
 
     def rows_of_page(self, page_id: str) -> list[int]:
         """Rows of the page's passages in corpus order (empty if the page is not in the corpus)."""
+        if self.page_key == ID_PAGES:  # exact, where two ids sharing a hash would share a page slot
+            row = self.find(page_id)
+            return [] if row is None else [row]
         slot = self._page_slot(page_id)
         if slot is None:
             return []
         return self._page_rows[self._page_starts[slot]:self._page_starts[slot + 1]].tolist()
 
     def has_page(self, page_id: str) -> bool:
-        return self._page_slot(page_id) is not None
+        return self.find(page_id) is not None if self.page_key == ID_PAGES else self._page_slot(page_id) is not None
 
     def page_code(self, page_id: str) -> int | None:
         """The page's entry in :attr:`page_codes`, None if absent: as :meth:`Corpus.page_code`."""
-        return None if self._page_slot(page_id) is None else self._page_number(page_id)
+        return self._page_number(page_id) if self.has_page(page_id) else None
 
     def passage_lengths(self, start: int, stop: int) -> np.ndarray:
         """Title plus text bytes of rows ``[start, stop)``, from the offsets alone (as :meth:`Corpus.passage_lengths`)."""

@@ -10,8 +10,6 @@ naming the file and the item.
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +17,14 @@ from typing import IO, Any
 
 import ijson
 
+from multiret.data.gzipped import STREAM_ERRORS, open_binary, stream_fault
 from multiret.data.jsonl import DataFormatError
 
 # multiret's task name → the name in the reference's downloads (``zeroshot`` is KILT's structured_zeroshot, zsRE)
 DPR_NAMES = {"nq": "nq", "triviaqa": "triviaqa", "hotpotqa": "hotpotqa", "wow": "wow", "trex": "trex",
              "structured_zeroshot": "zeroshot", "fever": "fever", "aidayago2": "aidayago2"}
 SUFFIXES = (".json.gz", ".json")
-READ_ERRORS = (ijson.JSONError, EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError)
+READ_ERRORS = (ijson.JSONError, *STREAM_ERRORS, UnicodeDecodeError)
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,6 @@ def dpr_file(folder: Path, task: str, split: str) -> Path | None:
     return None
 
 
-def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
-
-
 def _check_array(handle: IO[bytes], path: Path) -> None:
     """Fail unless the file's first non-blank character opens a JSON array (the published layout)."""
     first = b""
@@ -67,7 +62,7 @@ def iter_dpr_items(path: Path) -> Iterator[tuple[int, DprItem]]:
     """Yield ``(index, item)`` for every item of the array, in file order (index from 0)."""
     index = 0  # of the item being parsed, named by an error
     try:
-        with _open(path) as handle:
+        with open_binary(path) as handle:
             _check_array(handle, path)
             handle.seek(0)
             for raw in ijson.items(handle, "item", use_float=True):
@@ -78,10 +73,8 @@ def iter_dpr_items(path: Path) -> Iterator[tuple[int, DprItem]]:
 
 
 def _read_fault(error: Exception) -> str:
-    if isinstance(error, (EOFError, zlib.error)):
-        return f"the gzip stream is cut short or damaged ({error}); download the file again"
-    if isinstance(error, gzip.BadGzipFile):
-        return f"not a gzip file ({error}); a plain JSON file must end in .json"
+    if isinstance(error, STREAM_ERRORS):
+        return stream_fault(error)
     if isinstance(error, UnicodeDecodeError):
         return "not UTF-8; save the file as UTF-8"
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
