@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -14,6 +15,16 @@ from multiret.testing import build_tiny_bert, build_tiny_t5
 from helpers import WORDS
 
 NUM_PAGES = 40
+
+
+@pytest.fixture(autouse=True)
+def own_logging():
+    """Hydra points the root logger at the captured stdout of the test that ran it, closed afterwards; every test
+    leaves the root logger as it found it, so no later test logs into a closed stream."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 def _page_words(page: int) -> list[str]:

@@ -317,15 +317,6 @@ FAULTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def own_logging():
-    """Hydra points the root logger at the stdout of the test that ran it; later tests get their own."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
-
-
 @pytest.fixture()
 def ws(tmp_path: Path, kilt_dir: Path) -> Path:
     """A private copy of the tiny KILT fixture that a case may break."""
