@@ -73,37 +73,49 @@ def _score_queries(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, nu
                    starts: np.ndarray, k: int, threads: int) -> np.ndarray:
     """Top-``k`` rows of each query (``flat[starts[q]:starts[q + 1]]`` its token ids); query q runs on thread q % threads.
 
-    A query touching under an eighth of the passages is selected among the rows it touched
-    (kept in a list, zeroed after); one touching more by a scan of the whole buffer in row
-    order, cheaper than the list's scattered reads. Both keep the same heap, so the same rows.
+    A query with fewer postings than a 32nd of the passages keeps a list of the rows it touches
+    and offers only those to the heap (then zeroes them); any other query scans the whole
+    buffer in row order, as bm25s does: a sequential read of every score beats scattered
+    reads of more than a few percent of them. Both offer every matched row to the same heap,
+    so they return the same rows.
     """
     n = len(starts) - 1
     out = np.empty((n, k), dtype=np.int64)
+    sparse = num_docs // 32 + 1
     for thread in numba.prange(threads):
         scores = np.zeros(num_docs, dtype=data.dtype)
-        touched = np.empty(num_docs // 8 + 1, dtype=np.int64)
+        touched = np.empty(sparse, dtype=np.int64)
         heap_values = np.empty(k, dtype=data.dtype)
         heap_rows = np.empty(k, dtype=np.int64)
         for q in range(thread, n, threads):
-            m = 0
-            for t in flat[starts[q]:starts[q + 1]]:
-                for j in range(indptr[t], indptr[t + 1]):
-                    row = indices[j]
-                    if scores[row] == 0:
-                        if m < len(touched):
-                            touched[m] = row
-                        m += 1
-                    scores[row] += data[j]
+            words = flat[starts[q]:starts[q + 1]]
+            postings = 0
+            for t in words:
+                postings += indptr[t + 1] - indptr[t]
             size = 0
-            if m <= len(touched):
+            if postings < sparse:
+                m = 0
+                for t in words:
+                    for j in range(indptr[t], indptr[t + 1]):
+                        row = indices[j]
+                        if scores[row] == 0:
+                            touched[m] = row
+                            m += 1
+                        scores[row] += data[j]
                 for i in range(m):
-                    size = _offer_jit(heap_values, heap_rows, size, scores[touched[i]], touched[i])
-                    scores[touched[i]] = 0
-            else:
-                for row in range(num_docs):
-                    if scores[row] != 0:
+                    row = touched[i]
+                    if size < k or _worse_jit(heap_values[0], heap_rows[0], scores[row], row):
                         size = _offer_jit(heap_values, heap_rows, size, scores[row], row)
-                        scores[row] = 0
+                    scores[row] = 0
+            else:
+                for t in words:
+                    for j in range(indptr[t], indptr[t + 1]):
+                        scores[indices[j]] += data[j]
+                for row in range(num_docs):  # rows rise: a score equal to the worst kept one never displaces it
+                    value = scores[row]
+                    if value > heap_values[0] if size == k else value != 0:  # a full heap holds non-zero scores only
+                        size = _offer_jit(heap_values, heap_rows, size, value, row)
+                scores[:] = 0
             out[q] = _ranked_jit(heap_values, heap_rows, size, k)
     return out
 
