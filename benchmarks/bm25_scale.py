@@ -245,7 +245,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     queries = make_queries(gold, probabilities, words, args.queries, rng)
     index = load_bm25_index(folder)
     index.backend = "numba"  # bm25s's retrieve then takes its compiled path
-    ids = {task: bm25_index._query_ids(index, texts) for task, texts in queries.items()}
+    ids, tokenize_ms = {}, {}
+    for task, texts in queries.items():  # the serial part of the numba path (the main process tokenises every query)
+        start = time.perf_counter()
+        ids[task] = bm25_index._query_ids(index, texts)
+        tokenize_ms[task] = round(1e3 * (time.perf_counter() - start) / len(texts), 3)
     for workers in args.workers:  # compile bm25s's serial and parallel functions before timing
         bm25s_rows(index, ids["nq"][:4], args.k, workers)
     runs = [(m, w) for m in args.methods for w in args.workers]
@@ -266,6 +270,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                               "corpus": corpus, "query_tokens_mean": {t: round(float(np.mean([len(q) for q in v])), 1)
                                                                        for t, v in ids.items()},
                               "empty_queries": {t: sum(not q for q in v) for t, v in ids.items()},
+                              "tokenize_ms_per_query": tokenize_ms,
                               "ms_per_query": {m: {w: {t: round(1e3 * s, 3) for t, s in tasks.items()} for w, tasks in by_w.items()}
                                                for m, by_w in per_query.items()},
                               "agreement_with_numpy": agree}

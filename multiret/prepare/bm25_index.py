@@ -16,8 +16,10 @@ spread over ``workers`` processes (default: every core):
 
 Neither pass's result depends on the number of workers: the files are byte-identical to the
 one-process build. The folder loads with ``bm25s.BM25.load(folder, mmap=True)``. Negatives
-are scored in worker processes too (by :mod:`multiret.prepare.negatives`); each maps the index's arrays (shared page cache) but not
-its vocabulary, which only this process holds to turn queries into token ids.
+(:mod:`multiret.prepare.negatives`) are scored by :class:`BM25Searcher` in worker processes that
+map the index's arrays (shared page cache) but not its vocabulary, or with ``backend="numba"`` in
+threads of this process (:mod:`multiret.prepare.bm25_numba`); only this process holds the
+vocabulary, to turn queries into token ids.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
-"""BM25 top-k rows scored from the query words' postings alone, compiled with numba, queries spread over threads.
+"""BM25 top-k rows of many queries, compiled with numba, on every core: the same rows as the numpy path, faster.
 
-The numpy path (:func:`multiret.prepare.bm25_index.search`) asks bm25s for a score per passage
-and then selects among the non-zero ones: per query it allocates, fills and scans one float per
-passage, 36M of them on KILT, although a query's words occur in a small share of them. Here
-each thread keeps one score buffer for all its queries, adds the postings of each query word
-in the order bm25s does (so every float32 score is bitwise the one bm25s computes), remembers
-the rows it touched, keeps the top ``k`` of them in a heap ordered by
+The numpy path (:func:`multiret.prepare.bm25_index.search`) has bm25s allocate and fill one
+float per passage for each query (36M on KILT) in Python-driven NumPy, then selects among the
+non-zero ones, in worker processes. Here each thread keeps one score buffer for all its
+queries, adds the postings of each query word in the order bm25s does (so every float32 score
+is bitwise bm25s's) and keeps the top ``k`` in a heap ordered by
 :func:`multiret.prepare.bm25_index.top_rows`'s rule (best first, equal scores by row, -1 after
-the last match) and zeroes only those rows again. The rows returned are the numpy path's (test). numba is an optional dependency
-(``pip install "multiret[bm25]"``); :func:`available` says whether it is installed.
+the last match), offering it only the rows the query touched when they are few, else scanning
+the buffer in row order. The rows are the numpy path's (``tests/test_bm25_numba.py``); the
+core time 3.8–5.6× less (docs/benchmarks.md). numba is an optional dependency (``pip install
+"multiret[bm25]"``); :func:`available` says whether it is installed.
 """
 
 from __future__ import annotations
