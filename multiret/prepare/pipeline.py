@@ -322,7 +322,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--bm25-top-k", type=int, default=30, help="BM25 depth the negatives come from (default 30)")
     parser.add_argument("--seed", type=int, default=13, help="seed of the down-sampling (default 13)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="processes that build the BM25 index and mine its negatives (default: every core)")
+                        help="processes that build the BM25 index and mine its negatives, threads with the numba backend "
+                             "(default: every core)")
     parser.add_argument("--bm25-backend", default="auto", choices=BACKENDS,
                         help="how the negatives are scored, with the same result: numba (threads, the query words' postings; "
                              'pip install "multiret[bm25]"), numpy (bm25s in worker processes), or auto: numba if installed')
