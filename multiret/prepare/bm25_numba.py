@@ -8,7 +8,7 @@ is bitwise bm25s's) and keeps the top ``k`` in a heap ordered by
 :func:`multiret.prepare.bm25_index.top_rows`'s rule (best first, equal scores by row, -1 after
 the last match), offering it only the rows the query touched when they are few, else scanning
 the buffer in row order. The rows are the numpy path's (``tests/test_bm25_numba.py``); the
-core time 3.8–5.6× less (docs/benchmarks.md). numba is an optional dependency (``pip install
+core time 3.3–5.6× less (docs/benchmarks.md). numba is an optional dependency (``pip install
 "multiret[bm25]"``); :func:`available` says whether it is installed.
 """
 
