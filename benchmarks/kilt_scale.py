@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -334,17 +334,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, default=110, help="passages searched per query (conf/train.yaml mine_depth)")
     parser.add_argument("--keep", type=int, default=64, help="mined negatives kept per query (conf/train.yaml mine_top_k)")
     parser.add_argument("--factory", default=None, help="FAISS factory instead of conf/index/ivfpq.yaml's scaled to the corpus")
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    report(args, fit, lambda workdir: measure(args.passages, args.queries, args.workers, args.batch_size, args.depth, args.keep,
+                                             args.factory, workdir))
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--workdir``, ``--out`` and ``--fit``, as :func:`report` reads them."""
     parser.add_argument("--workdir", type=Path, default=None, help="where the corpus and outputs go (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--fit", type=Path, nargs="+", help="instead: fit growth over these JSON files of earlier runs")
-    args = parser.parse_args(argv)
+
+
+def report(args: argparse.Namespace, fit_runs: Callable[[list[Path]], dict], measure_in: Callable[[Path], dict]) -> None:
+    """The fit of ``--fit``'s files, or a measurement in ``--workdir`` (else a temporary folder): JSON to stdout and ``--out``."""
     if args.fit:
-        result = fit(args.fit)
+        result = fit_runs(args.fit)
     elif args.workdir is not None:
-        result = measure(args.passages, args.queries, args.workers, args.batch_size, args.depth, args.keep, args.factory, args.workdir)
+        result = measure_in(args.workdir)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = measure(args.passages, args.queries, args.workers, args.batch_size, args.depth, args.keep, args.factory, Path(tmp))
+            result = measure_in(Path(tmp))
     text = json.dumps(result, indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n", encoding="utf-8")

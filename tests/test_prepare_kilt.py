@@ -136,9 +136,10 @@ def test_vocabulary_written_in_blocks_is_one_compact_json_object(tmp_path, block
     _write_vocabulary(tmp_path / "empty.json", {}, block)
     assert (tmp_path / "empty.json").read_text(encoding="utf-8") == "{}"
 
-def test_prepare_with_worker_processes_writes_the_one_process_files(raw, prepared, tmp_path):
-    out, _ = prepared
-    _prepare(raw, tmp_path, workers=2)
+@pytest.mark.parametrize("options", [{"workers": 2}, {"workers": 2, "bm25_backend": "numpy"}])
+def test_prepare_with_worker_processes_or_the_numpy_backend_writes_the_one_process_files(raw, prepared, tmp_path, options):
+    out, _ = prepared  # bm25_backend auto: numba where installed
+    _prepare(raw, tmp_path, **options)
     assert _folder_bytes(tmp_path / "bm25") == _folder_bytes(out / "bm25")
     assert _folder_bytes(tmp_path / "negatives") == _folder_bytes(out / "negatives")
 
@@ -297,7 +298,8 @@ def test_missing_inputs_fail_naming_the_expected_files(raw, tmp_path, capsys):
 
 def test_cli_prepares_the_named_tasks(raw, tmp_path, capsys):
     code = cli(["prepare", "kilt", "--kilt-dir", str(raw["kilt"]), "--passages", str(raw["passages"]), "--out", str(tmp_path),
-                "--tasks", "trex,fever", "--max-train", "trex=2", "--bm25-top-k", "4", "--seed", "3", "--no-progress"])
+                "--tasks", "trex,fever", "--max-train", "trex=2", "--bm25-top-k", "4", "--seed", "3", "--no-progress",
+                "--bm25-backend", "numpy"])
     assert code == 0 and "prepared 2 task(s)" in capsys.readouterr().out
     report = json.loads((tmp_path / "prepare_report.json").read_text())
     assert set(report["tasks"]) == {"trex", "fever"} and report["tasks"]["trex"]["train"]["items"] == 2

@@ -16,8 +16,10 @@ spread over ``workers`` processes (default: every core):
 
 Neither pass's result depends on the number of workers: the files are byte-identical to the
 one-process build. The folder loads with ``bm25s.BM25.load(folder, mmap=True)``. Negatives
-are scored in worker processes too (by :mod:`multiret.prepare.negatives`); each maps the index's arrays (shared page cache) but not
-its vocabulary, which only this process holds to turn queries into token ids.
+(:mod:`multiret.prepare.negatives`) are scored by :class:`BM25Searcher` in worker processes that
+map the index's arrays (shared page cache) but not its vocabulary, or with ``backend="numba"`` in
+threads of this process (:mod:`multiret.prepare.bm25_numba`); only this process holds the
+vocabulary, to turn queries into token ids.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from tqdm.auto import tqdm
 
 from multiret.atomic import atomic_file, atomic_folder, atomic_write_text
 from multiret.data.store import PassageStore
+from multiret.errors import UserError
+from multiret.prepare import bm25_numba
 from multiret.prepare.parallel import ordered_map, resolve_workers
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -45,8 +49,8 @@ _CHUNK = 50_000
 _STOPWORDS = "en"
 _SEARCH_BATCH = 64  # queries a worker scores per task
 SELECTION = "non-zero scores, best first, equal scores by row"  # top_rows's rule, recorded with the negatives it gives
-_PASS_ONE = ("tokens.i32", "tf.u16", "distinct.i32", "length.i32")  # scratch files: per posting, then per passage
-_SCRATCH = (*_PASS_ONE, "doc_starts.i64", "idf.f64")
+PASS_ONE = ("tokens.i32", "tf.u16", "distinct.i32", "length.i32")  # scratch files: per posting, then per passage
+_SCRATCH = (*PASS_ONE, "doc_starts.i64", "idf.f64")
 
 
 def build_bm25_index(
@@ -64,7 +68,7 @@ def build_bm25_index(
         df = np.zeros(0, dtype=np.int64)
         chunks = [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
         with ExitStack() as stack:
-            files = {name: stack.enter_context((tmp / name).open("wb")) for name in _PASS_ONE}
+            files = {name: stack.enter_context((tmp / name).open("wb")) for name in PASS_ONE}
             bar = stack.enter_context(tqdm(total=n, desc="BM25 tokenize", unit="passage", disable=not show_progress))
             tokenized = stack.enter_context(ordered_map(_tokenize_rows, PassageStore, (store.folder, store.template), workers))
             for (start, end), (words, token, tf, distinct, lengths) in zip(chunks, tokenized(chunks)):
@@ -77,14 +81,22 @@ def build_bm25_index(
                     df = np.concatenate([df, np.zeros(len(word_to_id) - len(df), dtype=np.int64)])
                 df += np.bincount(token, minlength=len(df))
                 bar.update(end - start)
-        _scatter_scores(tmp, n, df, k1, b, chunk, show_progress, workers)
-        _write_vocabulary(tmp / "vocab.index.json", word_to_id)
-        params = {"k1": k1, "b": b, "delta": 0.5, "method": "lucene", "idf_method": "lucene", "dtype": "float32",
-                  "int_dtype": "int32", "num_docs": n, "version": bm25s.__version__, "backend": "numpy"}
-        atomic_write_text(tmp / "params.index.json", json.dumps(params, indent=2))
-        info = {"passages": n, "vocabulary": len(word_to_id), "postings": int(df.sum()),
-                "bytes": sum(p.stat().st_size for p in tmp.iterdir())}
-        return info
+        return finish_index(tmp, n, df, word_to_id, k1, b, chunk, show_progress, workers)
+
+
+def finish_index(folder: Path, n: int, df: np.ndarray, word_to_id: dict[str, int], k1: float, b: float, chunk: int,
+                 show_progress: bool, workers: int) -> dict:
+    """Pass 2 and the index's metadata, once pass 1's scratch files (``PASS_ONE``) are in ``folder``; returns its size.
+
+    ``benchmarks/bm25_scale.py`` writes those files from drawn token ids and builds through here.
+    """
+    _scatter_scores(folder, n, df, k1, b, chunk, show_progress, workers)
+    _write_vocabulary(folder / "vocab.index.json", word_to_id)
+    params = {"k1": k1, "b": b, "delta": 0.5, "method": "lucene", "idf_method": "lucene", "dtype": "float32",
+              "int_dtype": "int32", "num_docs": n, "version": bm25s.__version__, "backend": "numpy"}
+    atomic_write_text(folder / "params.index.json", json.dumps(params, indent=2))
+    return {"passages": n, "vocabulary": len(word_to_id), "postings": int(df.sum()),
+            "bytes": sum(p.stat().st_size for p in folder.iterdir())}
 
 
 def _renumber(word_to_id: dict[str, int], words: list[str]) -> np.ndarray:
@@ -253,17 +265,43 @@ def search(index: bm25s.BM25, texts: Sequence[str], k: int) -> np.ndarray:
     return _top_rows(index, (_query_ids(index, texts), k))
 
 
-class BM25Searcher:
-    """:func:`search` over ``workers`` processes (``None``: every core); rankings do not depend on their number."""
+BACKENDS = ("auto", "numpy", "numba")  # how BM25Searcher scores: auto is numba where it is installed, else numpy
 
-    def __init__(self, folder: str | os.PathLike[str], workers: int | None = None) -> None:
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` → ``numba`` if numba is installed, else ``numpy``; an unknown or unavailable backend is a one-line error."""
+    if backend not in BACKENDS:
+        raise UserError(f"BM25 backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "numba" if bm25_numba.available() else "numpy"
+    if backend == "numba" and not bm25_numba.available():
+        raise UserError('BM25 backend numba: numba is not installed; pip install "multiret[bm25]" or use --bm25-backend numpy')
+    return backend
+
+
+class BM25Searcher:
+    """:func:`search` on ``workers`` cores (``None``: every core); rankings depend on neither their number nor the backend.
+
+    ``numpy`` scores in worker processes through bm25s (one float per passage per query);
+    ``numba`` (:mod:`multiret.prepare.bm25_numba`) in threads of this process, from the query
+    words' postings only: the same rows, several times faster (``benchmarks/bm25_scale.py``).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], workers: int | None = None, backend: str = "auto") -> None:
         self.index = load_bm25_index(folder)
+        self.backend = resolve_backend(backend)
+        self.workers = resolve_workers(workers)
         self._stack = ExitStack()
-        self._map = self._stack.enter_context(ordered_map(_top_rows, _load_scores, (str(folder),), resolve_workers(workers)))
+        if self.backend == "numpy":
+            self._map = self._stack.enter_context(ordered_map(_top_rows, _load_scores, (str(folder),), self.workers))
 
     def search(self, texts: Sequence[str], k: int) -> np.ndarray:
         """Passage rows of the top-``k`` BM25 hits per text, best first."""
         ids = _query_ids(self.index, texts)
+        if self.backend == "numba":
+            scores = self.index.scores
+            arrays = tuple(np.asarray(scores[name]) for name in ("data", "indices", "indptr"))
+            return bm25_numba.search_ids(arrays, int(scores["num_docs"]), ids, k, self.workers)
         batches = [(ids[i:i + _SEARCH_BATCH], k) for i in range(0, len(ids), _SEARCH_BATCH)]
         return np.concatenate(list(self._map(batches))) if batches else np.zeros((0, k), dtype=np.int64)
 

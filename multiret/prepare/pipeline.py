@@ -32,7 +32,7 @@ from multiret.data.store import META as STORE_META
 from multiret.data.store import PassageStore
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError, require_writable_folder
-from multiret.prepare.bm25_index import SELECTION, BM25Searcher, build_bm25_index
+from multiret.prepare.bm25_index import BACKENDS, SELECTION, BM25Searcher, build_bm25_index, resolve_backend
 from multiret.prepare.kilt_tasks import (
     AIDA_WINDOW_WORDS,
     DEFAULT_MAX_TRAIN,
@@ -147,19 +147,21 @@ def prepare_kilt(
     passage_layout: str = AUTO,
     passage_template: str | None = DEFAULT_PASSAGE_TEMPLATE,
     workers: int | None = None,
+    bm25_backend: str = "auto",
 ) -> dict[str, Any]:
     """Prepare the named tasks into ``out``; returns the report (also written to ``out/prepare_report.json``).
 
     ``passage_template`` is what BM25 indexes (as the dense model will encode it); the report
     records it, and the tasks the folder holds (``prepared_tasks``), for ``data=kilt``.
-    ``workers`` processes build the BM25 index and mine its negatives (``None``: every core); the
-    outputs do not depend on it.
+    ``workers`` processes build the BM25 index and mine its negatives (``None``: every core);
+    ``bm25_backend`` scores the negatives (``auto``: numba where installed); the outputs depend on neither.
     """
     kilt_dir, passages, out = Path(kilt_dir), Path(passages), Path(out)
     max_train = dict(DEFAULT_MAX_TRAIN if max_train is None else max_train)
     specs = _check_inputs(kilt_dir, passages, tasks, triviaqa_questions, max_train, bm25_top_k)
     check_template(passage_template, "--passage-template")
     workers = resolve_workers(workers)
+    bm25_backend = resolve_backend(bm25_backend)
     require_writable_folder(out, "--out")
     remove_partial_outputs(out)
     steps = Steps(out)
@@ -205,7 +207,8 @@ def prepare_kilt(
             def negatives(task: KiltTask = task, queries_files: dict[str, Path] = queries_files,
                           pools: dict[str, Path] = pools) -> dict[str, Any]:
                 nonlocal searcher
-                searcher = searcher if searcher is not None else stack.enter_context(BM25Searcher(out / BM25_DIR, workers))
+                searcher = searcher if searcher is not None else stack.enter_context(
+                    BM25Searcher(out / BM25_DIR, workers, bm25_backend))
                 return {split: mine_negatives(searcher, store, f"{task.name} {split}",
                                               read_queries(queries_files[split], page_key=store.page_key),
                                               bm25_top_k, pools[split], show_progress=show_progress)
@@ -316,7 +319,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--bm25-top-k", type=int, default=30, help="BM25 depth the negatives come from (default 30)")
     parser.add_argument("--seed", type=int, default=13, help="seed of the down-sampling (default 13)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="processes that build the BM25 index and mine its negatives (default: every core)")
+                        help="processes that build the BM25 index and mine its negatives, threads with the numba backend "
+                             "(default: every core)")
+    parser.add_argument("--bm25-backend", default="auto", choices=BACKENDS,
+                        help="how the negatives are scored, with the same result: numba (threads, the query words' postings; "
+                             'pip install "multiret[bm25]"), numpy (bm25s in worker processes), or auto: numba if installed')
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(list(argv))
     # progress on stdout, so that stderr holds the one line of an error
@@ -324,7 +331,7 @@ def main(argv: Sequence[str]) -> int:
     report = prepare_kilt(  # input errors are reported by the command line, as one line (multiret.errors)
         args.kilt_dir, args.passages, args.out, [t.strip() for t in args.tasks.split(",") if t.strip()],
         args.triviaqa_questions, args.max_train, args.bm25_top_k, args.seed, not args.no_progress,
-        args.passage_layout, args.passage_template, args.workers,
+        args.passage_layout, args.passage_template, args.workers, args.bm25_backend,
     )
     print(f"prepared {len(report['tasks'])} task(s) into {args.out}; report: {Path(args.out) / REPORT}")
     return 0
