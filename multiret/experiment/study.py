@@ -115,6 +115,21 @@ def best_trial(trials: list[Trial]) -> int:
     return max(range(len(trials)), key=lambda index: trials[index].score)  # max keeps the first of equals
 
 
+def grid_edges(trials: list[Trial], chosen: int) -> list[str]:
+    """The swept numeric settings whose chosen value is the smallest or largest of the grid: the best may lie beyond
+    it, so the grid should be widened on that side."""
+    edges = []
+    for key, text in trials[chosen].settings.items():
+        values = {t.settings[key] for t in trials if key in t.settings}
+        try:
+            numbers = sorted(float(v) for v in values)
+        except ValueError:
+            continue
+        if len(numbers) > 1 and float(text) in (numbers[0], numbers[-1]):
+            edges.append(key)
+    return edges
+
+
 def yaml_value(value: Any) -> str:
     """One value in YAML flow style, on one line."""
     return yaml.safe_dump(value, default_flow_style=True, width=10**9).removesuffix("\n...\n").strip()
@@ -186,10 +201,11 @@ def select(tune: Path, out: Path) -> dict[str, Any]:
         trials = arm_trials(arm_dir)
         chosen = best_trial(trials)
         path = out / f"{arm_dir.name}.yaml"
-        atomic_write_text(path, experiment_text(arm_dir.name, arm_dir, trials, chosen))
+        atomic_write_text(path, experiment_text(arm_dir.name, Path(tune.name) / arm_dir.name, trials, chosen))
         selection[arm_dir.name] = {
             "metric": f"dev average {SCORE_METRIC}",
             "chosen": chosen,
+            "at_grid_edge": grid_edges(trials, chosen),
             "experiment": str(path),
             "trials": [{"settings": t.settings, "score": t.score, "jobs": [j.folder.name for j in t.jobs]} for t in trials],
         }
@@ -208,5 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         trial = entry["trials"][entry["chosen"]]
         print(f"{arm}: trial {entry['chosen'] + 1} of {len(entry['trials'])}, dev R-prec {trial['score']:.3f}: "
               f"{' '.join(f'{k}={v}' for k, v in trial['settings'].items())} → {entry['experiment']}")
+        for key in entry["at_grid_edge"]:
+            print(f"{arm}: {key}={trial['settings'][key]} is at the edge of its grid; widen the grid on that side and tune again")
     print(f"wrote {args.tune / 'selection.json'}")
     return 0
