@@ -116,8 +116,8 @@ def best_trial(trials: list[Trial]) -> int:
 
 
 def grid_edges(trials: list[Trial], chosen: int) -> list[str]:
-    """The swept numeric settings whose chosen value is the smallest or largest of the grid: the best may lie beyond
-    it, so the grid should be widened on that side."""
+    """The swept numeric settings whose chosen value is the smallest or largest of a grid of three or more values: the
+    best may lie beyond it, so the grid should be widened on that side (a grid of two values has no inside)."""
     edges = []
     for key, text in trials[chosen].settings.items():
         values = {t.settings[key] for t in trials if key in t.settings}
@@ -125,7 +125,7 @@ def grid_edges(trials: list[Trial], chosen: int) -> list[str]:
             numbers = sorted(float(v) for v in values)
         except ValueError:
             continue
-        if len(numbers) > 1 and float(text) in (numbers[0], numbers[-1]):
+        if len(set(numbers)) > 2 and float(text) in (numbers[0], numbers[-1]):
             edges.append(key)
     return edges
 
@@ -142,10 +142,10 @@ def experiment_text(arm: str, source: Path, trials: list[Trial], chosen: int) ->
     why = f"chosen on dev: trial {chosen + 1} of {len(trials)} (dev R-prec {trial.score:.3f})"
     includes, defaults, nested = [], [], {}
     parser = OverridesParser.create()
-    for text in (f"{k}={v}" for k, v in trial.settings.items()):
-        override = parser.parse_overrides([text])[0]
+    for setting, value in trial.settings.items():
+        override = parser.parse_overrides([f"{setting}={value}"])[0]
         key = override.key_or_group
-        comment = why if key in swept else "fixed for every trial of this arm"
+        comment = why if setting in swept else "fixed for every trial of this arm"  # the setting as written: ++key too
         if key == "experiment":  # Hydra wants every override after the configs a defaults list includes
             includes.append(f"  - /experiment/{override.value()}  # {comment}")
             continue
