@@ -239,3 +239,24 @@ def test_eval_checkpoint_takes_best_or_last(tmp_path, tiny_t5_dir, kilt_dir, kil
 
     with pytest.raises(UserError, match=r"eval_checkpoint='newest'; choose one of \['best', 'last'\]"):
         validate(tiny_config(tmp_path / "run", tiny_t5_dir, kilt_dir, kilt_tasks, "eval_checkpoint=newest"))
+
+
+def test_a_test_split_run_validates_on_dev_so_the_best_checkpoint_never_sees_test(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
+    from multiret.errors import UserError
+    from multiret.experiment.validation import validate
+
+    tasks = {name: {**spec, "test": spec["train"]} for name, spec in kilt_tasks.items()}  # the fixture has no test split
+    options = (*VALIDATE, "trainer.max_steps=2", "stages=[train]", "data.eval_split=test", "eval_checkpoint=best")
+    refused = tiny_config(tmp_path / "refused", tiny_t5_dir, kilt_dir, kilt_tasks, *options)
+    refused.data.tasks = tasks
+    with pytest.raises(UserError, match=r"scores data.eval_split=test, so eval_checkpoint=best"):
+        validate(refused)
+    out = tmp_path / "run"
+    cfg = tiny_config(out, tiny_t5_dir, kilt_dir, kilt_tasks, *options, "data.validation_split=dev")
+    cfg.data.tasks = tasks
+    validate(cfg)
+    run(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["validation"]["split"] == "dev"
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert {("val/average/Rprec", 0), ("val/average/Rprec", 2)} <= set(logged(out))

@@ -257,3 +257,67 @@ def test_parameter_selection_that_matches_nothing_is_refused():
     method = CGD(parameters=["^nothing$"])
     with pytest.raises(ValueError, match=r"matches no trainable parameter; names look like: weight"):
         method.on_fit_start(fake_trainer(), FakeModule())
+
+
+class EmbeddingModule(torch.nn.Module):
+    """A toy encoder whose embedding table dwarfs its one dense layer (as MiniLM's word embeddings do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.words = torch.nn.Embedding(100, 10)
+        self.dense = torch.nn.Parameter(torch.ones(2))
+        self.active_task = None
+        self.logged = {}
+
+    def log_dict(self, values, **kwargs):
+        self.logged.update(values)
+
+
+def test_logged_cosines_leave_out_the_embedding_tables_unless_asked():
+    """Each task's rows of the table are its own (disjoint, large): over every parameter the cosine is near 0,
+    over the dense layer, where the tasks agree, it is 1."""
+    def step(method, module):
+        method.on_fit_start(fake_trainer(), module)
+        for task, rows in enumerate((slice(0, 50), slice(50, 100))):
+            module.active_task = task
+            method.on_before_backward(None, module, torch.tensor(1.0))
+            module.words.weight.grad = torch.zeros(100, 10)
+            module.words.weight.grad[rows] = 10.0
+            module.dense.grad = torch.tensor([1.0, 2.0])
+            method.on_after_backward(None, module)
+        method.on_before_optimizer_step(fake_trainer(), module, None)
+        return module.logged
+
+    dense_only = step(CGD(log_every_n_steps=1), EmbeddingModule())
+    assert dense_only["mtl/cosine/a~b"] == pytest.approx(1.0)
+    assert dense_only["mtl/grad_norm/a"] == pytest.approx(math.sqrt(5))
+    everything = step(CGD(log_every_n_steps=1, cosines_over="all"), EmbeddingModule())
+    assert everything["mtl/cosine/a~b"] == pytest.approx(5 / (5 + 50 * 10 * 10.0**2))
+
+
+def test_the_same_task_cosine_compares_each_task_with_its_gradient_of_the_step_before():
+    method, module, trainer = CGD(log_every_n_steps=2), FakeModule(), fake_trainer()
+    method.on_fit_start(trainer, module)
+    one_step(method, module, trainer, [1.0, 1.0], [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # step 0: logged, no step before
+    assert not any(key.startswith("mtl/cosine_same_task/") for key in module.logged)
+    one_step(method, module, trainer, [1.0, 1.0], [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # step 1: kept for step 2
+    one_step(method, module, trainer, [1.0, 1.0], [[1.0, 1.0, 0.0], [0.0, 3.0, 4.0]])  # step 2: logged
+    assert module.logged["mtl/cosine_same_task/a"] == pytest.approx(1 / math.sqrt(2))
+    assert module.logged["mtl/cosine_same_task/b"] == pytest.approx(3 / 5)
+
+
+def test_every_step_the_method_logs_is_in_the_csv_log_whatever_the_trainers_interval(tmp_path, tiny_t5_dir, kilt_dir, kilt_tasks):
+    """The trainer writes its own metrics every 10 steps; the method's every 2 must all land, each at its step."""
+    import csv
+
+    from multiret.experiment.run import run
+
+    from helpers import tiny_config
+
+    out = tmp_path / "run"
+    run(tiny_config(out, tiny_t5_dir, kilt_dir, kilt_tasks, "method=cgd", "method.log_every_n_steps=2", "trainer.log_every_n_steps=10",
+                    "trainer.max_steps=5", "stages=[train]", "callbacks.dev_validation=null"))
+    with open(out / "csv" / "version_0" / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("mtl/cosine/qa~el")]
+    assert [int(row["step"]) for row in rows] == [0, 2, 4]
+    assert [bool(row.get("mtl/cosine_same_task/qa")) for row in rows] == [False, True, True]

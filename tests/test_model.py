@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from multiret.errors import UserError
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 
@@ -28,6 +29,15 @@ def test_t5_pooling_is_the_first_decoder_output_with_start_id_zero(tiny_t5_dir):
     reference = AutoModel.from_pretrained(tiny_t5_dir)
     expected = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.zeros(2, 1, dtype=torch.long))
     torch.testing.assert_close(encoder(ids, mask), expected.last_hidden_state[:, 0])
+
+
+def test_num_layers_keeps_the_first_pre_trained_layers(tiny_bert_dir):
+    full = TextEncoder(str(tiny_bert_dir))
+    fewer = TextEncoder(str(tiny_bert_dir), num_layers=1)
+    assert len(full.model.encoder.layer) > 1 and len(fewer.model.encoder.layer) == 1
+    torch.testing.assert_close(fewer.model.encoder.layer[0].state_dict(), full.model.encoder.layer[0].state_dict())
+    with pytest.raises(UserError, match=r"model.encoder.num_layers=0 must be a positive number"):
+        TextEncoder(str(tiny_bert_dir), num_layers=0)
 
 
 def test_mean_and_first_pooling_of_an_encoder_only_model(tiny_bert_dir):

@@ -82,6 +82,24 @@ def test_select_picks_the_best_trial_and_writes_an_experiment_that_composes(tmp_
     assert len(selection["task_specific"]["trials"]) == 2
 
 
+def test_select_flags_a_choice_at_the_grids_edge_and_writes_no_machine_path(tmp_path, capsys):
+    from multiret.experiment.study import Trial, grid_edges
+
+    tune_folder(tmp_path / "tune")  # two values of each setting: no inside, nothing flagged
+    assert cli(["study", "select", str(tmp_path / "tune"), "--out", str(tmp_path / "out")]) == 0
+    assert "edge" not in capsys.readouterr().out
+    selection = json.loads((tmp_path / "tune" / "selection.json").read_text())
+    assert selection["taco"]["at_grid_edge"] == []
+    job(tmp_path / "tune" / "taco" / "4", ["prompt=none", "experiment=vital_taco", "optimizer.lr=1e-3", "method.tau=1.0",
+                                           "trainer.max_steps=20", "seed=13"], {TASKS[0]: 0.1, TASKS[1]: 0.2})
+    assert cli(["study", "select", str(tmp_path / "tune"), "--out", str(tmp_path / "out")]) == 0
+    assert "taco: optimizer.lr=1e-4 is at the edge of its grid; widen" in capsys.readouterr().out
+    text = (tmp_path / "out" / "taco.yaml").read_text()
+    assert "from tune/taco:" in text and str(tmp_path) not in text
+    trials = [Trial({"optimizer.lr": lr, "method.beta": "0.9"}, (), 0.0) for lr in ("1e-5", "3e-5", "1e-4")]
+    assert grid_edges(trials, 1) == [] and grid_edges(trials, 2) == ["optimizer.lr"] and grid_edges(trials[:2], 1) == []
+
+
 def test_a_trial_with_a_missing_job_is_named(tmp_path, capsys):
     tune_folder(tmp_path / "tune")
     shutil.rmtree(tmp_path / "tune" / "task_specific" / "3" / "eval")

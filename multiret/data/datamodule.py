@@ -69,6 +69,7 @@ class MultitaskDataModule(L.LightningDataModule):
         max_train_queries: int | None = None,
         max_eval_queries: int | None = None,
         eval_split: str = "dev",
+        validation_split: str | None = None,
         corpus_max_pages: int | None = None,
         all_passages_positive: Sequence[str] = (),
         builder: Callable[[Path], Any] | None = None,
@@ -108,6 +109,7 @@ class MultitaskDataModule(L.LightningDataModule):
         self.max_train_queries = max_train_queries
         self.max_eval_queries = max_eval_queries
         self.eval_split = eval_split
+        self.validation_split = validation_split or eval_split  # what validation while training scores
         self.corpus_max_pages = corpus_max_pages
         self.all_passages_positive = set(all_passages_positive)
         self.builder = builder
@@ -120,13 +122,18 @@ class MultitaskDataModule(L.LightningDataModule):
         self.qrels: dict[str, Qrels] = {}  # the eval split's graded judgements of tasks scored with IR measures
         self.train_queries: dict[str, list[Query]] = {}
         self.eval_queries: dict[str, list[Query]] = {}
+        self.validation_queries: dict[str, list[Query]] = {}  # the validation split's (eval_queries when it is the same)
         self.task_batch_sizes: dict[str, int] = {}
 
     def data_files(self) -> list[Path]:
         """Every file this module reads (corpus, or a prepared store's files, and the configured splits), for the run's manifest."""
         corpus = sorted(self.corpus_path.iterdir()) if self.corpus_path.is_dir() else [self.corpus_path]
         others = [path for path, _ in self._other_task_files()]
-        return [*corpus, *(Path(t.split_path(s)) for t in self.tasks for s in ("train", self.eval_split)), *others]
+        return [*corpus, *(Path(t.split_path(s)) for t in self.tasks for s in self._splits()), *others]
+
+    def _splits(self) -> list[str]:
+        """The splits read: train, the eval split and, if it differs, the validation split."""
+        return list(dict.fromkeys(("train", self.eval_split, self.validation_split)))
 
     def prepare_data(self) -> None:
         if self.builder is not None:
@@ -144,18 +151,23 @@ class MultitaskDataModule(L.LightningDataModule):
         corpus = read_corpus(self.corpus_path, self.passage_layout, self.passage_template)
         key = corpus.page_key
         train = {t.name: read_queries(t.split_path("train"), self.max_train_queries, self.seed, key) for t in self.tasks}
-        evaluation = {
-            t.name: read_queries(t.split_path(self.eval_split), self.max_eval_queries, self.seed, key) for t in self.tasks
-        }
-        empty = [t.split_path(self.eval_split) for t in self.tasks if not evaluation[t.name]]
-        if empty:
-            raise UserError(f"no item in the {self.eval_split} file(s) {', '.join(map(str, empty))} (empty or blank): "
-                            "every score would be 0; fill them, or choose data.eval_split or data.task_names")
-        gold = {p for qs in (*train.values(), *evaluation.values()) for q in qs for p in q.gold_pages}
+        evaluation = self._read_heldout(self.eval_split, key)
+        validation = evaluation if self.validation_split == self.eval_split else self._read_heldout(self.validation_split, key)
+        gold = {p for qs in (*train.values(), *evaluation.values(), *validation.values()) for q in qs for p in q.gold_pages}
         gold |= self._other_tasks_gold_pages(key)
         self.corpus = subsample_pages(corpus, gold, self.corpus_max_pages, self.seed)
         self.train_queries = {name: self._positives(name, qs, "train") for name, qs in train.items()}
         self.eval_queries = evaluation
+        self.validation_queries = validation
+
+    def _read_heldout(self, split: str, page_key: str) -> dict[str, list[Query]]:
+        """Each task's queries of a held-out split (a seeded sample of ``max_eval_queries``); an empty file is refused."""
+        queries = {t.name: read_queries(t.split_path(split), self.max_eval_queries, self.seed, page_key) for t in self.tasks}
+        empty = [t.split_path(split) for t in self.tasks if not queries[t.name]]
+        if empty:
+            raise UserError(f"no item in the {split} file(s) {', '.join(map(str, empty))} (empty or blank): "
+                            "every score would be 0; fill them, or choose data.eval_split, data.validation_split or data.task_names")
+        return queries
 
     def corpus_of(self, task: str) -> Passages:
         """The corpus a task is searched in and draws its passages from: its own, else the shared one."""
@@ -194,7 +206,7 @@ class MultitaskDataModule(L.LightningDataModule):
         """The unselected tasks' train and eval-split files that exist, with their sampling caps; none without a sub-corpus."""
         if self.corpus_max_pages is None:
             return []
-        splits = (("train", self.max_train_queries), (self.eval_split, self.max_eval_queries))
+        splits = [(split, self.max_train_queries if split == "train" else self.max_eval_queries) for split in self._splits()]
         candidates = [(getattr(task, split), limit) for task in self.other_tasks for split, limit in splits]
         return [(Path(path), limit) for path, limit in candidates if path is not None and Path(path).is_file()]
 
@@ -217,14 +229,14 @@ class MultitaskDataModule(L.LightningDataModule):
              for t in self.tasks},
         )
 
-    def _mine_negatives(self, queries_by_task: Mapping[str, list[Query]], heldout: bool = False) -> None:
+    def _mine_negatives(self, queries_by_task: Mapping[str, list[Query]], split: str = "train") -> None:
         """Negative pools: read from ``negatives_dir`` when given, else filled by ``negatives_miner``.
 
-        Training queries read ``<task>.jsonl``; held-out (eval split) queries read
-        ``<task>.<eval_split>.jsonl`` when every task has one (``multiret prepare kilt`` writes
+        Training queries read ``<task>.jsonl``; held-out queries (``split`` not train) read
+        ``<task>.<split>.jsonl`` when every task has one (``multiret prepare kilt`` writes
         them: at KILT's 36M passages an in-memory BM25 index is out of reach).
         """
-        split = self.eval_split if heldout else "train"
+        heldout = split != "train"
         if self.negatives_dir is not None and (not heldout or all(
                 negatives_file(self.negatives_dir, task, split).is_file() for task in queries_by_task)):
             for task, queries in queries_by_task.items():
@@ -249,11 +261,16 @@ class MultitaskDataModule(L.LightningDataModule):
         start = self.step_offset + (self.trainer.global_step if self.trainer is not None else 0)
         return DataLoader(self._batches(self.train_queries, self.seed, start), batch_size=None, num_workers=0)
 
-    def heldout_queries(self) -> dict[str, list[Query]]:
-        """Each task's eval-split queries with positives and hard negatives, as training queries get them."""
+    def heldout_queries(self, split: str | None = None) -> dict[str, list[Query]]:
+        """Each task's queries of ``split`` (the eval split, or the validation split) with positives and hard negatives,
+        as training queries get them."""
+        split = split or self.eval_split
+        if split not in (self.eval_split, self.validation_split):
+            raise ValueError(f"split {split!r} is neither data.eval_split nor data.validation_split")
         self.setup("fit")
-        heldout = {name: self._positives(name, queries, self.eval_split) for name, queries in self.eval_queries.items()}
-        self._mine_negatives(heldout, heldout=True)
+        read = self.eval_queries if split == self.eval_split else self.validation_queries
+        heldout = {name: self._positives(name, queries, split) for name, queries in read.items()}
+        self._mine_negatives(heldout, split)
         return heldout
 
     def heldout_batches(self) -> MultitaskBatches:

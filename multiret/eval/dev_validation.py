@@ -71,13 +71,14 @@ class DevValidation(L.Callback):
         """Choose the queries and pools once; returns what the manifest records about them."""
         if self.datamodule is not None:
             return self.record
-        heldout = datamodule.heldout_queries()
+        split = datamodule.validation_split
+        heldout = datamodule.heldout_queries(split)
         tasks = {}
         for task in datamodule.tasks:
             corpus = datamodule.corpus_of(task.name)
             queries = heldout[task.name][: self.max_queries]
             if not queries:
-                raise UserError(f"task {task.name}: no {datamodule.eval_split} item has a gold page in the corpus, so "
+                raise UserError(f"task {task.name}: no {split} item has a gold page in the corpus, so "
                                 "validation cannot score it; turn it off with callbacks.dev_validation=null")
             self.queries[task.name] = queries
             self.gold[task.name] = task_gold(datamodule, task, queries)
@@ -85,7 +86,7 @@ class DevValidation(L.Callback):
                                                    self.hard_negatives)
             tasks[task.name] = {"queries": len(queries), **self.pools[task.name].record(corpus)}
         self.datamodule = datamodule
-        self.record = {"split": datamodule.eval_split, "seed": self.seed, "pool_sample": self.pool_sample,
+        self.record = {"split": split, "seed": self.seed, "pool_sample": self.pool_sample,
                        "whole_corpus_max": self.whole_corpus_max, "hard_negatives": self.hard_negatives, "tasks": tasks}
         return self.record
 
@@ -185,7 +186,7 @@ def task_gold(datamodule: MultitaskDataModule, task: TaskSpec, queries: Sequence
     whose provenance is its relevant documents (each document its own page), so R-precision is the usual binary one."""
     if task.name in datamodule.qrels:
         return [{"id": q.qid, "output": [{"provenance": [{PAGE_KEY: page} for page in q.gold_pages]}]} for q in queries]
-    records = gold_records(task, datamodule.eval_split, [q.qid for q in queries], datamodule.corpus_of(task.name))
+    records = gold_records(task, datamodule.validation_split, [q.qid for q in queries], datamodule.corpus_of(task.name))
     by_id = {str(r["id"]).strip(): r for r in records}
     return [by_id[q.qid] for q in queries]
 

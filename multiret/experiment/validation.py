@@ -76,13 +76,15 @@ def validate_cutoffs(top_k: Any, ks: Any) -> None:
 
 
 def check_selection_split(cfg: DictConfig) -> None:
-    """Validation scores ``data.eval_split``: off the dev split, ``eval_checkpoint=best`` would pick the reported
-    weights on the very queries they are reported on, so it is refused."""
-    split = OmegaConf.select(cfg, "data.eval_split", default="dev")
+    """Validation scores ``data.validation_split`` (by default ``data.eval_split``): off the dev split,
+    ``eval_checkpoint=best`` would pick the weights on held-out queries that are not for choosing (the test
+    split's), so it is refused."""
+    key = "data.validation_split" if OmegaConf.select(cfg, "data.validation_split") else "data.eval_split"
+    split = OmegaConf.select(cfg, key, default="dev")
     if split != "dev" and cfg.get("eval_checkpoint", "last") == "best":
-        raise UserError(f"validation while training scores data.eval_split={split}, so eval_checkpoint=best would choose "
-                        f"the weights on the {split} queries they are scored on; set eval_checkpoint=last for a {split}-split "
-                        "run (callbacks.dev_validation=null to not score it while training), or train with data.eval_split=dev")
+        raise UserError(f"validation while training scores {key}={split}, so eval_checkpoint=best would choose "
+                        f"the weights on {split} queries; validate on dev (data.validation_split=dev), set eval_checkpoint=last, "
+                        "or train with callbacks.dev_validation=null")
 
 
 def validate_training_numbers(cfg: DictConfig) -> None:

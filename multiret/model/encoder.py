@@ -21,14 +21,18 @@ class TextEncoder(nn.Module):
     ``first``: the first token's hidden state (BERT's [CLS]).
     """
 
-    def __init__(self, path: str, pooling: str = "mean", normalize: bool = False) -> None:
+    def __init__(self, path: str, pooling: str = "mean", normalize: bool = False, num_layers: int | None = None) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise UserError(f"model.encoder.pooling={pooling!r}; expected one of {', '.join(POOLINGS)}")
+        if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1):
+            raise UserError(f"model.encoder.num_layers={num_layers!r} must be a positive number of layers, or null for all")
         self.path = str(resolve_model_path(path))
         self.pooling = pooling
         self.normalize = normalize
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        # the first num_layers layers of the pre-trained stack (the config's attribute map names T5's num_layers)
+        fewer = {"num_hidden_layers": num_layers} if num_layers is not None else {}
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True, **fewer)
         self.model.train()
         is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         if (pooling == "t5_decoder") != is_encoder_decoder:

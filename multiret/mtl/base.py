@@ -48,6 +48,9 @@ from multiret.mtl.buffers import TaskBuffers
 log = logging.getLogger(__name__)
 
 
+COSINE_SETS = ("no_embeddings", "all")  # method.cosines_over: which parameters the logged norms and cosines read
+
+
 def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
     """``G_ij = g_i · g_j`` over every parameter tensor, from per-tensor ``(T, *shape)`` gradients (float64)."""
     num_tasks = task_grads[0].shape[0]
@@ -119,10 +122,16 @@ class GradientMethod(Callback):
         max_nonfinite_steps: int = 5,
         parameters: Sequence[str] | None = None,
         row_tracked_tables_from: int = 1 << 16,
+        cosines_over: str = "no_embeddings",
+        same_task_cosine: bool = True,
     ) -> None:
         super().__init__()
         if log_every_n_steps < 1 or max_nonfinite_steps < 1:
             raise ValueError("method.log_every_n_steps and method.max_nonfinite_steps must be ≥ 1")
+        if cosines_over not in COSINE_SETS:
+            raise UserError(f"method.cosines_over={cosines_over!r}; choose one of {list(COSINE_SETS)}")
+        self.cosines_over = cosines_over
+        self.same_task_cosine = same_task_cosine
         self.row_tracked_tables_from = row_tracked_tables_from
         self.parameter_patterns = [re.compile(p) for p in parameters] if parameters else None
         self.log_every_n_steps = log_every_n_steps
@@ -139,6 +148,9 @@ class GradientMethod(Callback):
         self.buffers: TaskBuffers | None = None  # the task gradients, for a method that needs them
         self.row_sparse: list[bool] = []  # per parameter in _params: an embedding table buffered by rows
         self._gram: torch.Tensor | None = None
+        self._diagnostic_gram: torch.Tensor | None = None  # the Gram matrix over the parameters the cosines read
+        self.in_diagnostics: list[bool] = []  # per parameter in _params: read by the logged norms and cosines
+        self._previous: list[torch.Tensor] | None = None  # the task gradients of the step before a logging step
         self._pending_state: dict[str, Any] | None = None
 
     @property
@@ -152,6 +164,10 @@ class GradientMethod(Callback):
         self._params, self._plain_params = self._select(pl_module)
         tables = {id(m.weight) for m in pl_module.modules() if isinstance(m, torch.nn.Embedding)}
         self.row_sparse = [id(p) in tables and p.numel() >= self.row_tracked_tables_from for p in self._params]
+        embeddings = {id(p) for m in pl_module.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+        self.in_diagnostics = [self.cosines_over == "all" or id(p) not in embeddings for p in self._params]
+        if not any(self.in_diagnostics):  # a model of embeddings alone: its cosines can only read them
+            self.in_diagnostics = [True] * len(self._params)
         count = len(self.task_names)
         if self.needs_task_gradients:
             self.buffers = TaskBuffers(self._params, self.row_sparse, count)
@@ -216,6 +232,7 @@ class GradientMethod(Callback):
         self._collect_losses(unscale)
         self._device_losses.zero_()
         log_now = self.step % self.log_every_n_steps == 0
+        snapshot = self.same_task_cosine and (self.step + 1) % self.log_every_n_steps == 0
         device = self._params[0].device if self._params else torch.device("cpu")
         # the optimizer steps inside training_step, so under bf16-mixed autocast is on here: the rules run in the
         # buffers' precision, not in bf16 (nor may a bf16 result become the float32 parameters' gradient)
@@ -228,26 +245,41 @@ class GradientMethod(Callback):
             finite = losses_finite and self._summed_gradients_finite()
             logged: dict[str, float] = {}
             if finite and self.needs_task_gradients:
-                statistics = self._write_combined(trainer, log_now)
+                statistics = self._write_combined(trainer, log_now, snapshot)
                 finite = statistics is not None
                 logged = statistics or {}
             if finite:
                 self.nonfinite_streak = 0
             else:
                 self._skip_update(overflow=scaler is not None and losses_finite)
+                self._previous = None
             if self.buffers is not None:
                 self.buffers.reset()
-                self._gram = None
+                self._gram = self._diagnostic_gram = None
         if scaler is not None:
             record_inf_check(scaler, optimizer, finite, device)
         pl_module.update_skipped = not finite
         if log_now or not finite:
             logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:
-            pl_module.log_dict(logged, on_step=True, batch_size=1)
+            self._log(trainer, pl_module, logged)
         self.step += 1
         if self.nonfinite_streak >= self.max_nonfinite_steps:
             raise self._stop_error()
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, values: dict[str, float]) -> None:
+        """Write ``values`` to every logger under this step, and to the trainer's metrics.
+
+        Lightning writes a step's ``self.log`` values only every ``trainer.log_every_n_steps``
+        batches, which would drop the method's steps that fall between (half of them at a
+        method interval of 5 and a trainer interval of 10); so the base writes them itself, as
+        :class:`~multiret.eval.dev_validation.DevValidation` does, and ``log_dict`` only keeps
+        them in ``callback_metrics`` for the progress line.
+        """
+        pl_module.log_dict(values, on_step=True, batch_size=1, logger=False)
+        if getattr(trainer, "is_global_zero", True):
+            for logger in getattr(trainer, "loggers", ()):
+                logger.log_metrics(values, step=getattr(trainer, "global_step", self.step))
 
     def _stop_error(self) -> NonFiniteTrainingError:
         """Why training stops after ``max_nonfinite_steps`` skipped steps in a row, and how to fix it."""
@@ -260,11 +292,17 @@ class GradientMethod(Callback):
             f"method.max_nonfinite_steps={self.max_nonfinite_steps} sets how many skipped steps in a row are tolerated"
         )
 
-    def _write_combined(self, trainer: L.Trainer, log_now: bool) -> dict[str, float] | None:
+    def _write_combined(self, trainer: L.Trainer, log_now: bool, snapshot: bool = False) -> dict[str, float] | None:
         """Put the combined task gradients into ``p.grad`` (the plain mean for parameters the method leaves out);
-        returns what to log, or None, having changed nothing, if the task gradients are not finite."""
-        if log_now:
-            self.gram()  # before combine, which may write its result over the task buffers
+        returns what to log, or None, having changed nothing, if the task gradients are not finite.
+
+        ``snapshot``: keep this step's task gradients for the next (logging) step's same-task cosines."""
+        baseline: dict[str, float] = {}
+        if log_now:  # before combine, which may write its result over the task buffers
+            self.gram()
+            baseline = self._same_task_cosines()
+        if snapshot:
+            self._previous = [g.clone() for g, keep in zip(self.buffers.grads, self.in_diagnostics) if keep]
         combined = self.combine(self.buffers.grads, self._params, trainer)
         if combined is None:
             return None
@@ -275,7 +313,7 @@ class GradientMethod(Callback):
                 param.grad.div_(len(self.task_names))
         if not log_now:
             return {}
-        return {**self._gradient_statistics(self.gram()), **self.log_values()}
+        return {**self._gradient_statistics(self._diagnostic_gram), **baseline, **self.log_values()}
 
     def _summed_gradients_finite(self) -> bool:
         """Whether the gradients the backwards left in ``p.grad`` are finite: every gradient for a method without
@@ -332,7 +370,12 @@ class GradientMethod(Callback):
         self.task_losses = losses.double().cpu() * unscale
 
     def _gradient_statistics(self, gram: torch.Tensor) -> dict[str, float]:
-        """Per-task gradient norms and pairwise cosines: the conflicts multitask methods exist to resolve."""
+        """Per-task gradient norms and pairwise cosines: the conflicts multitask methods exist to resolve.
+
+        Both read the parameters of ``method.cosines_over``: by default every one but the
+        embedding tables, whose rows a task's batch touches sparsely (its own words, prompts and
+        positions), so the tasks' gradients there are nearly disjoint and pull every cosine
+        towards 0 whatever the encoder's layers do."""
         norms = gram.diagonal().clamp(min=0).sqrt()
         stats = {f"mtl/grad_norm/{name}": float(n) for name, n in zip(self.task_names, norms)}
         for i in range(len(self.task_names)):
@@ -341,10 +384,29 @@ class GradientMethod(Callback):
                 stats[f"mtl/cosine/{self.task_names[i]}~{self.task_names[j]}"] = float(cosine)
         return stats
 
+    def _same_task_cosines(self) -> dict[str, float]:
+        """Each task's gradient now against its own on the step before (another batch, one update earlier), over
+        the parameters of the cosines: the reference that says how far from 1 two gradients of one task fall, so
+        that a cross-task cosine near 0 can be read (none when the step before was skipped or not seen, as after a
+        resume)."""
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return {}
+        current = [g for g, keep in zip(self.buffers.grads, self.in_diagnostics) if keep]
+        dots = sum((a.reshape(len(a), -1).double() * b.reshape(len(b), -1).double()).sum(1) for a, b in zip(previous, current))
+        before = sum(a.reshape(len(a), -1).double().square().sum(1) for a in previous).sqrt()
+        now = self._diagnostic_gram.diagonal().clamp(min=0).sqrt().to(dots.device)
+        cosines = (dots / (before * now).clamp(min=1e-30)).cpu()
+        return {f"mtl/cosine_same_task/{name}": float(c) for name, c in zip(self.task_names, cosines)}
+
     def gram(self) -> torch.Tensor:
-        """This step's Gram matrix of the buffered task gradients, on the CPU, computed once per step."""
+        """This step's Gram matrix of the buffered task gradients, on the CPU, computed once per step (with the part
+        over the parameters the logged cosines read, at no extra pass)."""
         if self._gram is None:
-            self._gram = gram_matrix(self.buffers.grads).cpu()
+            read = [g for g, keep in zip(self.buffers.grads, self.in_diagnostics) if keep]
+            rest = [g for g, keep in zip(self.buffers.grads, self.in_diagnostics) if not keep]
+            self._diagnostic_gram = gram_matrix(read).cpu()
+            self._gram = self._diagnostic_gram + gram_matrix(rest).cpu() if rest else self._diagnostic_gram
         return self._gram
 
     def combine(

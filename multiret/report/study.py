@@ -115,6 +115,21 @@ def best_trial(trials: list[Trial]) -> int:
     return max(range(len(trials)), key=lambda index: trials[index].score)  # max keeps the first of equals
 
 
+def grid_edges(trials: list[Trial], chosen: int) -> list[str]:
+    """The swept numeric settings whose chosen value is the smallest or largest of a grid of three or more values: the
+    best may lie beyond it, so the grid should be widened on that side (a grid of two values has no inside)."""
+    edges = []
+    for key, text in trials[chosen].settings.items():
+        values = {t.settings[key] for t in trials if key in t.settings}
+        try:
+            numbers = sorted(float(v) for v in values)
+        except ValueError:
+            continue
+        if len(set(numbers)) > 2 and float(text) in (numbers[0], numbers[-1]):
+            edges.append(key)
+    return edges
+
+
 def yaml_value(value: Any) -> str:
     """One value in YAML flow style, on one line."""
     return yaml.safe_dump(value, default_flow_style=True, width=10**9).removesuffix("\n...\n").strip()
@@ -127,10 +142,10 @@ def experiment_text(arm: str, source: Path, trials: list[Trial], chosen: int) ->
     why = f"chosen on dev: trial {chosen + 1} of {len(trials)} (dev R-prec {trial.score:.3f})"
     includes, defaults, nested = [], [], {}
     parser = OverridesParser.create()
-    for text in (f"{k}={v}" for k, v in trial.settings.items()):
-        override = parser.parse_overrides([text])[0]
+    for setting, value in trial.settings.items():
+        override = parser.parse_overrides([f"{setting}={value}"])[0]
         key = override.key_or_group
-        comment = why if key in swept else "fixed for every trial of this arm"
+        comment = why if setting in swept else "fixed for every trial of this arm"  # the setting as written: ++key too
         if key == "experiment":  # Hydra wants every override after the configs a defaults list includes
             includes.append(f"  - /experiment/{override.value()}  # {comment}")
             continue
@@ -186,10 +201,11 @@ def select(tune: Path, out: Path) -> dict[str, Any]:
         trials = arm_trials(arm_dir)
         chosen = best_trial(trials)
         path = out / f"{arm_dir.name}.yaml"
-        atomic_write_text(path, experiment_text(arm_dir.name, arm_dir, trials, chosen))
+        atomic_write_text(path, experiment_text(arm_dir.name, Path(tune.name) / arm_dir.name, trials, chosen))
         selection[arm_dir.name] = {
             "metric": f"dev average {SCORE_METRIC}",
             "chosen": chosen,
+            "at_grid_edge": grid_edges(trials, chosen),
             "experiment": str(path),
             "trials": [{"settings": t.settings, "score": t.score, "jobs": [j.folder.name for j in t.jobs]} for t in trials],
         }
@@ -208,5 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         trial = entry["trials"][entry["chosen"]]
         print(f"{arm}: trial {entry['chosen'] + 1} of {len(entry['trials'])}, dev R-prec {trial['score']:.3f}: "
               f"{' '.join(f'{k}={v}' for k, v in trial['settings'].items())} → {entry['experiment']}")
+        for key in entry["at_grid_edge"]:
+            print(f"{arm}: {key}={trial['settings'][key]} is at the edge of its grid; widen the grid on that side and tune again")
     print(f"wrote {args.tune / 'selection.json'}")
     return 0
