@@ -83,7 +83,7 @@ def test_select_picks_the_best_trial_and_writes_an_experiment_that_composes(tmp_
 
 
 def test_select_flags_a_choice_at_the_grids_edge_and_writes_no_machine_path(tmp_path, capsys):
-    from multiret.experiment.study import Trial, grid_edges
+    from multiret.report.study import Trial, grid_edges
 
     tune_folder(tmp_path / "tune")  # two values of each setting: no inside, nothing flagged
     assert cli(["study", "select", str(tmp_path / "tune"), "--out", str(tmp_path / "out")]) == 0
