@@ -1,7 +1,9 @@
 """The gradient-method callback: collect each task's gradient, let a method combine them.
 
-The bi-encoder backpropagates one task at a time and marks which (``active_task``). A method
-that needs task gradients moves ``p.grad`` into a per-task buffer after each backward
+The bi-encoder backpropagates one task at a time and names which (``active_task``, a task name
+the method looks up in the data module's ``task_names``; every micro-batch must hold those
+tasks in that order, :func:`multiret.data.batches.check_tasks`). A method that needs task
+gradients moves ``p.grad`` into a per-task buffer after each backward
 (``on_after_backward``) and, just before the optimizer steps (``on_before_optimizer_step``,
 before the module clips), writes the combined gradient back.
 
@@ -41,6 +43,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from multiret.data.batches import check_tasks
 from multiret.errors import UserError
 from multiret.model.gather import world
 from multiret.mtl.buffers import TaskBuffers
@@ -132,6 +135,7 @@ class GradientMethod(Callback):
         self.nonfinite_steps = 0  # steps skipped so far (checkpointed, logged as mtl/nonfinite_steps)
         self.nonfinite_streak = 0  # of them, how many in a row up to this step
         self._nonfinite_culprit = ""  # what the last skipped step found not finite, for the stop message
+        self._skipped_last_update = False
         self.task_losses = torch.zeros(0)
         self._device_losses = torch.zeros(0)  # this step's task losses, summed on the parameters' device
         self._params: list[torch.nn.Parameter] = []
@@ -142,13 +146,18 @@ class GradientMethod(Callback):
         self._pending_state: dict[str, Any] | None = None
 
     @property
+    def skipped_last_update(self) -> bool:
+        """Whether this step's optimizer step updated nothing (the module reads it: :class:`multiret.model.biencoder.UpdateGuard`)."""
+        return self._skipped_last_update
+
+    @property
     def state_key(self) -> str:
         """One key for every method, so resuming with another method finds the state and refuses it."""
         return "GradientMethod"
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.task_names = [task.name for task in trainer.datamodule.tasks]
+        self.task_names = list(trainer.datamodule.task_names)
         self._params, self._plain_params = self._select(pl_module)
         tables = {id(m.weight) for m in pl_module.modules() if isinstance(m, torch.nn.Embedding)}
         self.row_sparse = [id(p) in tables and p.numel() >= self.row_tracked_tables_from for p in self._params]
@@ -180,6 +189,13 @@ class GradientMethod(Callback):
         """Allocate the method's own state once parameters and tasks are known (default: none)."""
 
     @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        """Check the step's tasks against the declared ones before any backward; no update is skipped yet."""
+        for micro_batch in batch:
+            check_tasks(micro_batch, self.task_names)
+        self._skipped_last_update = False
+
+    @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         task = self._active_task(pl_module)
         self._device_losses[task] += loss.detach().float()  # stays on the device: no sync per backward
@@ -191,10 +207,14 @@ class GradientMethod(Callback):
             self.buffers.take(self._active_task(pl_module))
 
     def _active_task(self, pl_module: L.LightningModule) -> int:
+        """The position in ``task_names`` of the task the module names as running its backward."""
         task = getattr(pl_module, "active_task", None)
         if task is None:
-            raise RuntimeError(f"method={self.name} needs the module to mark the task of each backward (active_task)")
-        return task
+            raise RuntimeError(f"method={self.name} needs the module to name the task of each backward (active_task)")
+        if task not in self.task_names:
+            raise UserError(f"the module ran a backward of task {task!r}, which is not in data.task_names={self.task_names}; "
+                            "train on the data module's own batches")
+        return self.task_names.index(task)
 
     @override
     def on_before_optimizer_step(
@@ -207,7 +227,7 @@ class GradientMethod(Callback):
         ``p.grad`` is dropped, so the optimizer's step changes neither the weights nor its own
         state (AdamW's moments and step count); no method state moves (the check comes before
         :meth:`task_coefficients`, and :meth:`combine` changes nothing when it returns None); the
-        module leaves the learning-rate schedule where it was (``update_skipped``); the step is
+        module leaves the learning-rate schedule where it was (:attr:`skipped_last_update`); the step is
         counted and logged (``mtl/nonfinite_steps``), and ``max_nonfinite_steps`` in a row stop
         training.
         """
@@ -240,7 +260,7 @@ class GradientMethod(Callback):
                 self._gram = None
         if scaler is not None:
             record_inf_check(scaler, optimizer, finite, device)
-        pl_module.update_skipped = not finite
+        self._skipped_last_update = not finite
         if log_now or not finite:
             logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:
