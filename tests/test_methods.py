@@ -303,3 +303,19 @@ def test_the_skip_flag_is_the_methods_and_the_module_reads_it_through_the_protoc
     assert method.skipped_last_update
     method.on_train_batch_start(trainer, module, [], 1)  # a new step: nothing skipped yet
     assert not method.skipped_last_update
+
+
+def test_resuming_with_another_method_id_is_refused_naming_the_old_class_default():
+    """Checkpoints written before every YAML set `name` recorded taco_published as `taco` (its class's name)."""
+    trainer = fake_trainer()
+    old = CGD()
+    old.on_fit_start(trainer, FakeModule())
+    renamed = CGD(name="cgd_slow")
+    renamed.on_fit_start(trainer, FakeModule())
+    with pytest.raises(ValueError, match=r"trained with method='cgd', not method='cgd_slow'; a checkpoint written before "
+                                         r"methods were named by their conf/method file records method=cgd_slow as 'cgd' too"):
+        renamed.load_state_dict(old.state_dict())
+    other = Naive()
+    other.on_fit_start(trainer, FakeModule())
+    with pytest.raises(ValueError, match=r"^checkpoint was trained with method='cgd', not method='naive'$"):
+        other.load_state_dict(old.state_dict())

@@ -111,6 +111,10 @@ class GradientMethod(Callback):
     (:class:`~multiret.mtl.buffers.TaskBuffers`); a smaller table (T5's relative-position
     biases) is copied whole like any parameter, since finding and moving its rows takes about
     ten small operations per backward, more than copying it.
+
+    ``name`` is the method's id, the name of its ``conf/method/`` file (every YAML sets it, and
+    ``tests/test_configs.py`` checks the two agree): the checkpoint records it, a resume checks
+    it, and the logs use it. A method built in Python without one gets its class's ``name``.
     """
 
     name: str = "base"
@@ -118,12 +122,15 @@ class GradientMethod(Callback):
 
     def __init__(
         self,
+        name: str | None = None,
         log_every_n_steps: int = 10,
         max_nonfinite_steps: int = 5,
         parameters: Sequence[str] | None = None,
         row_tracked_tables_from: int = 1 << 16,
     ) -> None:
         super().__init__()
+        if name is not None:
+            self.name = name
         if log_every_n_steps < 1 or max_nonfinite_steps < 1:
             raise ValueError("method.log_every_n_steps and method.max_nonfinite_steps must be ≥ 1")
         self.row_tracked_tables_from = row_tracked_tables_from
@@ -419,8 +426,14 @@ class GradientMethod(Callback):
             self._pending_state = dict(state_dict)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if state.get("method") != self.name:
-            raise ValueError(f"checkpoint was trained with method={state.get('method')!r}, not method={self.name!r}")
+        recorded = state.get("method")
+        if recorded != self.name:
+            # before every conf/method YAML set its name, a YAML without one (taco_published) recorded its class's
+            legacy = recorded == type(self).name
+            raise ValueError(
+                f"checkpoint was trained with method={recorded!r}, not method={self.name!r}" + (
+                    f"; a checkpoint written before methods were named by their conf/method file records method={self.name} "
+                    f"as {recorded!r} too: resume such a run with method={recorded} and this method's settings" if legacy else ""))
         if list(state.get("task_names", [])) != self.task_names:
             raise ValueError(
                 f"checkpoint was trained on tasks {state.get('task_names')}, but data.task_names is {self.task_names}; "
