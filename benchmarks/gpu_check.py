@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from step_time import METHOD_CONFIGS, method_config, model_path, random_batches, time_method
 
+from multiret.data.batches import TaskBatch
 from multiret.data.collator import PromptCollator
 from multiret.data.corpus import Corpus
 from multiret.data.tasks import TaskSpec
@@ -73,11 +74,12 @@ def reference_taco_steps(path: str, pooling: str, batches: list, warmup: int, pr
         _sync()
         start = time.perf_counter()
         task_grads = []
-        for task, task_batch in batch[0].items():
+        for task_batch in batch[0]:
             optimizer.zero_grad(set_to_none=False)
-            on_device = {side: {k: v.to(device) for k, v in tensors.items()} for side, tensors in task_batch.items()}
+            query, passage = ({k: v.to(device) for k, v in side.items()} for side in (task_batch.query, task_batch.passage))
+            on_device = TaskBatch(task_batch.task, query, passage)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
-                loss = model.task_loss(on_device, task)
+                loss = model.task_loss(on_device)
             loss.backward()
             task_grads.append(grad2vec(params))
         grads = torch.stack(task_grads)

@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from multiret.data.batches import TaskBatch
 from multiret.data.tasks import TaskSpec
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
@@ -57,16 +58,18 @@ class StepTimer(Callback):
 class FixedBatches(L.LightningDataModule):
     """The same pre-built batches for every method."""
 
-    def __init__(self, batches: list[dict], tasks: list[TaskSpec]) -> None:
+    def __init__(self, batches: list[list[list[TaskBatch]]], tasks: list[TaskSpec]) -> None:
         super().__init__()
         self.batches = batches
         self.tasks = tasks
+        self.task_names = [task.name for task in tasks]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.batches, batch_size=None)
 
 
-def random_batches(vocab: int, tasks: int, queries: int, passages: int, q_len: int, p_len: int, steps: int) -> list[dict]:
+def random_batches(vocab: int, tasks: int, queries: int, passages: int, q_len: int, p_len: int,
+                   steps: int) -> list[list[list[TaskBatch]]]:
     generator = torch.Generator().manual_seed(0)
 
     def tokens(rows: int, length: int) -> dict:
@@ -74,7 +77,7 @@ def random_batches(vocab: int, tasks: int, queries: int, passages: int, q_len: i
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     return [
-        [{f"task{t}": {"query": tokens(queries, q_len), "passage": tokens(queries * passages, p_len)} for t in range(tasks)}]
+        [[TaskBatch(f"task{t}", tokens(queries, q_len), tokens(queries * passages, p_len)) for t in range(tasks)]]
         for _ in range(steps)
     ]
 

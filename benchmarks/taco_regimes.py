@@ -35,6 +35,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from multiret.data.batches import TaskBatch
 from multiret.experiment.run import CONFIG_DIR
 from multiret.mtl.taco import TACO
 
@@ -46,13 +47,13 @@ OPTIONS: dict[str, dict[str, Any]] = {
 ENTROPY_CHUNK = 1 << 20
 
 
-def task_gradients(model: torch.nn.Module, batch: list[dict], params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+def task_gradients(model: torch.nn.Module, batch: list[list[TaskBatch]], params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     """Per parameter, the ``(T, *shape)`` task gradients of one step (a task that does not reach it: zeros)."""
     per_task = []
     for micro_batch in batch:
-        for task, task_batch in micro_batch.items():
+        for task_batch in micro_batch:
             model.zero_grad(set_to_none=True)
-            model.task_loss(task_batch, task).backward()
+            model.task_loss(task_batch).backward()
             per_task.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params])
     return [torch.stack(grads) for grads in zip(*per_task)]
 

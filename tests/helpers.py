@@ -143,7 +143,7 @@ def kilt_files(kilt: Path) -> dict:
 def prepared_config(run_dir, model_dir, out, report, task_names, *overrides):
     """``tiny_config`` over a folder of ``prepare kilt`` or ``prepare dpr``: its report's tasks, passage store and
     negatives, two steps."""
-    tasks = {name: {"train": s["train"], "dev": s["dev"], "prompt": s["prompt"], "max_query_length": 16}
+    tasks = {name: {"train": s["train"], "dev": s["dev"], "prompt": name, "max_query_length": 16}
              for name, s in report["settings"]["tasks"].items()}
     return tiny_config(run_dir, model_dir, out, tasks, "data.corpus=passages", "trainer.max_steps=2",
                        f"data.task_names=[{','.join(task_names)}]", f"data.negatives_dir={out / 'negatives'}", *overrides)

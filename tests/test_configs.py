@@ -131,3 +131,14 @@ def test_every_config_key_has_a_comment():
             entry = line.strip()
             if entry and not entry.startswith(("#", "- ")) and entry != "defaults:":
                 assert "  # " in line, f"{path}:{number}: a key without a one-line comment: {entry}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_method_is_named_by_its_yaml_file_in_its_config_checkpoints_and_logs(method):
+    """The one id: `method=<file>` builds a callback whose name (the checkpoint's entry, the resume check, log keys) is `<file>`."""
+    from hydra.utils import instantiate
+
+    cfg = _compose(f"method={method}")
+    assert cfg.method.name == method
+    callback = instantiate(cfg.method)
+    assert callback.name == method

@@ -117,16 +117,17 @@ def test_every_batch_holds_every_task_and_resuming_replays_the_same_batches(kilt
     stream = iter(_stream(kilt_dir, tiny_t5_dir, kilt_tasks))
     batches = [next(stream)[0] for _ in range(30)]  # 30 steps × 3 queries cycles the 40 qa items twice
     for batch in batches:
-        assert list(batch) == ["qa", "el"]
-        assert batch["qa"]["query"]["input_ids"].shape[0] == 3
-        assert batch["qa"]["passage"]["input_ids"].shape[0] == 3 * 3  # positive + 2 negatives per query
-        assert batch["el"]["query"]["input_ids"].shape[0] == 2
+        assert [task_batch.task for task_batch in batch] == ["qa", "el"]
+        qa, el = batch
+        assert qa.query["input_ids"].shape[0] == 3
+        assert qa.passage["input_ids"].shape[0] == 3 * 3  # positive + 2 negatives per query
+        assert el.query["input_ids"].shape[0] == 2
     resumed = iter(_stream(kilt_dir, tiny_t5_dir, kilt_tasks, start_step=17))
     for step in range(17, 30):
         [again] = next(resumed)
-        for task in ("qa", "el"):
+        for task in (0, 1):
             for side in ("query", "passage"):
-                assert again[task][side]["input_ids"].equal(batches[step][task][side]["input_ids"])
+                assert getattr(again[task], side)["input_ids"].equal(getattr(batches[step][task], side)["input_ids"])
 
 
 def test_micro_batches_are_consecutive_stream_batches_and_resume_by_optimizer_step(kilt_dir, tiny_t5_dir, kilt_tasks):
@@ -135,7 +136,7 @@ def test_micro_batches_are_consecutive_stream_batches_and_resume_by_optimizer_st
     step_three = next(resumed)
     assert len(step_three) == 2
     for micro, expected in zip(step_three, (single.batch(6), single.batch(7))):
-        assert micro["el"]["query"]["input_ids"].equal(expected["el"]["query"]["input_ids"])
+        assert micro[1].query["input_ids"].equal(expected[1].query["input_ids"])
 
 
 def test_infinite_temperature_mixes_uniformly():

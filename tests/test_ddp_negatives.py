@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from multiret.data.batches import TaskBatch
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
 
@@ -33,10 +34,9 @@ def _worker(rank, world, port, model_dir, out_dir):
     model = _model(model_dir)
     queries, passages = _batch()
     half_q, half_p = queries.shape[0] // world, passages.shape[0] // world
-    loss = model.task_loss({
-        "query": _inputs(queries[rank * half_q:(rank + 1) * half_q]),
-        "passage": _inputs(passages[rank * half_p:(rank + 1) * half_p]),
-    })
+    loss = model.task_loss(TaskBatch(
+        "qa", _inputs(queries[rank * half_q:(rank + 1) * half_q]), _inputs(passages[rank * half_p:(rank + 1) * half_p])
+    ))
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]  # the unused BERT pooler has none
     for grad in grads:
@@ -56,7 +56,7 @@ def test_all_gathered_negatives_match_the_single_process_batch(tiny_bert_dir, tm
     ddp = torch.load(tmp_path / "ddp.pt")
     model = _model(str(tiny_bert_dir))
     queries, passages = _batch()
-    loss = model.task_loss({"query": _inputs(queries), "passage": _inputs(passages)})
+    loss = model.task_loss(TaskBatch("qa", _inputs(queries), _inputs(passages)))
     loss.backward()
     torch.testing.assert_close(ddp["loss"], loss.detach())
     expected_grads = [p.grad for p in model.parameters() if p.grad is not None]

@@ -514,9 +514,9 @@ def test_non_finite_steps_stop_training_with_one_line_and_finite_weights(ws: Pat
 
     clean = BiEncoder.task_loss
 
-    def poisoned(self, batch, task=None):
-        loss = clean(self, batch, task)
-        return loss * float("nan") if task == "el" and self.trainer.global_step >= 1 else loss
+    def poisoned(self, batch):
+        loss = clean(self, batch)
+        return loss * float("nan") if batch.task == "el" and self.trainer.global_step >= 1 else loss
 
     monkeypatch.setattr(BiEncoder, "task_loss", poisoned)
     monkeypatch.setattr(sys, "argv", ["multiret"])

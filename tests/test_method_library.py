@@ -165,7 +165,7 @@ def test_each_method_trained_for_real_combines_as_torchjd(tmp_path, tiny_t5_dir,
 def one_step(method, module, trainer, losses, grads):
     """One optimizer step of the tiny fake module: per task, the loss hook, a backward adding ``grad``, the buffer hook."""
     for task, (loss, grad) in enumerate(zip(losses, grads)):
-        module.active_task = task
+        module.active_task = trainer.datamodule.task_names[task]
         method.on_before_backward(trainer, module, torch.tensor(loss))
         grad = torch.tensor(grad)
         module.weight.grad = grad if module.weight.grad is None else module.weight.grad + grad
@@ -185,7 +185,7 @@ class FakeModule(torch.nn.Module):
 
 
 def fake_trainer(tasks=("a", "b", "c"), micro_batches=1):
-    return SimpleNamespace(datamodule=SimpleNamespace(tasks=[SimpleNamespace(name=t) for t in tasks], micro_batches=micro_batches))
+    return SimpleNamespace(datamodule=SimpleNamespace(task_names=list(tasks), micro_batches=micro_batches))
 
 
 def test_famo_matches_its_update_written_out_over_chained_steps():

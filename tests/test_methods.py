@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from multiret.data.batches import TaskBatch
+from multiret.errors import UserError
 from multiret.mtl.base import NonFiniteTrainingError, gram_matrix, weighted_sum
 from multiret.mtl.cgd import CGD
 from multiret.mtl.gradnorm import GradNorm
@@ -161,12 +163,12 @@ class FakeModule(torch.nn.Module):
 def fake_trainer(tasks=("a", "b")):
     from types import SimpleNamespace
 
-    return SimpleNamespace(datamodule=SimpleNamespace(tasks=[SimpleNamespace(name=t) for t in tasks]), world_size=1, max_steps=10)
+    return SimpleNamespace(datamodule=SimpleNamespace(task_names=list(tasks)), world_size=1, max_steps=10)
 
 
 def one_step(method, module, trainer, losses, grads):
     for task, (loss, grad) in enumerate(zip(losses, grads)):
-        module.active_task = task
+        module.active_task = trainer.datamodule.task_names[task]
         method.on_before_backward(trainer, module, torch.tensor(loss))
         module.weight.grad = torch.tensor(grad)
         method.on_after_backward(trainer, module)
@@ -179,11 +181,11 @@ def test_a_non_finite_task_gradient_skips_the_whole_update_and_is_counted():
     method, module, trainer = TACO(), FakeModule(), fake_trainer()
     method.on_fit_start(trainer, module)
     one_step(method, module, trainer, [1.0, 2.0], [[1.0, 2.0, 3.0], [float("inf"), 0.0, 1.0]])
-    assert module.weight.grad is None and module.update_skipped  # the optimizer gets nothing to apply
+    assert module.weight.grad is None and method.skipped_last_update  # the optimizer gets nothing to apply
     assert method.nonfinite_steps == 1 and module.logged["mtl/nonfinite_steps"] == 1.0
     finite = [[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]]
     one_step(method, module, trainer, [1.0, 2.0], finite)  # nothing of the bad step leaks into the next
-    assert not module.update_skipped
+    assert not method.skipped_last_update
     fresh, fresh_module = TACO(), FakeModule()
     fresh.on_fit_start(trainer, fresh_module)
     one_step(fresh, fresh_module, trainer, [1.0, 2.0], finite)
@@ -214,7 +216,7 @@ def test_naive_skips_a_step_whose_summed_gradient_is_not_finite():
     method, module, trainer = Naive(), FakeModule(), fake_trainer()
     method.on_fit_start(trainer, module)
     for task, grad in enumerate([[1.0, 0, 0], [0, float("nan"), 0]]):
-        module.active_task = task
+        module.active_task = trainer.datamodule.task_names[task]
         method.on_before_backward(trainer, module, torch.tensor(1.0))
         module.weight.grad = torch.tensor(grad) if module.weight.grad is None else module.weight.grad + torch.tensor(grad)
         method.on_after_backward(trainer, module)
@@ -243,7 +245,7 @@ def test_parameter_selection_buffers_only_matching_parameters_and_averages_the_r
     method.on_fit_start(trainer, module)
     assert [p.shape for p in method.buffers.grads] == [torch.Size([2, 2])]  # only `head` is buffered per task
     for task, (loss, grad) in enumerate(zip([1.0, 1.0], [[2.0, 4.0, 6.0], [0.0, 0.0, 2.0]])):
-        module.active_task = task
+        module.active_task = trainer.datamodule.task_names[task]
         method.on_before_backward(trainer, module, torch.tensor(loss))
         module.weight.grad = torch.tensor(grad) if module.weight.grad is None else module.weight.grad + torch.tensor(grad)
         module.head.grad = torch.tensor([1.0, 0.0]) if task == 0 else torch.tensor([0.0, 1.0])
@@ -278,7 +280,7 @@ def test_logged_cosines_leave_out_the_embedding_tables_unless_asked():
     over the dense layer, where the tasks agree, it is 1."""
     def step(method, module):
         method.on_fit_start(fake_trainer(), module)
-        for task, rows in enumerate((slice(0, 50), slice(50, 100))):
+        for task, rows in (("a", slice(0, 50)), ("b", slice(50, 100))):
             module.active_task = task
             method.on_before_backward(None, module, torch.tensor(1.0))
             module.words.weight.grad = torch.zeros(100, 10)
@@ -321,3 +323,64 @@ def test_every_step_the_method_logs_is_in_the_csv_log_whatever_the_trainers_inte
         rows = [row for row in csv.DictReader(handle) if row.get("mtl/cosine/qa~el")]
     assert [int(row["step"]) for row in rows] == [0, 2, 4]
     assert [bool(row.get("mtl/cosine_same_task/qa")) for row in rows] == [False, True, True]
+
+
+def test_the_method_finds_a_task_by_its_name_not_by_the_order_of_the_backwards():
+    trainer = fake_trainer()
+    in_order, reversed_order = CGD(), CGD()
+    for method, order in ((in_order, ["a", "b"]), (reversed_order, ["b", "a"])):
+        module = FakeModule()
+        method.on_fit_start(trainer, module)
+        grads = {"a": [1.0, 0.0, 2.0], "b": [0.0, 3.0, 1.0]}
+        for task in order:
+            module.active_task = task
+            method.on_before_backward(trainer, module, torch.tensor({"a": 1.0, "b": 4.0}[task]))
+            module.weight.grad = torch.tensor(grads[task])
+            method.on_after_backward(trainer, module)
+        assert method.task_losses.tolist() == [0.0, 0.0]  # collected at the optimizer step, in task_names order
+        method.on_before_optimizer_step(trainer, module, None)
+        assert method.task_losses.tolist() == [1.0, 4.0]
+        method.result = module.weight.grad.tolist()
+    assert in_order.result == reversed_order.result
+
+
+def test_a_batch_or_a_backward_of_tasks_other_than_the_declared_ones_is_refused():
+    method, module, trainer = Naive(), FakeModule(), fake_trainer()
+    method.on_fit_start(trainer, module)
+    swapped = [[TaskBatch("b", {}, {}), TaskBatch("a", {}, {})]]
+    with pytest.raises(UserError, match=r"a training batch holds tasks \['b', 'a'\], but the data module declares "
+                                        r"data.task_names=\['a', 'b'\]"):
+        method.on_train_batch_start(trainer, module, swapped, 0)
+    method.on_train_batch_start(trainer, module, [[TaskBatch("a", {}, {}), TaskBatch("b", {}, {})]], 0)
+    module.active_task = "c"
+    with pytest.raises(UserError, match=r"backward of task 'c', which is not in data.task_names=\['a', 'b'\]"):
+        method.on_before_backward(trainer, module, torch.tensor(1.0))
+
+
+def test_the_skip_flag_is_the_methods_and_the_module_reads_it_through_the_protocol():
+    from multiret.model.biencoder import UpdateGuard
+
+    method, module, trainer = Naive(), FakeModule(), fake_trainer()
+    assert isinstance(method, UpdateGuard) and not hasattr(module, "update_skipped")
+    method.on_fit_start(trainer, module)
+    one_step(method, module, trainer, [1.0, float("nan")], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert method.skipped_last_update
+    method.on_train_batch_start(trainer, module, [], 1)  # a new step: nothing skipped yet
+    assert not method.skipped_last_update
+
+
+def test_resuming_with_another_method_id_is_refused_naming_the_old_class_default():
+    """Checkpoints written before every YAML set `name` recorded taco_published as `taco` (its class's name)."""
+    trainer = fake_trainer()
+    old = CGD()
+    old.on_fit_start(trainer, FakeModule())
+    renamed = CGD(name="cgd_slow")
+    renamed.on_fit_start(trainer, FakeModule())
+    with pytest.raises(UserError, match=r"trained with method='cgd', not method='cgd_slow' \(a checkpoint written before "
+                                        r"methods were named by their conf/method file records method=cgd_slow as 'cgd' too"):
+        renamed.load_state_dict(old.state_dict())
+    other = Naive()
+    other.on_fit_start(trainer, FakeModule())
+    with pytest.raises(UserError, match=r"trained with method='cgd', not method='naive'; resume with method=cgd, or start") as refused:
+        other.load_state_dict(old.state_dict())
+    assert "written before" not in str(refused.value)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from multiret.data.batches import TaskBatch
 from multiret.errors import UserError
 from multiret.model.biencoder import BiEncoder
 from multiret.model.encoder import TextEncoder
@@ -66,7 +67,7 @@ def test_loss_is_cross_entropy_over_in_batch_and_hard_negatives(tiny_bert_dir):
     scores = q @ p.T / 0.5
     # query 0's positive is passage 0, query 1's is passage 2 (each query: positive, then one negative)
     expected = -(torch.log_softmax(scores[0], 0)[0] + torch.log_softmax(scores[1], 0)[2]) / 2
-    torch.testing.assert_close(model.task_loss({"query": queries, "passage": passages}), expected)
+    torch.testing.assert_close(model.task_loss(TaskBatch("qa", queries, passages)), expected)
 
 
 def test_untied_encoders_are_separate_copies(tiny_bert_dir):

@@ -37,9 +37,9 @@ def poison_task_loss(model: L.LightningModule, task: str, steps: Collection[int]
     the loss and the gradients of that task's backward become non-finite."""
     clean = model.task_loss
 
-    def task_loss(batch, name=None):
-        loss = clean(batch, name)
-        return loss * factor if name == task and model.trainer.global_step in steps else loss
+    def task_loss(batch):
+        loss = clean(batch)
+        return loss * factor if batch.task == task and model.trainer.global_step in steps else loss
 
     model.task_loss = task_loss
 

@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import bm25s
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
@@ -19,8 +21,10 @@ from multiret.data.kilt import attach_positives, read_queries
 from multiret.data.store import PassageStore
 from multiret.data.tasks import TaskSpec
 from multiret.data.template import check_template, format_passage
+from multiret.errors import UserError
 from multiret.eval.retrieval import evaluate_task_rankings
 from multiret.experiment.run import CONFIG_DIR, run
+from multiret.index.bm25 import BM25Retriever, BM25Settings
 from multiret.prepare.bm25_index import build_bm25_index, load_bm25_index, search
 from multiret.prepare.passages import build_passage_store
 
@@ -231,3 +235,24 @@ def test_prepare_kilt_over_a_dpr_file_matches_gold_pages_by_title(nq_fever, tmp_
     for query in read_queries(out / "nq-train.jsonl", page_key="title"):
         negatives = next(r["negatives"] for r in read_jsonl(out / "negatives" / "nq.jsonl") if r["id"] == query.qid)
         assert not {store.page_ids[store.row(p)] for p in negatives} & set(query.gold_pages)
+
+
+def test_the_recorded_bm25_k1_and_b_are_the_ones_the_index_is_scored_with(nq_fever, tmp_path):
+    """`--bm25-k1/--bm25-b` reach the step's marker, bm25s's params file and the scores alike."""
+    out = tmp_path / "out"
+    assert _prepare_cli(nq_fever["root"] / "kilt", nq_fever["passages"], out, nq_fever["questions"], "--tasks", "nq",
+                        "--bm25-k1", "1.5", "--bm25-b", "0.2") == 0
+    marker = json.loads((out / ".done" / "bm25.json").read_text())["params"]
+    written = json.loads((out / "bm25" / "params.index.json").read_text())
+    assert (marker["k1"], marker["b"]) == (written["k1"], written["b"]) == (1.5, 0.2)
+    store = PassageStore(out / "passages", "Title: {title} Text: {text}")
+    query = " ".join(page_words(PAGES[0])[:3])
+    index = load_bm25_index(out / "bm25")
+    rows, scores = index.retrieve(bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False), k=5,
+                                  show_progress=False)
+    given, default = (BM25Retriever(store, settings, show_progress=False).search_scored([query], 5)[0]
+                      for settings in (BM25Settings(k1=1.5, b=0.2), BM25Settings()))
+    np.testing.assert_allclose(scores, given, rtol=1e-5)
+    assert not np.allclose(scores, default, rtol=1e-3)  # the setting changes the scores
+    with pytest.raises(UserError, match=r"BM25 needs k1 ≥ 0 and 0 ≤ b ≤ 1, got k1=0.9, b=2"):
+        BM25Settings(b=2)

@@ -181,9 +181,9 @@ def test_report_counts_missing_pages_and_unusable_items_per_task(prepared):
     for task in set(KILT_TASKS) - {"nq"}:
         assert report["tasks"][task]["train"]["missing_pages"] == 0, task
     settings = report["settings"]["tasks"]
-    assert {t: s["max_query_length"] for t, s in settings.items()} == {
-        "nq": 32, "triviaqa": 32, "hotpotqa": 32, "wow": 256, "trex": 32, "fever": 64, "structured_zeroshot": 32, "aidayago2": 128}
-    assert report["settings"]["max_passage_length"] == 160
+    assert [t for t, s in settings.items() if s["all_passages_positive"]] == ["aidayago2"]
+    assert settings["nq"] == {"train": "nq-train.jsonl", "dev": "nq-dev.jsonl", "all_passages_positive": False}
+    assert "max_passage_length" not in report["settings"]  # a training setting (data.max_passage_length): prepare uses none
 
 
 def test_triviaqa_questions_are_joined_by_id_and_unknown_ids_counted(prepared, raw):
@@ -315,7 +315,9 @@ def test_data_config_kilt_lists_the_prepared_files_and_lengths(prepared):
     for name, task in KILT_TASKS.items():
         spec = cfg.data.tasks[name]
         assert (spec.train, spec.dev) == (task.prepared_file("train"), task.prepared_file("dev"))
-        assert (spec.prompt, spec.max_query_length) == (task.prompt, task.max_query_length)
+    assert {t: (s.prompt, s.max_query_length) for t, s in cfg.data.tasks.items()} == {  # the TACO reference's KILT scripts
+        "nq": ("nq", 32), "triviaqa": ("triviaqa", 32), "hotpotqa": ("hotpotqa", 32), "wow": ("wow", 256), "trex": ("trex", 32),
+        "fever": ("fever", 64), "structured_zeroshot": ("zsre", 32), "aidayago2": ("aida", 128)}
 
 
 def test_prepared_folder_trains_indexes_and_evaluates(prepared, tmp_path, tiny_t5_dir):
@@ -345,4 +347,4 @@ def test_held_out_batches_read_the_prepared_dev_negatives_without_an_in_memory_b
     for stream in batches.streams:
         pools = {r["id"]: r["negatives"] for r in read_jsonl(out / "negatives" / f"{stream.task.name}.dev.jsonl")}
         assert stream.queries and all([data.corpus.ids[row] for row in q.negatives] == pools[q.qid] for q in stream.queries)
-    assert set(batches.batch(0)) == set(KILT_TASKS)
+    assert {task_batch.task for task_batch in batches.batch(0)} == set(KILT_TASKS)

@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModel, AutoTokenizer
 
+from multiret.data.batches import TaskBatch
 from multiret.data.collator import PromptCollator
 from multiret.data.tasks import TaskSpec
 from multiret.experiment.run import CONFIG_DIR, run
@@ -149,7 +150,7 @@ def test_gradients_reach_only_the_active_task_rows(request, kilt_tasks, fixture,
     model = soft_model(request.getfixturevalue(fixture), pooling, kilt_tasks).train()
     queries = model_inputs(model, ["w1 w2", "w3 w4"])
     passages = model_inputs(model, ["w1 w2 w5", "w9", "w3 w4 w6", "w7"])
-    model.task_loss({"query": queries, "passage": passages}, "el").backward()
+    model.task_loss(TaskBatch("el", queries, passages)).backward()
     grad = model.soft_prompt.vectors.grad
     assert torch.count_nonzero(grad[0]) == 0
     assert bool((grad[1].abs().sum(-1) > 0).all())  # every vector of the active task's row learns

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from multiret.cli import main as cli
+from multiret.data.batches import TaskBatch
 from multiret.eval.specialization import (
     importance_entropy,
     measure_importance,
@@ -39,9 +40,9 @@ class TwoBlocks(nn.Module):
         self.shared = nn.Linear(4, 4)
         self.private = nn.Linear(4, 4)
 
-    def task_loss(self, batch, task=None):
-        hidden = self.shared(batch["x"])
-        if batch["task"] == 0:
+    def task_loss(self, batch):
+        hidden = self.shared(batch.query["x"])
+        if batch.task == "a":
             hidden = self.private(hidden)
         return hidden.pow(2).mean()
 
@@ -49,7 +50,7 @@ class TwoBlocks(nn.Module):
 class Batches:
     def batch(self, step):
         generator = torch.Generator().manual_seed(step)
-        return {name: {"x": torch.randn(8, 4, generator=generator), "task": t} for t, name in enumerate(["a", "b"])}
+        return [TaskBatch(name, {"x": torch.randn(8, 4, generator=generator)}, {}) for name in ["a", "b"]]
 
 
 def test_a_block_one_task_touches_comes_out_specialised():

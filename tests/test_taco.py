@@ -178,7 +178,7 @@ def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(nor
 
     torch.manual_seed(2)
     module = TableModule()
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(tasks=[SimpleNamespace(name=t) for t in "abc"]), world_size=1,
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(task_names=list("abc")), world_size=1,
                               max_steps=10)
     method = TACO(beta=0.8, tau=2.0, normalize=normalize, warmup_ratio=0.1, median_over=median_over,
                   log_every_n_steps=1, **({"row_tracked_tables_from": 0} if tracked else {}))
@@ -196,7 +196,7 @@ def test_callback_sweeping_one_flat_block_and_table_rows_equals_taco_combine(nor
         grads[1][:, torch.randperm(30)[touched:]] = 0.0  # table rows no task touched
         backwards = [0, 0, 1, 2] if step == 2 else [0, 1, 2]  # at step 2 task 0 accumulates two micro-batches
         for position, task in enumerate(backwards):
-            module.active_task = task
+            module.active_task = trainer.datamodule.task_names[task]
             method.on_before_backward(trainer, module, torch.tensor(1.0))
             for param, grad in zip(params, grads):
                 param.grad = grad[task].clone() / backwards.count(task)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+import torch
 from torch.utils.data import IterableDataset
 
 from multiret.data.collator import PromptCollator
@@ -21,6 +23,28 @@ from multiret.data.kilt import Query
 from multiret.data.negatives import drop_gold_pages
 from multiret.data.tasks import TaskSpec
 from multiret.errors import UserError
+
+
+class TaskBatch(NamedTuple):
+    """One task's sub-batch: the model's unit of forward and backward, and the gradient method's unit of a task.
+
+    ``query`` and ``passage`` are the collator's tensors (``input_ids``, ``attention_mask``);
+    each query has ``1 + n_negatives`` passages, positive first. A micro-batch is a list of
+    these, one per task in ``data.task_names`` order (:func:`check_tasks`); a step is a list of
+    micro-batches. A NamedTuple, so Lightning moves the tensors to the device and leaves ``task``.
+    """
+
+    task: str
+    query: dict[str, torch.Tensor]
+    passage: dict[str, torch.Tensor]
+
+
+def check_tasks(micro_batch: Sequence[TaskBatch], declared: Sequence[str]) -> None:
+    """Fail unless the micro-batch holds exactly the declared tasks, in their order (``data.task_names``)."""
+    tasks = [task_batch.task for task_batch in micro_batch]
+    if tasks != list(declared):
+        raise UserError(f"a training batch holds tasks {tasks}, but the data module declares data.task_names={list(declared)}; "
+                        "the batches must come from the data module the trainer was given (its train_dataloader)")
 
 
 @dataclass
@@ -34,8 +58,8 @@ class TaskStream:
 
 
 class MultitaskBatches(IterableDataset):
-    """Yields, from optimizer step ``start_step`` on, forever, a list of ``micro_batches`` micro-batches
-    ``{task: {"query": tensors, "passage": tensors}}`` per step (gradient accumulation).
+    """Yields, from optimizer step ``start_step`` on, forever, a list of ``micro_batches`` micro-batches per step
+    (gradient accumulation), each a list of one :class:`TaskBatch` per stream, in the streams' order.
 
     Each query contributes ``1 + n_negatives`` passages, positive first, from its task's corpus
     (the stream's own, else ``corpus``), so in-batch negatives come from that corpus too: a positive
@@ -80,15 +104,15 @@ class MultitaskBatches(IterableDataset):
         self.world_size = world_size
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
 
-    def __iter__(self) -> Iterator[list[dict[str, dict[str, dict]]]]:
+    def __iter__(self) -> Iterator[list[list[TaskBatch]]]:
         step = self.start_step
         while True:
             yield [self.batch(step * self.micro_batches + i) for i in range(self.micro_batches)]
             step += 1
 
-    def batch(self, step: int) -> dict[str, dict[str, dict]]:
+    def batch(self, step: int) -> list[TaskBatch]:
         """Micro-batch number ``step`` (0-based) of the stream."""
-        return {s.task.name: self._task_batch(t, s, step) for t, s in enumerate(self.streams)}
+        return [self._task_batch(t, s, step) for t, s in enumerate(self.streams)]
 
     def _permutation(self, task_index: int, epoch: int, size: int) -> np.ndarray:
         key = (task_index, epoch)
@@ -97,7 +121,7 @@ class MultitaskBatches(IterableDataset):
             self._permutations[key] = np.random.default_rng([self.seed, task_index, epoch]).permutation(size)
         return self._permutations[key]
 
-    def _task_batch(self, task_index: int, stream: TaskStream, step: int) -> dict[str, dict]:
+    def _task_batch(self, task_index: int, stream: TaskStream, step: int) -> TaskBatch:
         """This process's slice of the task's global sub-batch; each query's passages depend only on its position."""
         n = len(stream.queries)
         local = stream.batch_size // self.world_size
@@ -113,7 +137,7 @@ class MultitaskBatches(IterableDataset):
             positive = query.positives[0] if self.first_positive else int(rng.choice(query.positives))
             rows = [positive, *self._negatives(query, rng, corpus)]
             passages.extend(corpus.passage_text(r) for r in rows)
-        return {"query": self.collator.queries(queries, stream.task), "passage": self.collator.passages(passages)}
+        return TaskBatch(stream.task.name, self.collator.queries(queries, stream.task), self.collator.passages(passages))
 
     def _negatives(self, query: Query, rng: np.random.Generator, corpus: Passages) -> list[int]:
         pool = query.negatives

@@ -125,6 +125,11 @@ class MultitaskDataModule(L.LightningDataModule):
         self.validation_queries: dict[str, list[Query]] = {}  # the validation split's (eval_queries when it is the same)
         self.task_batch_sizes: dict[str, int] = {}
 
+    @property
+    def task_names(self) -> list[str]:
+        """The trained tasks in ``data.task_names`` order: the one task list the model's batches and the gradient method follow."""
+        return [task.name for task in self.tasks]
+
     def data_files(self) -> list[Path]:
         """Every file this module reads (corpus, or a prepared store's files, and the configured splits), for the run's manifest."""
         corpus = sorted(self.corpus_path.iterdir()) if self.corpus_path.is_dir() else [self.corpus_path]

@@ -57,9 +57,9 @@ def measure_importance(model: Any, batches: Any, steps: int) -> list[torch.Tenso
         batch = batches.batch(step)
         if importance is None:
             importance = [torch.zeros((len(batch), *p.shape), dtype=torch.float64) for p in params]
-        for task, (name, task_batch) in enumerate(batch.items()):
+        for task, task_batch in enumerate(batch):
             model.zero_grad(set_to_none=True)
-            model.task_loss(task_batch, name).backward()
+            model.task_loss(task_batch).backward()
             for total, param in zip(importance, params):
                 if param.grad is not None:
                     total[task] += (param.detach() * param.grad).abs().double().cpu() / steps

@@ -20,17 +20,17 @@ from multiret.errors import UserError
 from multiret.eval.specialization import importance_entropy, measure_importance, plot_histograms, summarize
 from multiret.experiment.stages import build
 from multiret.model.loading import load_checkpoint
-from multiret.mtl.taco_ema import importance_ema_from_state
+from multiret.mtl.taco_ema import has_importance_ema, importance_ema_from_state
 
 
 def checkpoint_importance(path: Path, steps: int, measure: bool = False) -> tuple[list[torch.Tensor], list[str], str]:
-    """TACO's EMA from a TACO checkpoint (unless ``measure``); otherwise measured on the run's held-out batches."""
+    """TACO's EMA from a checkpoint of a TACO method (unless ``measure``); otherwise measured on the run's held-out batches."""
     checkpoint = load_checkpoint(path, "checkpoint")
     state = checkpoint.get("callbacks", {}).get("GradientMethod")
     if state is None:
         raise UserError(f"{path}: not a multiret training checkpoint (no gradient-method state)")
-    if state["method"] == "taco" and not measure:
-        return importance_ema_from_state(state), list(state["task_names"]), "taco"
+    if has_importance_ema(state) and not measure:
+        return importance_ema_from_state(state), list(state["task_names"]), state["method"]
     config_path = path.parent.parent / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: the run's config is needed to measure importance for {state['method']}")

@@ -3,8 +3,14 @@
 Training is manual: one forward and one backward per task sub-batch, so a gradient-method
 callback (``multiret.mtl``) can see each task's gradient before the optimizer steps. For the
 naive method the per-task backwards simply accumulate, which equals one backward of the
-summed loss while holding only one task's graph at a time. The method callback also guards
-every step: one whose losses or gradients are not finite updates nothing (``update_skipped``).
+summed loss while holding only one task's graph at a time.
+
+The contract with the method: a step's batch is a list of micro-batches, each one
+:class:`~multiret.data.batches.TaskBatch` per task in ``data.task_names`` order; during each
+task's backward the module names that task (``active_task``, a task name), and the method
+looks the name up in the data module's ``task_names``. The method also guards every step: one
+whose losses or gradients are not finite updates nothing, and the module asks it
+(:class:`UpdateGuard`) whether it did so before moving the learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
 from torch import nn
 
+from multiret.data.batches import TaskBatch
 from multiret.errors import UserError
 from multiret.model.encoder import TextEncoder
 from multiret.model.gather import gather_with_grad, world
@@ -25,6 +32,15 @@ from multiret.model.prompt import QueryPrompt, build_soft_prompt
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+@runtime_checkable
+class UpdateGuard(Protocol):
+    """What the module asks of its gradient-method callback (:class:`multiret.mtl.base.GradientMethod`)."""
+
+    @property
+    def skipped_last_update(self) -> bool:
+        """Whether the optimizer step that just ran updated nothing (a non-finite loss or gradient)."""
 
 
 class BiEncoder(L.LightningModule):
@@ -68,8 +84,7 @@ class BiEncoder(L.LightningModule):
         self.max_grad_norm = max_grad_norm
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
-        self.active_task: int | None = None
-        self.update_skipped = False  # set by the gradient method when it drops a non-finite step's update
+        self.active_task: str | None = None  # the task whose backward is running, for the gradient method
         self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler", "prompt"])
         self.hparams["prompt"] = asdict(self.prompt)  # plain values: checkpoints load with weights_only=True
 
@@ -83,10 +98,10 @@ class BiEncoder(L.LightningModule):
     def encode_passages(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.passage_encoder(input_ids, attention_mask)
 
-    def task_loss(self, batch: dict[str, dict[str, torch.Tensor]], task: str | None = None) -> torch.Tensor:
+    def task_loss(self, batch: TaskBatch) -> torch.Tensor:
         """Mean contrastive loss of one task's sub-batch (each query: 1 positive then its negatives)."""
-        queries = self.encode_queries(**batch["query"], task=task)
-        passages = self.encode_passages(**batch["passage"])
+        queries = self.encode_queries(**batch.query, task=batch.task)
+        passages = self.encode_passages(**batch.passage)
         per_query = passages.shape[0] // queries.shape[0]
         rank, _ = world()
         all_passages = gather_with_grad(passages)
@@ -95,29 +110,32 @@ class BiEncoder(L.LightningModule):
         targets = offset + torch.arange(queries.shape[0], device=scores.device) * per_query
         return nn.functional.cross_entropy(scores.float(), targets)
 
-    def training_step(self, batch: list[dict[str, dict[str, dict[str, torch.Tensor]]]], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: list[list[TaskBatch]], batch_idx: int) -> torch.Tensor:
         """One optimizer step over the step's micro-batches; gradients accumulate as their mean."""
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         task_losses: dict[str, torch.Tensor] = {}
         for micro_batch in batch:
-            for index, (task, task_batch) in enumerate(micro_batch.items()):
-                self.active_task = index
-                loss = self.task_loss(task_batch, task) / len(batch)
+            for task_batch in micro_batch:
+                self.active_task = task_batch.task
+                loss = self.task_loss(task_batch) / len(batch)
                 self.manual_backward(loss)
-                task_losses[task] = task_losses.get(task, 0) + loss.detach()
+                task_losses[task_batch.task] = task_losses.get(task_batch.task, 0) + loss.detach()
         self.active_task = None
         losses = list(task_losses.values())
         for task, loss in task_losses.items():
             self.log(f"train/loss/{task}", loss, on_step=True, batch_size=1, sync_dist=True)  # mean over processes
-        self.update_skipped = False
         optimizer.step()
         scheduler = self.lr_schedulers()
-        if scheduler is not None and not self.update_skipped:
+        if scheduler is not None and not self.update_skipped():
             scheduler.step()  # a skipped step leaves the schedule where it is, as in the reference's AMP trainer
         total = torch.stack(losses).sum()
         self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=1, sync_dist=True)
         return total
+
+    def update_skipped(self) -> bool:
+        """Whether the gradient method dropped this step's update (no method, as in a bare Trainer: never)."""
+        return any(isinstance(c, UpdateGuard) and c.skipped_last_update for c in self.trainer.callbacks)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip the gradient the method wrote back (callbacks run first, then this hook)."""

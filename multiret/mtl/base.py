@@ -1,7 +1,9 @@
 """The gradient-method callback: collect each task's gradient, let a method combine them.
 
-The bi-encoder backpropagates one task at a time and marks which (``active_task``). A method
-that needs task gradients moves ``p.grad`` into a per-task buffer after each backward
+The bi-encoder backpropagates one task at a time and names which (``active_task``, a task name
+the method looks up in the data module's ``task_names``; every micro-batch must hold those
+tasks in that order, :func:`multiret.data.batches.check_tasks`). A method that needs task
+gradients moves ``p.grad`` into a per-task buffer after each backward
 (``on_after_backward``) and, just before the optimizer steps (``on_before_optimizer_step``,
 before the module clips), writes the combined gradient back.
 
@@ -41,6 +43,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from multiret.data.batches import check_tasks
 from multiret.errors import UserError
 from multiret.model.gather import world
 from multiret.mtl.buffers import TaskBuffers
@@ -111,6 +114,10 @@ class GradientMethod(Callback):
     (:class:`~multiret.mtl.buffers.TaskBuffers`); a smaller table (T5's relative-position
     biases) is copied whole like any parameter, since finding and moving its rows takes about
     ten small operations per backward, more than copying it.
+
+    ``name`` is the method's id, the name of its ``conf/method/`` file (every YAML sets it, and
+    ``tests/test_configs.py`` checks the two agree): the checkpoint records it, a resume checks
+    it, and the logs use it. A method built in Python without one gets its class's ``name``.
     """
 
     name: str = "base"
@@ -118,6 +125,7 @@ class GradientMethod(Callback):
 
     def __init__(
         self,
+        name: str | None = None,
         log_every_n_steps: int = 10,
         max_nonfinite_steps: int = 5,
         parameters: Sequence[str] | None = None,
@@ -126,6 +134,8 @@ class GradientMethod(Callback):
         same_task_cosine: bool = True,
     ) -> None:
         super().__init__()
+        if name is not None:
+            self.name = name
         if log_every_n_steps < 1 or max_nonfinite_steps < 1:
             raise ValueError("method.log_every_n_steps and method.max_nonfinite_steps must be ≥ 1")
         if cosines_over not in COSINE_SETS:
@@ -141,6 +151,7 @@ class GradientMethod(Callback):
         self.nonfinite_steps = 0  # steps skipped so far (checkpointed, logged as mtl/nonfinite_steps)
         self.nonfinite_streak = 0  # of them, how many in a row up to this step
         self._nonfinite_culprit = ""  # what the last skipped step found not finite, for the stop message
+        self._skipped_last_update = False
         self.task_losses = torch.zeros(0)
         self._device_losses = torch.zeros(0)  # this step's task losses, summed on the parameters' device
         self._params: list[torch.nn.Parameter] = []
@@ -154,13 +165,18 @@ class GradientMethod(Callback):
         self._pending_state: dict[str, Any] | None = None
 
     @property
+    def skipped_last_update(self) -> bool:
+        """Whether this step's optimizer step updated nothing (the module reads it: :class:`multiret.model.biencoder.UpdateGuard`)."""
+        return self._skipped_last_update
+
+    @property
     def state_key(self) -> str:
         """One key for every method, so resuming with another method finds the state and refuses it."""
         return "GradientMethod"
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.task_names = [task.name for task in trainer.datamodule.tasks]
+        self.task_names = list(trainer.datamodule.task_names)
         self._params, self._plain_params = self._select(pl_module)
         tables = {id(m.weight) for m in pl_module.modules() if isinstance(m, torch.nn.Embedding)}
         self.row_sparse = [id(p) in tables and p.numel() >= self.row_tracked_tables_from for p in self._params]
@@ -196,6 +212,13 @@ class GradientMethod(Callback):
         """Allocate the method's own state once parameters and tasks are known (default: none)."""
 
     @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        """Check the step's tasks against the declared ones before any backward; no update is skipped yet."""
+        for micro_batch in batch:
+            check_tasks(micro_batch, self.task_names)
+        self._skipped_last_update = False
+
+    @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         task = self._active_task(pl_module)
         self._device_losses[task] += loss.detach().float()  # stays on the device: no sync per backward
@@ -207,10 +230,14 @@ class GradientMethod(Callback):
             self.buffers.take(self._active_task(pl_module))
 
     def _active_task(self, pl_module: L.LightningModule) -> int:
+        """The position in ``task_names`` of the task the module names as running its backward."""
         task = getattr(pl_module, "active_task", None)
         if task is None:
-            raise RuntimeError(f"method={self.name} needs the module to mark the task of each backward (active_task)")
-        return task
+            raise RuntimeError(f"method={self.name} needs the module to name the task of each backward (active_task)")
+        if task not in self.task_names:
+            raise UserError(f"the module ran a backward of task {task!r}, which is not in data.task_names={self.task_names}; "
+                            "train on the data module's own batches")
+        return self.task_names.index(task)
 
     @override
     def on_before_optimizer_step(
@@ -223,7 +250,7 @@ class GradientMethod(Callback):
         ``p.grad`` is dropped, so the optimizer's step changes neither the weights nor its own
         state (AdamW's moments and step count); no method state moves (the check comes before
         :meth:`task_coefficients`, and :meth:`combine` changes nothing when it returns None); the
-        module leaves the learning-rate schedule where it was (``update_skipped``); the step is
+        module leaves the learning-rate schedule where it was (:attr:`skipped_last_update`); the step is
         counted and logged (``mtl/nonfinite_steps``), and ``max_nonfinite_steps`` in a row stop
         training.
         """
@@ -258,7 +285,7 @@ class GradientMethod(Callback):
                 self._gram = self._diagnostic_gram = None
         if scaler is not None:
             record_inf_check(scaler, optimizer, finite, device)
-        pl_module.update_skipped = not finite
+        self._skipped_last_update = not finite
         if log_now or not finite:
             logged["mtl/nonfinite_steps"] = float(self.nonfinite_steps)
         if logged:
@@ -463,9 +490,14 @@ class GradientMethod(Callback):
     def _restore(self, state: dict[str, Any], where: str = "the checkpoint") -> None:
         """Refuse a checkpoint of another method or task list (its state means nothing here), naming both fixes."""
         fresh = "or start a fresh run folder (resume=false, no ckpt_path) to train this one from the start"
-        if state.get("method") != self.name:
-            raise UserError(f"cannot resume from {where}: it was trained with method={state.get('method')!r}, "
-                            f"not method={self.name!r}; resume with method={state.get('method')}, {fresh}")
+        recorded = state.get("method")
+        if recorded != self.name:
+            # before every conf/method YAML set its name, a YAML without one (taco_published) recorded its class's
+            legacy = (f" (a checkpoint written before methods were named by their conf/method file records method={self.name} "
+                      f"as {recorded!r} too: resume such a run with method={recorded} and this method's settings)"
+                      if recorded == type(self).name else "")
+            raise UserError(f"cannot resume from {where}: it was trained with method={recorded!r}, "
+                            f"not method={self.name!r}{legacy}; resume with method={recorded}, {fresh}")
         if list(state.get("task_names", [])) != self.task_names:
             raise UserError(f"cannot resume from {where}: it was trained on tasks {state.get('task_names')}, but data.task_names "
                             f"is {self.task_names}; resume with the same task list in the same order, {fresh}")

@@ -47,7 +47,7 @@ class CGD(GradientMethod):
         return self.weights
 
     def log_values(self) -> dict[str, float]:
-        return {f"mtl/cgd/weight/{n}": float(w) for n, w in zip(self.task_names, self.weights)}
+        return {f"mtl/{self.name}/weight/{n}": float(w) for n, w in zip(self.task_names, self.weights)}
 
     def extra_state(self) -> dict[str, Any]:
         return {"weights": self.weights.clone()}

@@ -64,7 +64,7 @@ class FAMO(LossWeighting):
         self.previous_losses = losses
 
     def log_values(self) -> dict[str, float]:
-        return {f"mtl/famo/weight/{n}": float(z) for n, z in zip(self.task_names, self.z)}
+        return {f"mtl/{self.name}/weight/{n}": float(z) for n, z in zip(self.task_names, self.z)}
 
     def extra_state(self) -> dict[str, Any]:
         previous = self.previous_losses

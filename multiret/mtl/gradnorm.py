@@ -54,7 +54,7 @@ class GradNorm(GradientMethod):
         return coefficients
 
     def log_values(self) -> dict[str, float]:
-        return {f"mtl/gradnorm/weight/{n}": float(w) for n, w in zip(self.task_names, self.weights.detach())}
+        return {f"mtl/{self.name}/weight/{n}": float(w) for n, w in zip(self.task_names, self.weights.detach())}
 
     def extra_state(self) -> dict[str, Any]:
         return {

@@ -74,7 +74,7 @@ class LossWeighting(GradientMethod):
             self._scale_gradients(self._held * self.total_scale(self._step_weights))
         self._held, self._step_weights = None, []
         super().on_before_optimizer_step(trainer, pl_module, optimizer)
-        if not pl_module.update_skipped:
+        if not self.skipped_last_update:
             self.after_update()
             if log_now and self.log_values():
                 pl_module.log_dict(self.log_values(), on_step=True, batch_size=1)

@@ -20,8 +20,8 @@ from multiret.mtl.torchjd_weighting import TorchJDWeighting, build_torchjd
 
 class NashMTL(TorchJDWeighting):
     def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20,
-                 **base: Any) -> None:
-        super().__init__(weighting=None, name="nash_mtl", takes="matrix", **base)
+                 name: str = "nash_mtl", **base: Any) -> None:
+        super().__init__(weighting=None, name=name, takes="matrix", **base)
         self.options = {"max_norm": max_norm, "update_weights_every": update_weights_every, "optim_niter": optim_niter}
 
     def setup_state(self, params: list[torch.nn.Parameter], num_tasks: int) -> None:

@@ -59,7 +59,7 @@ class PCGrad(GradientMethod):
         return coefficients
 
     def log_values(self) -> dict[str, float]:
-        return {"mtl/pcgrad/conflicts": float(self.conflicts)}
+        return {f"mtl/{self.name}/conflicts": float(self.conflicts)}
 
     def extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

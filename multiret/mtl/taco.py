@@ -166,8 +166,8 @@ class TACO(GradientMethod):
         """Per task, the median the rule took last (0 is the degenerate regime of docs/taco.md) and the share of
         parameters whose largest task weight (> 0.5) is that task's: specialisation."""
         counts, total = self.sweep.specialised()
-        values = {f"mtl/taco/median/{n}": float(m) for n, m in zip(self.task_names, self.medians)}
-        values.update({f"mtl/taco/specialised/{n}": float(c) / total for n, c in zip(self.task_names, counts)})
+        values = {f"mtl/{self.name}/median/{n}": float(m) for n, m in zip(self.task_names, self.medians)}
+        values.update({f"mtl/{self.name}/specialised/{n}": float(c) / total for n, c in zip(self.task_names, counts)})
         return values
 
     def extra_state(self) -> dict[str, Any]:

@@ -113,6 +113,11 @@ class LaggedEMA:
         self.generator.set_state(state["generator"])
 
 
+def has_importance_ema(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's gradient-method state holds TACO's importance EMA (``taco``, ``taco_published``)."""
+    return "ema_stored" in state or "ema" in state
+
+
 def stored_ema(state: dict[str, Any]) -> tuple[list[torch.Tensor], int]:
     """A checkpoint's stored EMA and its lag; checkpoints written before the lagged storage hold ``Ī`` as
     ``ema`` (lag 0), so they resume exactly too."""

@@ -46,17 +46,17 @@ class TorchJDWeighting(GradientMethod):
     """The task weights of a torchjd :class:`~torchjd.aggregation.Weighting`, from the step's Gram matrix.
 
     ``weighting`` makes the torchjd weighting (the YAML's ``_partial_`` class, so that a missing
-    solver is reported by :func:`build_torchjd`); ``name`` is the method's name (checkpoints and
-    logs); ``takes`` what the weighting reads: ``gramian`` (the Gram matrix) or ``matrix`` (a
-    Jacobian, for which it gets :func:`gram_factor`).
+    solver is reported by :func:`build_torchjd`); ``name`` is the method's id (its YAML's file
+    name; one class serves every torchjd weighting, so it has no default); ``takes`` what the
+    weighting reads: ``gramian`` (the Gram matrix) or ``matrix`` (a Jacobian, for which it gets
+    :func:`gram_factor`).
     """
 
     def __init__(self, weighting: Callable[[], Weighting] | None, name: str, takes: Literal["gramian", "matrix"] = "gramian",
                  seed: int | None = None, **base: Any) -> None:
-        super().__init__(**base)
+        super().__init__(name=name, **base)
         if takes not in ("gramian", "matrix"):
             raise ValueError(f"method.takes must be 'gramian' or 'matrix', got {takes!r}")
-        self.name = name
         self.weighting = build_torchjd(weighting, name) if weighting is not None else None
         self.takes = takes
         self.seed = seed

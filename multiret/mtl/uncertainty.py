@@ -40,7 +40,7 @@ class UncertaintyWeighting(GradientMethod):
         return weights
 
     def log_values(self) -> dict[str, float]:
-        return {f"mtl/uncertainty/weight/{n}": float(w) for n, w in zip(self.task_names, torch.exp(-self.log_vars.detach()))}
+        return {f"mtl/{self.name}/weight/{n}": float(w) for n, w in zip(self.task_names, torch.exp(-self.log_vars.detach()))}
 
     def extra_state(self) -> dict[str, Any]:
         return {"log_vars": self.log_vars.detach().clone(), "optimizer": self.optimizer.state_dict()}

@@ -35,7 +35,7 @@ class Weighted(LossWeighting):
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tasks = [task.name for task in trainer.datamodule.tasks]
+        tasks = list(trainer.datamodule.task_names)
         unknown = sorted(set(self.weights_by_name) - set(tasks))
         if unknown:
             raise UserError(f"method.weights names task(s) {unknown} that data.task_names does not train; "

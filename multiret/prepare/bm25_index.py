@@ -2,7 +2,7 @@
 
 ``bm25s.BM25.index`` wants every tokenised passage in memory at once (lists of Python ints),
 which KILT's 36M passages do not fit. This builds the same index (bm25s's ``lucene`` variant,
-k1=0.9, b=0.4 as :class:`multiret.index.bm25.BM25Retriever`) in two streamed passes, each
+with the :class:`multiret.index.bm25.BM25Settings` it is given) in two streamed passes, each
 spread over ``workers`` processes (default: every core):
 
 1. Worker processes tokenise chunks of passages with bm25s's tokenizer, each chunk with a
@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from multiret.atomic import atomic_file, atomic_folder, atomic_write_text
 from multiret.data.store import PassageStore
 from multiret.errors import UserError
+from multiret.index.bm25 import DEFAULT_BM25, BM25Settings
 from multiret.prepare import bm25_numba
 from multiret.prepare.parallel import ordered_map, resolve_workers
 
@@ -54,10 +55,12 @@ _SCRATCH = (*PASS_ONE, "doc_starts.i64", "idf.f64")
 
 
 def build_bm25_index(
-    store: PassageStore, out: str | os.PathLike[str], k1: float = 0.9, b: float = 0.4,
+    store: PassageStore, out: str | os.PathLike[str], settings: BM25Settings = DEFAULT_BM25,
     chunk: int = _CHUNK, show_progress: bool = True, workers: int | None = None,
 ) -> dict:
     """Write a bm25s index of every passage into ``out`` (through ``<out>.tmp``); returns its size.
+
+    ``settings`` are the scores' k1 and b, and what ``params.index.json`` records (bm25s reads them from there).
 
     ``workers`` processes tokenise and score (``None``: every core); the files do not depend on it.
     """
@@ -81,7 +84,7 @@ def build_bm25_index(
                     df = np.concatenate([df, np.zeros(len(word_to_id) - len(df), dtype=np.int64)])
                 df += np.bincount(token, minlength=len(df))
                 bar.update(end - start)
-        return finish_index(tmp, n, df, word_to_id, k1, b, chunk, show_progress, workers)
+        return finish_index(tmp, n, df, word_to_id, settings.k1, settings.b, chunk, show_progress, workers)
 
 
 def finish_index(folder: Path, n: int, df: np.ndarray, word_to_id: dict[str, int], k1: float, b: float, chunk: int,

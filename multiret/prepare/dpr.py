@@ -37,7 +37,6 @@ from multiret.prepare.kilt_tasks import (
     AIDA_WINDOW_WORDS,
     DEFAULT_MAX_TRAIN,
     KILT_TASKS,
-    MAX_PASSAGE_LENGTH,
     KiltTask,
     aida_window,
     convert_split,
@@ -231,12 +230,12 @@ def prepare_dpr(
 
         report["tasks"][task.name] = steps.run(f"task:{task.name}", params, _outputs(out, task, kilt_dev, holdout), convert)
     report["settings"] = {
-        "tasks": {t.name: {"train": t.prepared_file("train"), "dev": t.prepared_file("dev"), "prompt": t.prompt,
-                           "max_query_length": t.max_query_length, "all_passages_positive": t.all_passages_positive}
+        "tasks": {t.name: {"train": t.prepared_file("train"), "dev": t.prepared_file("dev"),
+                           "all_passages_positive": t.all_passages_positive}
                   for t in specs},
         "source": "dpr", "files": str(files), "kilt_dev": None if kilt_dev is None else str(kilt_dev),
         "min_negatives": min_negatives, "max_train": max_train, "seed": seed, "holdout": holdout,
-        "max_passage_length": MAX_PASSAGE_LENGTH, "aida_window_words": AIDA_WINDOW_WORDS,
+        "aida_window_words": AIDA_WINDOW_WORDS,
         "passage_layout": store_meta.get("layout"), "passage_template": None,
     }
     report["prepared_tasks"] = [name for name in KILT_TASKS if name in tasks or _still_current(out, steps, name, store_identity)]

@@ -5,6 +5,12 @@ Each task keeps KILT's record shape (``id``, ``input``, ``output[].provenance[]`
 the fields retrieval needs are kept. Counts of everything that cannot be used (items without
 provenance, provenance to pages absent from the passage corpus, TriviaQA ids without a
 question) are returned for the report; nothing is dropped silently.
+
+The task table itself (which tasks, in KILT's order; the prepared file of each split; which
+tasks take every passage of a gold page as a positive; the prompt words and query lengths,
+which only the data module reads) has one home, ``conf/data/kilt.yaml``: :data:`KILT_TASKS`
+is read from there, so `prepare kilt` writes exactly the files `data=kilt` reads. This module
+holds the rules: KILT's source file names, TriviaQA's questions joined by id, AIDA's window.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from multiret.atomic import atomic_file
+from multiret.configs import CONFIG_DIR
 from multiret.data.jsonl import DataFormatError, iter_jsonl
 from multiret.data.kilt import validated_outputs
 from multiret.prepare.files import count_records
@@ -29,17 +37,19 @@ log = logging.getLogger(__name__)
 
 START_ENT, END_ENT = "[START_ENT]", "[END_ENT]"
 AIDA_WINDOW_WORDS = 64  # words kept on each side of the mention (the reference keeps 64 on the left)
-MAX_PASSAGE_LENGTH = 160  # passage tokens in the TACO reference's KILT scripts
 DEFAULT_MAX_TRAIN = {"trex": 100_000, "structured_zeroshot": 100_000}  # the reference keeps 100k of each
+
+
+KILT_DATA_CONFIG = Path(CONFIG_DIR) / "data" / "kilt.yaml"
 
 
 @dataclass(frozen=True)
 class KiltTask:
-    """One KILT task: its prompt word, query length (TACO's KILT scripts) and positive rule."""
+    """One KILT task as ``conf/data/kilt.yaml`` lists it: its prepared files and positive rule."""
 
     name: str
-    prompt: str
-    max_query_length: int
+    train: str
+    dev: str
     all_passages_positive: bool = False
 
     def kilt_file(self, split: str) -> str:
@@ -49,22 +59,20 @@ class KiltTask:
         return f"{self.name}-{split}-kilt.jsonl"
 
     def prepared_file(self, split: str) -> str:
-        return f"{self.name}-{split}.jsonl"
+        """The file a prepare step writes for ``split``: the data config's for ``train`` and ``dev``; another split
+        (`prepare dpr`'s held-out ``val``), which no data config names, ``<task>-<split>.jsonl``."""
+        return {"train": self.train, "dev": self.dev}.get(split, f"{self.name}-{split}.jsonl")
 
 
-KILT_TASKS: dict[str, KiltTask] = {
-    task.name: task
-    for task in (
-        KiltTask("nq", "nq", 32),
-        KiltTask("triviaqa", "triviaqa", 32),
-        KiltTask("hotpotqa", "hotpotqa", 32),
-        KiltTask("wow", "wow", 256),
-        KiltTask("trex", "trex", 32),
-        KiltTask("fever", "fever", 64),
-        KiltTask("structured_zeroshot", "zsre", 32),
-        KiltTask("aidayago2", "aida", 128, all_passages_positive=True),
-    )
-}
+def read_kilt_tasks(path: Path = KILT_DATA_CONFIG) -> dict[str, KiltTask]:
+    """The KILT tasks of a data config (its ``tasks`` and ``all_passages_positive``), in its order."""
+    data = OmegaConf.load(path)
+    every_passage = set(data.all_passages_positive)
+    return {str(name): KiltTask(str(name), str(spec.train), str(spec.dev), name in every_passage)
+            for name, spec in data.tasks.items()}
+
+
+KILT_TASKS: dict[str, KiltTask] = read_kilt_tasks()
 SPLITS = ("train", "dev")
 
 

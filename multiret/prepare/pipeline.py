@@ -32,12 +32,12 @@ from multiret.data.store import META as STORE_META
 from multiret.data.store import PassageStore
 from multiret.data.template import DEFAULT_PASSAGE_TEMPLATE, check_template
 from multiret.errors import UserError, require_writable_folder
+from multiret.index.bm25 import DEFAULT_BM25, BM25Settings
 from multiret.prepare.bm25_index import BACKENDS, SELECTION, BM25Searcher, build_bm25_index, resolve_backend
 from multiret.prepare.kilt_tasks import (
     AIDA_WINDOW_WORDS,
     DEFAULT_MAX_TRAIN,
     KILT_TASKS,
-    MAX_PASSAGE_LENGTH,
     SPLITS,
     KiltTask,
     convert_split,
@@ -147,6 +147,7 @@ def prepare_kilt(
     passage_layout: str = AUTO,
     passage_template: str | None = DEFAULT_PASSAGE_TEMPLATE,
     workers: int | None = None,
+    bm25: BM25Settings = DEFAULT_BM25,
     bm25_backend: str = "auto",
 ) -> dict[str, Any]:
     """Prepare the named tasks into ``out``; returns the report (also written to ``out/prepare_report.json``).
@@ -155,6 +156,7 @@ def prepare_kilt(
     records it, and the tasks the folder holds (``prepared_tasks``), for ``data=kilt``.
     ``workers`` processes build the BM25 index and mine its negatives (``None``: every core);
     ``bm25_backend`` scores the negatives (``auto``: numba where installed); the outputs depend on neither.
+    ``bm25`` is the index's k1 and b, recorded in its step's marker.
     """
     kilt_dir, passages, out = Path(kilt_dir), Path(passages), Path(out)
     max_train = dict(DEFAULT_MAX_TRAIN if max_train is None else max_train)
@@ -194,9 +196,10 @@ def prepare_kilt(
         outputs = [out / task.prepared_file(s) for s in SPLITS]
         report["tasks"][task.name] = steps.run(f"task:{task.name}", params, outputs, convert)
 
-    bm25_params = {"passages": store_identity, "k1": 0.9, "b": 0.4, "passage_template": passage_template}
+    bm25_params = {"passages": store_identity, "k1": bm25.k1, "b": bm25.b, "passage_template": passage_template}
     report["bm25"] = steps.run("bm25", bm25_params, [out / BM25_DIR / BM25_PARAMS],
-                               lambda: build_bm25_index(store, out / BM25_DIR, show_progress=show_progress, workers=workers))
+                               lambda: build_bm25_index(store, out / BM25_DIR, settings=bm25, show_progress=show_progress,
+                                                        workers=workers))
     bm25_identity = file_identity(out / BM25_DIR / BM25_PARAMS)
     searcher: BM25Searcher | None = None  # started by the first step that needs it (its workers map the index)
     with ExitStack() as stack:
@@ -219,10 +222,10 @@ def prepare_kilt(
             report["negatives"][task.name] = steps.run(f"negatives:{task.name}", params, list(pools.values()), negatives)
 
     report["settings"] = {
-        "tasks": {t.name: {"train": t.prepared_file("train"), "dev": t.prepared_file("dev"), "prompt": t.prompt,
-                           "max_query_length": t.max_query_length, "all_passages_positive": t.all_passages_positive}
+        "tasks": {t.name: {"train": t.prepared_file("train"), "dev": t.prepared_file("dev"),
+                           "all_passages_positive": t.all_passages_positive}
                   for t in specs},
-        "max_passage_length": MAX_PASSAGE_LENGTH, "max_train": max_train, "seed": seed, "bm25_top_k": bm25_top_k,
+        "max_train": max_train, "seed": seed, "bm25_top_k": bm25_top_k,
         "aida_window_words": AIDA_WINDOW_WORDS, "passage_layout": store_meta.get("layout"),
         "passage_template": passage_template,
     }
@@ -317,6 +320,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--max-train", type=parse_max_train, default=None,
                         help="seeded training-set caps, TASK=N,... or none (default: trex=100000,structured_zeroshot=100000)")
     parser.add_argument("--bm25-top-k", type=int, default=30, help="BM25 depth the negatives come from (default 30)")
+    parser.add_argument("--bm25-k1", type=float, default=DEFAULT_BM25.k1, help=f"BM25's k1 (default {DEFAULT_BM25.k1}, Anserini's)")
+    parser.add_argument("--bm25-b", type=float, default=DEFAULT_BM25.b, help=f"BM25's b (default {DEFAULT_BM25.b}, Anserini's)")
     parser.add_argument("--seed", type=int, default=13, help="seed of the down-sampling (default 13)")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes that build the BM25 index and mine its negatives, threads with the numba backend "
@@ -331,7 +336,7 @@ def main(argv: Sequence[str]) -> int:
     report = prepare_kilt(  # input errors are reported by the command line, as one line (multiret.errors)
         args.kilt_dir, args.passages, args.out, [t.strip() for t in args.tasks.split(",") if t.strip()],
         args.triviaqa_questions, args.max_train, args.bm25_top_k, args.seed, not args.no_progress,
-        args.passage_layout, args.passage_template, args.workers, args.bm25_backend,
+        args.passage_layout, args.passage_template, args.workers, BM25Settings(args.bm25_k1, args.bm25_b), args.bm25_backend,
     )
     print(f"prepared {len(report['tasks'])} task(s) into {args.out}; report: {Path(args.out) / REPORT}")
     return 0
