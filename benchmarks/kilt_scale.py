@@ -245,6 +245,7 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
               factory: str | None) -> None:
     """Encode the corpus into the IVF-PQ index, rebuild the index alone, search every query, mine negatives."""
     import torch
+    from omegaconf import OmegaConf
 
     from multiret.data.collator import PromptCollator
     from multiret.data.kilt import read_queries
@@ -256,13 +257,14 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
     from multiret.index.sharded import build_from_shards
     from multiret.model.biencoder import BiEncoder
     from multiret.model.encoder import TextEncoder
-    from multiret.prepare.kilt_tasks import KILT_TASKS
+    from multiret.prepare.kilt_tasks import KILT_DATA_CONFIG, KILT_TASKS
     from multiret.testing import build_tiny_t5
 
     store = PassageStore(prepared / "passages")
     model_dir = build_tiny_t5(workdir / "tiny-t5", (store.passage_text(r) for r in range(min(len(store), 2_000))))
     model = BiEncoder(TextEncoder(str(model_dir), pooling="t5_decoder"), optimizer=lambda params: torch.optim.AdamW(params))
-    collator = PromptCollator(model.tokenizer, None, KILT_TASKS["nq"].max_query_length * 5)
+    kilt = OmegaConf.load(KILT_DATA_CONFIG).tasks  # the prompts and query lengths of the KILT tasks (their one home)
+    collator = PromptCollator(model.tokenizer, None, kilt.nq.max_query_length * 5)
     dim = int(model.query_encoder.model.config.d_model)
     scaled, train_sample, search_parameters = ivfpq_factory(len(store), dim)
     factory = factory or scaled
@@ -274,7 +276,7 @@ def run_dense(stages: Stages, prepared: Path, workdir: Path, batch_size: int, de
         index = build_from_shards(workdir / "index", store, 1, factory, train_sample)
     index.set_search_parameters(search_parameters)
     tasks = [TaskSpec(name=t, train=str(prepared / KILT_TASKS[t].prepared_file("train")), dev=None,
-                      prompt=KILT_TASKS[t].prompt, max_query_length=KILT_TASKS[t].max_query_length) for t in TASKS]
+                      prompt=kilt[t].prompt, max_query_length=kilt[t].max_query_length) for t in TASKS]
     queries = {t.name: read_queries(t.train) for t in tasks}
     count = sum(len(q) for q in queries.values())
     with stages.stage("ivfpq_search", queries=count, top_k=depth):
