@@ -6,10 +6,9 @@ import json
 from collections.abc import Mapping
 from importlib import metadata
 
-from omegaconf import OmegaConf
-
 from multiret.experiment.retriever import Retriever, TrainedCheckpoint
 from multiret.model.loading import load_checkpoint
+from multiret.mtl.base import method_id
 
 
 def model_card(found: TrainedCheckpoint, retriever: Retriever, fmt: str, prefixes: Mapping[str, str]) -> str:
@@ -17,7 +16,7 @@ def model_card(found: TrainedCheckpoint, retriever: Retriever, fmt: str, prefixe
     cfg = found.config
     encoder = retriever.model.query_encoder
     step = load_checkpoint(found.path, "checkpoint", lazy=True).get("global_step", "unknown")
-    method = OmegaConf.select(cfg, "method._target_", default="unknown").rsplit(".", 1)[-1]
+    method = method_id(cfg)
     template = retriever.passage_template
     lines = [
         f"# multiret retriever: {cfg.get('task_name', found.run.name)}",

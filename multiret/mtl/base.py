@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 COSINE_SETS = ("no_embeddings", "all")  # method.cosines_over: which parameters the logged norms and cosines read
 
 
+def method_id(config: Any) -> str:
+    """A run's method as its config names it: ``method.name`` (its conf/method file), or, for configs logged before
+    every method YAML set a name, its class's name."""
+    method = config.get("method") or {}
+    return str(method.get("name") or str(method.get("_target_", "unknown")).rsplit(".", 1)[-1])
+
+
 def gram_matrix(task_grads: list[torch.Tensor]) -> torch.Tensor:
     """``G_ij = g_i · g_j`` over every parameter tensor, from per-tensor ``(T, *shape)`` gradients (float64)."""
     num_tasks = task_grads[0].shape[0]

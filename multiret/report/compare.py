@@ -30,6 +30,7 @@ from multiret.data.jsonl import read_json
 from multiret.errors import UserError
 from multiret.eval.curves import run_curve
 from multiret.eval.figures import new_figure, save_figure
+from multiret.mtl.base import method_id
 from multiret.report import wandb_store
 from multiret.report.curves import plot_curves, wandb_curves
 from multiret.report.significance import PairedResult, mean_over_seeds, paired_test, run_query_scores
@@ -57,13 +58,13 @@ def validation_curve(run: RunResult, metric: str) -> dict[int, float]:
 
 
 def run_result(source: str, config: Mapping[str, Any], metrics: dict[str, dict[str, float]], job_type: str = "multitask") -> RunResult:
-    """Label a run from its logged config (``task_name``, ``method._target_``, ``job_type``, ``data.task_names``).
+    """Label a run from its logged config (``task_name``, ``method.name``, ``job_type``, ``data.task_names``).
 
     Every reader goes through here, so a run gets the same column whether it is read from its
     folder or from W&B; ``job_type`` is the fallback for configs that lack the key.
     """
     cfg = OmegaConf.create(dict(config))
-    method = str(cfg.method._target_).rsplit(".", 1)[-1]
+    method = method_id(cfg)
     job_type = str(cfg.get("job_type", job_type))
     label = TASK_SPECIFIC if job_type == TASK_SPECIFIC else f"{cfg.task_name}: {method}"
     seed = cfg.get("seed")

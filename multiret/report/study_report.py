@@ -26,6 +26,7 @@ from multiret.data.jsonl import read_json
 from multiret.errors import UserError
 from multiret.eval.curves import run_curve
 from multiret.experiment.analyze import specialization
+from multiret.mtl.base import method_id
 from multiret.report import study_page
 from multiret.report.compare import TASK_SPECIFIC, RunResult, load_runs, markdown, metric_ks, plot, table
 from multiret.report.curves import arm_curves, mean_curve, plot_arm_curves
@@ -124,7 +125,7 @@ def settings(runs: list[RunResult], final: Path) -> dict[str, dict[str, str]]:
     for run in runs:
         cfg = OmegaConf.load(Path(run.source) / "config.yaml")
         row = rows[arm_of(run, final)]
-        row["method"].add(str(cfg.method._target_).rsplit(".", 1)[-1])
+        row["method"].add(method_id(cfg))
         row["prompt"].add(str(cfg.prompt.get("kind", "–")))
         row["steps"].add(str(cfg.trainer.max_steps))
         row["seeds"].add(str(cfg.seed))
