@@ -64,7 +64,7 @@ def test_table_averages_seeds_and_compares_with_task_specific(sweeps, tmp_path, 
     expected = f"{statistics.fmean(naive):.3f} ± {statistics.stdev(naive):.3f}"
     qa_row = next(line for line in text.splitlines() if line.startswith("| qa |"))
     header = next(line for line in text.splitlines() if line.startswith("| task |")).strip("| ").split(" | ")
-    assert header == ["task", "mt: Naive", "mt: TACO", "task-specific", "Δ mt: Naive vs task-specific", "Δ mt: TACO vs task-specific"]
+    assert header == ["task", "mt: naive", "mt: taco", "task-specific", "Δ mt: naive vs task-specific", "Δ mt: taco vs task-specific"]
     assert qa_row.split(" | ")[1] == expected
     delta = metric(sweeps / 'multi' / 'taco-1', 'qa') - metric(sweeps / 'specific' / 'qa', 'qa')
     assert qa_row.strip(" |").split(" | ")[5] == f"{delta:+.3f}"
@@ -109,7 +109,7 @@ def test_wandb_offline_folders_give_the_same_runs_and_table(sweeps, tmp_path):
 
 
 def test_group_keeps_those_w_and_b_groups(sweeps):
-    assert {r.label for r in load_runs([sweeps], groups=["mt"])} == {"mt: Naive", "mt: TACO"}
+    assert {r.label for r in load_runs([sweeps], groups=["mt"])} == {"mt: naive", "mt: taco"}
     assert len(load_runs(wandb_folders(sweeps), groups=["mt"])) == 3
     assert len(load_runs(wandb_folders(sweeps), groups=["mt", "train"])) == 5  # task-specific runs: group=task_name=train
     with pytest.raises(ValueError, match=r"in groups \['nope'\]"):

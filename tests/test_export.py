@@ -108,7 +108,8 @@ def test_sentence_transformers_export_encodes_as_the_run(bert_run, kilt_dir, tmp
     card = (out / "README.md").read_text()
     scores = json.loads((bert_run / "eval" / "metrics.json").read_text())
     best_step = json.loads((bert_run / "manifest.json").read_text())["evaluated_weights"]["step"]  # the exported weights'
-    for expected in ("Naive", f"optimizer steps: {best_step}", "Title: {title} Text: {text}", "prompt_name='qa'", "| qa |", "'QA: '",
+    for expected in ("gradient method: naive", f"optimizer steps: {best_step}", "Title: {title} Text: {text}", "prompt_name='qa'",
+                     "| qa |", "'QA: '",
                      f"{scores['el']['Rprec']:.4f}"):
         assert expected in card
 

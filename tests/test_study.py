@@ -164,10 +164,10 @@ def test_report_holds_the_runs_numbers_and_states_missing_parts(study, tmp_path)
     assert summary[2].startswith("| arm | qa R-prec | el R-prec | average R-prec | average recall@5 |")
     assert [line.split(" | ")[0] for line in summary[4:7]] == ["| naive", "| taco", "| task_specific"]  # the main arms first
     assert summary[5].startswith(f"| taco | {statistics.fmean(taco_qa):.3f} ± {statistics.stdev(taco_qa):.3f} |")
-    assert "| naive: Naive − task-specific | average |" in text and "| taco: TACO − naive: Naive | qa |" in text
+    assert "| naive: naive − task-specific | average |" in text and "| taco: taco − naive: naive | qa |" in text
     intro = text[text.index("## Paired significance"):text.index("### paired tests, Rprec")]
     assert "hierarchical bootstrap (10,000 resamples)" in intro and "Holm-adjusted" in intro and "floor 1/(resamples + 1) = 0.0001" in intro
-    taco_naive = next(line for line in text.splitlines() if line.startswith("| taco: TACO − naive: Naive | average |"))
+    taco_naive = next(line for line in text.splitlines() if line.startswith("| taco: taco − naive: naive | average |"))
     assert taco_naive.split(" | ")[6:8] == ["2 / 1", str(sum(len(gold_queries(study, task)) for task in ("qa", "el")))]
     taco = [run_curve(study / "final" / "taco" / job, "Rprec") for job in ("0", "1")]
     assert [sorted(curve) for curve in taco] == [[0, 2], [0, 2]]
@@ -282,5 +282,5 @@ def test_collect_writes_a_data_folder_the_report_reads_byte_for_byte(study, tmp_
     drawn["qa"].pop(sorted(drawn["qa"])[0])  # this seed drew other queries (data.max_eval_queries samples per seed)
     scores.write_text(json.dumps(drawn))
     assert cli(["study", "report", str(data), "--out", str(tmp_path / "page.md"), "--batches", "1"]) == 0
-    assert ("*Not tested: paired test taco: TACO − naive: Naive, Rprec: task qa: arm A's seed 14 was scored on other queries"
+    assert ("*Not tested: paired test taco: taco − naive: naive, Rprec: task qa: arm A's seed 14 was scored on other queries"
             in (tmp_path / "page.md").read_text())
