@@ -44,6 +44,7 @@ if ((quick)); then
   SEEDS="${SEEDS:-13}" MAIN_SEEDS="${MAIN_SEEDS:-13}" SIZE=(data.max_train_queries=100 data.max_eval_queries=50) FINAL_QUERIES=()
 else
   ROOT="${ROOT:-$LOGS/vital_study}" CHOSEN=vital_study REPORT=docs/results-vital.md DATA=docs/results-vital/data
+  # STEPS=40 is the budget's, not the data's: the first pilot (docs/study.md) rose until about step 210; re-plan first
   PAGES="${PAGES:-null}" STEPS="${STEPS:-40}" VAL_EVERY="${VAL_EVERY:-$(( (STEPS + 3) / 4 ))}"
   SEEDS="${SEEDS:-13,14,15}" MAIN_SEEDS="${MAIN_SEEDS:-13,14,15,16,17}"
 fi
