@@ -16,7 +16,7 @@ from pathlib import Path
 from multiret.errors import UserError
 from multiret.eval.curves import run_curve
 
-TOLERANCE = 0.005  # R-precision: within it, two dev scores of 150 queries are the same score
+TOLERANCE = 0.005  # R-precision; finer than one query of a 150-query pool (0.0067): see docs/study.md, the first pilot
 
 
 def plateau_step(curve: Mapping[int, float], tolerance: float = TOLERANCE) -> int | None:
